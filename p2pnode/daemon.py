@@ -1,0 +1,160 @@
+"""The daemon: the composition root that wires the rooms together and serves.
+
+`prepare_state` founds the spore's identity and swarm on first run; `serve`
+runs the services in one TaskGroup until SIGTERM/SIGINT, then drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from agents import model_build
+from agents.encoder import EncoderError, file_sha256, load_encoder
+from p2pnode import dna as dna_mod
+from p2pnode.api import make_app
+from p2pnode.config import Config
+from p2pnode.errors import SporeError, StateError
+from p2pnode.identity import Identity, load_or_create
+from p2pnode.lock import StateLock
+from p2pnode.node import Spore
+from p2pnode.service import Notifier
+from p2pnode.storage import DB_FILE, Storage
+
+log = logging.getLogger("spore")
+TOKEN_FILE = "api.token"
+ENCODER_NAME = "all-MiniLM-L6-v2-int8-rq"
+ENCODER_DIM = 384
+
+
+def ensure_state_dir(state_dir: Path) -> None:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StateError(f"cannot create the state directory {state_dir}: {exc.strerror} "
+                         "(set SPORE_STATE_DIR or --state-dir to a writable place)") from exc
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise StateError(f"the state directory {state_dir} is not writable by this user "
+                         "(fix its permissions, or set SPORE_STATE_DIR / --state-dir)")
+
+
+def prepare_state(cfg: Config, swarm: str | None = None) -> tuple[Identity, dna_mod.Dna, bool]:
+    """Identity and DNA, created on first run. Returns (identity, dna, founded now)."""
+    ensure_state_dir(cfg.state_dir)
+    identity, _ = load_or_create(cfg.state_dir)
+    dna = dna_mod.load(cfg.state_dir)
+    if dna is not None:
+        return identity, dna, False
+    try:
+        sha = file_sha256(model_build.ensure_model())
+    except (EncoderError, OSError) as exc:
+        raise StateError(f"cannot hash the encoder: {exc}") from exc
+    dna = dna_mod.found(identity, swarm=swarm or f"solo-{identity.node_id.hex()[:8]}",
+                        encoder_name=ENCODER_NAME, encoder_sha256=sha, dim=ENCODER_DIM,
+                        created_ms=int(time.time() * 1000))
+    dna_mod.save(cfg.state_dir, dna)
+    return identity, dna, True
+
+
+def _api_token(cfg: Config) -> str | None:
+    """Beyond loopback, writes need a token kept (0600) in the state directory."""
+    if cfg.loopback_only:
+        return None
+    path = cfg.state_dir / TOKEN_FILE
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def run(cfg: Config) -> None:
+    """Run a spore in the foreground until SIGTERM or SIGINT."""
+    asyncio.run(serve(cfg))
+
+
+async def serve(cfg: Config) -> None:
+    ensure_state_dir(cfg.state_dir)
+    lock = StateLock(cfg.state_dir)
+    lock.acquire()
+    try:
+        await _serve_locked(cfg)
+    finally:
+        lock.release()
+
+
+async def _serve_locked(cfg: Config) -> None:
+    notifier = Notifier(cfg.notify_socket)
+    identity, dna, founded = prepare_state(cfg)
+    if founded:
+        log.info("founded swarm %s (dna %s)", dna.fields["swarm"], dna.hash.hex()[:16])
+    try:
+        encoder = await asyncio.to_thread(load_encoder, None, cfg.encoder_threads)
+    except EncoderError as exc:
+        raise StateError(str(exc)) from exc
+    dna_mod.check_encoder(dna, encoder.model_sha256, encoder.dim)
+    storage = Storage(cfg.state_dir / DB_FILE)
+    spore = Spore(identity=identity, dna=dna, storage=storage, encoder=encoder,
+                  max_text_bytes=cfg.max_text_bytes)
+    try:
+        await spore.load()
+        runner = web.AppRunner(make_app(spore, _api_token(cfg)), access_log=None,
+                               handler_cancellation=True)
+        await runner.setup()
+        try:
+            await _start_site(runner, cfg)
+            await _serve_until_stopped(cfg, spore, notifier)
+        finally:
+            notifier.send(stopping="1", status="draining")
+            await runner.cleanup()
+    finally:
+        spore.close()
+        storage.close()
+        log.info("stopped")
+
+
+async def _start_site(runner: web.AppRunner, cfg: Config) -> None:
+    try:
+        await web.TCPSite(runner, cfg.api_host, cfg.api_port, reuse_address=True).start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise SporeError(
+                f"port {cfg.api_port} on {cfg.api_host} is already in use (another spore? "
+                "check `spore status`); choose another with --port or SPORE_PORT") from exc
+        raise SporeError(f"cannot listen on {cfg.api_host}:{cfg.api_port}: {exc}") from exc
+
+
+async def _serve_until_stopped(cfg: Config, spore: Spore, notifier: Notifier) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    status = await spore.status()
+    log.info("spore %s serving %d memories on %s (state %s)", status["node_id"][:16],
+             status["memories"], cfg.api_url, cfg.state_dir)
+    notifier.send(ready="1", status=f"serving {status['memories']} memories on {cfg.api_url}")
+    async with asyncio.TaskGroup() as services:
+        watchdog = services.create_task(_watchdog(notifier, cfg.watchdog_usec))
+        await stop.wait()
+        log.info("stopping: draining requests")
+        watchdog.cancel()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+
+
+async def _watchdog(notifier: Notifier, usec: int) -> None:
+    if not usec:
+        return
+    with contextlib.suppress(asyncio.CancelledError):
+        while True:
+            notifier.send(watchdog="1")
+            await asyncio.sleep(usec / 2e6)

@@ -1,0 +1,53 @@
+"""The one exception tree of the daemon.
+
+    SporeError
+     ├── ConfigError          a config file, variable or flag is wrong (names the source)
+     ├── StateError           the state directory is unusable (permissions, lock, DNA)
+     │    └── AlreadyRunning  another daemon holds the state directory
+     ├── BadRequest           a client's request is wrong → HTTP 4xx with a message
+     │    └── NotFound        → HTTP 404
+     └── VerifyError          a signature or record failed verification (raised, never a bool)
+
+Errors of the libraries we call (sqlite3, onnxruntime, cryptography) are
+converted with ``raise … from exc`` in the module that calls them.
+"""
+
+from __future__ import annotations
+
+
+class SporeError(Exception):
+    """Base of every error Sporemind raises on purpose."""
+
+
+class ConfigError(SporeError):
+    """Configuration that cannot be used; the message names the file/variable."""
+
+
+class StateError(SporeError):
+    """The state directory cannot be used as it is."""
+
+
+class AlreadyRunning(StateError):
+    """Another daemon holds the state directory's lock."""
+
+
+class BadRequest(SporeError):
+    """A request that cannot be served as sent (HTTP 400)."""
+
+    status = 400
+
+
+class NotFound(BadRequest):
+    """A request naming something that does not exist (HTTP 404)."""
+
+    status = 404
+
+
+class TooLarge(BadRequest):
+    """A request over a documented size limit (HTTP 413)."""
+
+    status = 413
+
+
+class VerifyError(SporeError):
+    """A signature, hash or record did not verify."""

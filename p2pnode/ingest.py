@@ -1,0 +1,473 @@
+"""Documents → chunks of text for `spore ingest` (pure functions and file reading).
+
+The pipeline is  expand_paths → read_document → chunk_text, with chunk_file
+joining the last two. HTML is flattened to text in which headings become
+Markdown ATX headings ("## 2.1. What is Debian?"), so chunk_text treats HTML
+and Markdown alike: every chunk starts with the heading of its section. That
+heading is what a question looks like, which is why retrieval finds the
+answer paragraphs under it.
+
+Nothing here is asynchronous; the CLI calls it before talking to the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+from p2pnode.errors import SporeError
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "SUPPORTED_SUFFIXES",
+    "Chunk",
+    "IngestError",
+    "chunk_file",
+    "chunk_text",
+    "expand_paths",
+    "faq_sections",
+    "html_to_text",
+    "read_document",
+]
+
+SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm")
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+
+_HTML_SUFFIXES = (".html", ".htm")
+_ONLY = "only UTF-8 .txt, .md and .html files are ingested"
+
+
+class IngestError(SporeError):
+    """A file that cannot be ingested; the message names the file and the reason."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of a document; `origin` is "<absolute path>#<index>"."""
+
+    text: str
+    origin: str
+
+
+# --------------------------------------------------------------------- paths
+
+
+def expand_paths(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The files to ingest and the (path, reason) pairs that were skipped.
+
+    Directories are walked recursively in sorted order, keeping supported
+    suffixes and leaving out hidden files and directories without a word.
+    A file named explicitly is taken even if hidden, but reported when its
+    suffix is not supported. A file reached twice is ingested once.
+    """
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(_walk(path, skipped))
+        else:
+            reason = _explicit_file_problem(path)
+            if reason is None:
+                files.append(path)
+            else:
+                skipped.append((path, reason))
+    return _unique(files), list(dict.fromkeys(skipped))
+
+
+def _explicit_file_problem(path: Path) -> str | None:
+    if not path.exists():
+        return "broken symbolic link" if path.is_symlink() else "no such file or directory"
+    if not path.is_file():
+        return "not a regular file or directory"
+    if not _is_supported(path.name):
+        shown = path.suffix or "no suffix"
+        names = ", ".join(SUPPORTED_SUFFIXES)
+        return f"unsupported file type ({shown}); only {names} files are ingested"
+    return None
+
+
+def _walk(root: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
+    def on_error(exc: OSError) -> None:
+        skipped.append((Path(exc.filename or root), _os_reason(exc)))
+
+    found: list[Path] = []
+    # Symlinked directories are not followed: they could loop.
+    for top, dirnames, filenames in os.walk(root, onerror=on_error):
+        dirnames[:] = [name for name in dirnames if not name.startswith(".")]
+        found.extend(
+            Path(top, name)
+            for name in filenames
+            if not name.startswith(".") and _is_supported(name)
+        )
+    found.sort(key=lambda path: path.relative_to(root).parts)
+    files: list[Path] = []
+    for path in found:
+        reason = _explicit_file_problem(path)  # a broken link, a FIFO…
+        if reason is None:
+            files.append(path)
+        else:
+            skipped.append((path, reason))
+    return files
+
+
+def _is_supported(name: str) -> bool:
+    return name.lower().endswith(SUPPORTED_SUFFIXES)
+
+
+def _unique(files: list[Path]) -> list[Path]:
+    seen: set[str] = set()
+    kept: list[Path] = []
+    for path in files:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            kept.append(path)
+    return kept
+
+
+# ------------------------------------------------------------------- reading
+
+
+def read_document(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+    """The text of a UTF-8 text, Markdown or HTML file; raises IngestError."""
+    data = _read_bytes(path, max_bytes)
+    text = _decode(path, data)
+    if path.suffix.lower() in _HTML_SUFFIXES:
+        return html_to_text(text)
+    return text
+
+
+def _read_bytes(path: Path, max_bytes: int) -> bytes:
+    try:
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise IngestError(path, "is a directory")
+        if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
+            raise IngestError(path, "not a regular file")
+        with path.open("rb") as file:
+            data = file.read(max_bytes + 1)
+    except OSError as exc:
+        raise IngestError(path, _os_reason(exc, path)) from exc
+    if len(data) > max_bytes:
+        raise IngestError(path, f"larger than {_size(max_bytes)}")
+    return data
+
+
+def _os_reason(exc: OSError, path: Path | None = None) -> str:
+    if isinstance(exc, FileNotFoundError):
+        broken = path is not None and path.is_symlink()
+        return "broken symbolic link" if broken else "no such file or directory"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    return exc.strerror or str(exc)
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= scale and count % scale == 0:
+            return f"{count // scale} {unit}"
+    return f"{count} bytes"
+
+
+def _decode(path: Path, data: bytes) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise IngestError(path, f"UTF-16 text, not UTF-8; {_ONLY}")
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        text = data[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = bom + exc.start
+        detail = f"byte 0x{data[offset]:02x} at offset {offset}"
+        raise IngestError(path, f"not UTF-8 text ({detail}); {_ONLY}") from exc
+    nul = text.find("\0")
+    if nul >= 0:
+        raise IngestError(path, f"binary data (NUL character at offset {bom + nul}); {_ONLY}")
+    return text
+
+
+# ---------------------------------------------------------------------- HTML
+
+# Not <head>: its end tag may be left out, and then the whole page would go.
+_SKIPPED_TAGS = frozenset({"title", "script", "style", "template", "noscript", "nav", "svg"})
+# fmt: off
+_VOID_TAGS = frozenset({
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+    "track", "wbr",
+})
+# fmt: on
+# DocBook (the Debian FAQ) wraps its navigation bars and tables of contents
+# in these classes; their text is link labels, which would only add noise.
+_SKIPPED_CLASSES = frozenset({"navheader", "navfooter", "toc"})
+# fmt: off
+_BLOCK_TAGS = frozenset({
+    "address", "article", "aside", "blockquote", "body", "caption", "dd", "details", "div",
+    "dl", "dt", "figcaption", "figure", "footer", "form", "header", "hr", "html", "li", "main",
+    "ol", "p", "pre", "section", "summary", "table", "tbody", "td", "tfoot", "th", "thead",
+    "tr", "ul",
+})
+# fmt: on
+_HEADINGS = {f"h{level}": level for level in range(1, 7)}
+
+
+class _BlockParser(HTMLParser):
+    """Splits HTML into (heading level or 0, text) blocks; entities unescaped."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.blocks: list[tuple[int, str]] = []
+        self._parts: list[str] = []
+        self._level = 0
+        self._skip_tag = ""
+        self._skip_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self._skip_depth:
+            self._skip_depth += tag == self._skip_tag
+        elif tag in _SKIPPED_TAGS or (tag not in _VOID_TAGS and _has_skipped_class(attrs)):
+            self._flush()
+            self._skip_tag, self._skip_depth = tag, 1
+        elif tag in _HEADINGS:
+            self._flush()
+            self._level = _HEADINGS[tag]
+        elif tag == "br":
+            self._parts.append("\n")
+        elif tag in _BLOCK_TAGS:
+            self._flush()
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._skip_depth:
+            self._skip_depth -= tag == self._skip_tag
+        elif tag in _HEADINGS or tag in _BLOCK_TAGS:
+            self._flush()
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip_depth:
+            self._parts.append(data)
+
+    def close(self) -> None:
+        super().close()
+        self._flush()
+
+    def _flush(self) -> None:
+        text = " ".join("".join(self._parts).split())
+        if text:
+            self.blocks.append((self._level, text))
+        self._parts.clear()
+        self._level = 0
+
+
+def _has_skipped_class(attrs: list[tuple[str, str | None]]) -> bool:
+    classes = " ".join(value or "" for name, value in attrs if name == "class").split()
+    return not _SKIPPED_CLASSES.isdisjoint(classes)
+
+
+def _html_blocks(html: str) -> list[tuple[int, str]]:
+    parser = _BlockParser()
+    parser.feed(html)
+    parser.close()
+    return parser.blocks
+
+
+def html_to_text(html: str) -> str:
+    """Readable text: one paragraph per block, headings as "## Title" lines."""
+    return "\n\n".join(
+        f"{'#' * level} {text}" if level else text for level, text in _html_blocks(html)
+    )
+
+
+_SECTION_NUMBER = re.compile(r"^(?:\d+\.)*\d+\.?\s+")
+
+
+def faq_sections(html: str) -> list[tuple[str, str]]:
+    """(question, answer) pairs of a Debian FAQ page, numbers cut off questions.
+
+    Every <h2>…<h6> opens a section that runs to the next heading; the <h1>
+    chapter title opens none. Sections without text of their own (a heading
+    followed at once by its sub-headings) are left out. Not every heading is
+    a question ("8.1.1. dpkg"); callers that need questions filter on "?".
+    """
+    sections: list[tuple[str, str]] = []
+    question: str | None = None
+    answer: list[str] = []
+    for level, text in [*_html_blocks(html), (1, "")]:
+        if level:
+            if question and answer:
+                sections.append((question, "\n\n".join(answer)))
+            question = _SECTION_NUMBER.sub("", text) if level > 1 else None
+            answer = []
+        else:
+            answer.append(text)
+    return sections
+
+
+# ------------------------------------------------------------------ chunking
+
+_ATX_HEADING = re.compile(r"^ {0,3}#{1,6}(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+_SETEXT_RULE = re.compile(r"^ {0,3}(?:=+|-+)[ \t]*$")
+_FENCE = re.compile(r"^ {0,3}(?:```|~~~)")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+@dataclass(frozen=True)
+class _Section:
+    heading: str
+    paragraphs: list[str]
+
+
+def chunk_text(
+    text: str, target_chars: int = 800, max_chars: int = 1500, overlap: int = 0
+) -> list[str]:
+    """Deterministic chunks of at most `max_chars` characters.
+
+    Paragraphs (blank-line separated, whitespace collapsed) are packed up to
+    `target_chars`; a paragraph longer than fits is split at sentence ends,
+    and a sentence still too long at the last space (or anywhere) before the
+    limit. A chunk of a section opened by a Markdown heading starts with that
+    heading on its own line. With `overlap` > 0, a chunk after the first of a
+    section repeats up to that many characters of its predecessor's end.
+    """
+    if not 0 < target_chars <= max_chars or not 0 <= overlap < target_chars:
+        raise ValueError("need 0 < target_chars <= max_chars and 0 <= overlap < target_chars")
+    chunks: list[str] = []
+    for section in _sections(text):
+        chunks.extend(_chunk_section(section, target_chars, max_chars, overlap))
+    return chunks
+
+
+def _sections(text: str) -> Iterator[_Section]:
+    """Sections of a text; a heading with no text of its own joins the next one."""
+    heading = ""
+    paragraphs: list[str] = []
+    for level, block in _text_blocks(text):
+        if not level:
+            paragraphs.append(block)
+            continue
+        if paragraphs:
+            yield _Section(heading, paragraphs)
+            heading, paragraphs = block, []
+        else:
+            heading = f"{heading}\n{block}" if heading else block
+    if paragraphs or heading:
+        yield _Section(heading, paragraphs)
+
+
+def _text_blocks(text: str) -> Iterator[tuple[int, str]]:
+    """(1 for a heading else 0, text with whitespace collapsed) per block."""
+    lines: list[str] = []
+    fenced = False
+    for line in [*text.splitlines(), ""]:
+        if _FENCE.match(line):
+            fenced = not fenced
+            continue  # the fence marker itself says nothing
+        heading = None if fenced else _ATX_HEADING.match(line)
+        if heading or not line.strip():
+            yield from _paragraph_blocks(lines)
+            lines = []
+            if heading and heading.group(1):
+                yield 1, " ".join(heading.group(1).split())
+        else:
+            lines.append(line)
+
+
+def _paragraph_blocks(lines: list[str]) -> Iterator[tuple[int, str]]:
+    if len(lines) == 2 and _SETEXT_RULE.match(lines[1]):
+        yield 1, " ".join(lines[0].split())
+        return
+    paragraph = " ".join(" ".join(lines).split())
+    if paragraph:
+        yield 0, paragraph
+
+
+def _chunk_section(section: _Section, target: int, limit: int, overlap: int) -> list[str]:
+    heading, paragraphs = section.heading, section.paragraphs
+    if len(heading) > limit // 4:  # too long to repeat: it is text, not a title
+        heading, paragraphs = "", [*heading.split("\n"), *paragraphs]
+    prefix = heading + "\n" if heading else ""
+    if not paragraphs:
+        return [heading] if heading else []
+    room = limit - len(prefix)
+    bodies = _pack(_units(paragraphs, room, overlap), target - len(prefix), room, overlap)
+    return [prefix + body for body in bodies]
+
+
+def _units(paragraphs: list[str], limit: int, overlap: int) -> Iterator[tuple[str, str]]:
+    """(glue, text) pieces of at most `limit` characters; glue joins it to the last."""
+    # Pieces cut out of a sentence leave room for the overlap to be repeated.
+    split_at = max(limit - overlap, 1)
+    for paragraph in paragraphs:
+        glue = "\n\n"
+        pieces = [paragraph] if len(paragraph) <= limit else _SENTENCE_END.split(paragraph)
+        for sentence in pieces:
+            for piece in _hard_split(sentence, split_at):
+                yield glue, piece
+                glue = " "
+
+
+def _hard_split(text: str, limit: int) -> Iterator[str]:
+    while len(text) > limit:
+        cut = text.rfind(" ", 1, limit + 1)
+        if cut <= 0:
+            cut = limit
+        yield text[:cut].rstrip()
+        text = text[cut:].lstrip()
+    if text:
+        yield text
+
+
+def _pack(units: Iterator[tuple[str, str]], target: int, limit: int, overlap: int) -> list[str]:
+    bodies: list[str] = []
+    current = ""
+    for glue, piece in units:
+        if not current:
+            current = piece
+        elif len(current) + len(glue) + len(piece) <= max(target, 1):
+            current += glue + piece
+        else:
+            bodies.append(current)
+            current = _with_tail(current, piece, glue, limit, overlap)
+    if current:
+        bodies.append(current)
+    return bodies
+
+
+def _with_tail(previous: str, piece: str, glue: str, limit: int, overlap: int) -> str:
+    """`piece`, preceded by the last words of `previous` if they fit."""
+    words = previous.split()
+    tail: list[str] = []
+    size = 0
+    while words and size + len(words[-1]) + 1 <= overlap:
+        size += len(words[-1]) + 1
+        tail.insert(0, words.pop())
+    joined = " ".join(tail)
+    if tail and len(joined) + len(glue) + len(piece) <= limit:
+        return joined + glue + piece
+    return piece
+
+
+def chunk_file(
+    path: Path,
+    *,
+    target_chars: int = 800,
+    max_chars: int = 1500,
+    overlap: int = 0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> list[Chunk]:
+    """The chunks of one file, each tagged "<absolute path>#<index>"."""
+    text = read_document(path, max_bytes)
+    absolute = os.path.abspath(path)  # absolute but, unlike resolve(), keeps symlink names
+    return [
+        Chunk(text=piece, origin=f"{absolute}#{index}")
+        for index, piece in enumerate(chunk_text(text, target_chars, max_chars, overlap))
+    ]

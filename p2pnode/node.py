@@ -1,0 +1,276 @@
+"""The spore's memory service: teach, ask, rate, list — the single-spore walk.
+
+Two worker threads keep blocking work off the event loop: `compute` owns the
+encoder, the in-memory index and the vote cache (so they need no locks), and
+`db` owns the SQLite storage. Each request makes at most a couple of hops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from agents import consensus
+from agents.encoder import Encoder
+from crdt.votes import Counter, VoteKey, fitness, record_vote, tally
+from dht import compact
+from dht.index import LocalIndex
+from dht.keys import bucket_key, hyperplanes, table_codes
+from p2pnode.dna import Dna
+from p2pnode.errors import BadRequest, NotFound, TooLarge
+from p2pnode.identity import Identity
+from p2pnode.records import VoteRecord, make_memory, make_vote
+from p2pnode.storage import AnswerRow, MemoryRow, Storage, StoredVote
+
+T = TypeVar("T")
+CANDIDATES = 32  # memories re-ranked per ask
+MAX_SOURCES = 20
+
+
+@dataclass(frozen=True)
+class TeachItem:
+    text: str
+    question: str = ""
+    origin: str = "taught"
+
+
+@dataclass
+class _Votes:
+    """The votes on one memory, as the ranking needs them."""
+
+    counters: dict[VoteKey, Counter] = field(default_factory=dict)
+    questions: dict[VoteKey, np.ndarray] = field(default_factory=dict)
+
+    def region_fitness(self, query: np.ndarray) -> float:
+        keys = list(self.counters)
+        qs = np.stack([self.questions[k] for k in keys])
+        w = consensus.region_weights(query, qs)
+        up = sum(wi * self.counters[k].up for wi, k in zip(w, keys, strict=True))
+        down = sum(wi * self.counters[k].down for wi, k in zip(w, keys, strict=True))
+        return fitness(float(up), float(down))
+
+    def overall(self) -> float:
+        return fitness(*tally(self.counters.values()))
+
+
+class Spore:
+    def __init__(self, *, identity: Identity, dna: Dna, storage: Storage, encoder: Encoder,
+                 max_text_bytes: int, clock: Callable[[], float] = time.time) -> None:
+        self.identity, self.dna, self.storage, self.encoder = identity, dna, storage, encoder
+        self.max_text_bytes = max_text_bytes
+        self.clock = clock
+        self.started = clock()
+        self.dim = encoder.dim
+        self.lsh = dna.lsh
+        self.planes = hyperplanes(self.lsh, self.dim)
+        self.index = LocalIndex(self.lsh, self.dim)
+        self._votes: dict[int, _Votes] = {}  # by memory row; owned by the compute thread
+        self._compute = ThreadPoolExecutor(1, thread_name_prefix="spore-compute")
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="spore-db")
+        self.counters = {"asks": 0, "teaches": 0, "votes": 0, "rejected": 0}
+
+    async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    async def load(self) -> None:
+        """Rebuild the in-memory index and vote cache from storage."""
+        rows, matrix, scales = await self._on(self._db, self.storage.index_rows, self.dim)
+        votes = await self._on(self._db, self.storage.all_votes)
+        await self._on(self._compute, self._load_compute, rows, matrix, scales, votes)
+
+    def _load_compute(self, rows: np.ndarray, matrix: np.ndarray, scales: np.ndarray,
+                      votes: list[StoredVote]) -> None:
+        if len(rows):
+            self.index.add_compact(rows, matrix, scales)
+        for v in votes:
+            self._cache_vote(v.row, (v.voter, v.region), v.counter, v.qvec)
+
+    def _cache_vote(self, row: int, key: VoteKey, counter: Counter,
+                    qvec: bytes) -> tuple[int, int]:
+        """Remember a vote for ranking; returns the memory's (up, down) total."""
+        entry = self._votes.setdefault(row, _Votes())
+        entry.counters[key] = counter
+        codes, scale = compact.unpack(qvec, self.dim)
+        entry.questions[key] = codes.astype(np.float32) * scale
+        return tally(entry.counters.values())
+
+    def check_text(self, text: str, what: str) -> str:
+        text = text.strip()
+        if not text:
+            raise BadRequest(f"{what} is empty; give some text")
+        size = len(text.encode())
+        if size > self.max_text_bytes:
+            raise TooLarge(f"{what} is {size} bytes; the limit is {self.max_text_bytes} bytes "
+                           "(split it, or use `spore ingest` which chunks files)")
+        return text
+
+    # teach --------------------------------------------------------------
+    async def teach(self, items: Sequence[TeachItem]) -> list[tuple[bytes, bool]]:
+        """Embed, sign and durably store memories; returns (id, new) each."""
+        clean = [TeachItem(self.check_text(i.text, "text"),
+                           i.question.strip() and self.check_text(i.question, "question"),
+                           i.origin[:1024]) for i in items]
+        prepared = await self._on(self._compute, self._prepare, clean)
+        stored = await self._on(self._db, self.storage.add_memories, prepared)
+        fresh = [(k, row) for k, (row, _, new) in enumerate(stored) if new]
+        if fresh:
+            await self._on(self._compute, self._index_add, fresh, prepared)
+        self.counters["teaches"] += len(fresh)
+        return [(mid, new) for _, mid, new in stored]
+
+    def _prepare(self, items: Sequence[TeachItem]) -> list[tuple[Any, bytes, float]]:
+        texts = [f"{i.question}\n{i.text}" if i.question else i.text for i in items]
+        embs = self.encoder.embed(texts)
+        codes, scales = compact.to_int8(embs)
+        now = self._now_ms()
+        out = []
+        for i, item in enumerate(items):
+            rec = make_memory(self.identity, question=item.question, answer=item.text,
+                              embedding=embs[i], created_ms=now, origin=item.origin,
+                              dna_hash=self.dna.hash)
+            out.append((rec, codes[i].tobytes(), float(scales[i])))
+        return out
+
+    def _index_add(self, fresh: list[tuple[int, int]], prepared: list[Any]) -> None:
+        rows = np.asarray([row for _, row in fresh], dtype=np.int64)
+        codes = np.stack([np.frombuffer(prepared[k][1], dtype=np.int8) for k, _ in fresh])
+        scales = np.asarray([prepared[k][2] for k, _ in fresh], dtype=np.float32)
+        self.index.add_compact(rows, codes, scales)
+
+    # ask ----------------------------------------------------------------
+    async def ask(self, question: str, top: int = 3) -> dict[str, Any]:
+        question = self.check_text(question, "question")
+        top = max(1, min(top, MAX_SOURCES))
+        q, rows, scores, conf = await self._on(self._compute, self._rank, question)
+        answer_id = secrets.token_hex(8)
+        found = await self._on(self._db, self._fetch_and_remember, answer_id, q, rows[:top])
+        self.counters["asks"] += 1
+        sources = [_source(found[r], float(s)) for r, s in zip(rows[:top], scores[:top],
+                                                               strict=True) if r in found]
+        return {
+            "answer_id": answer_id if sources else None,
+            "answer": sources[0]["text"] if sources else None,
+            "confidence": round(conf, 4) if sources else 0.0,
+            "sources": sources,
+            "memories_searched": len(self.index),
+        }
+
+    def _region(self, q: np.ndarray) -> bytes:
+        return bucket_key(self.lsh.seed, 0, int(table_codes(q, self.planes)[0]))
+
+    def _rank(self, question: str) -> tuple[np.ndarray, list[int], np.ndarray, float]:
+        q = self.encoder.embed([question])[0]
+        if len(self.index) == 0:
+            return q, [], np.zeros(0, np.float32), 0.0
+        rows, cos = self.index.search(q, CANDIDATES)
+        region = np.zeros(len(rows), np.float32)
+        overall = np.zeros(len(rows), np.float32)
+        for i, row in enumerate(rows):
+            votes = self._votes.get(int(row))
+            if votes is not None:
+                region[i] = votes.region_fitness(q)
+                overall[i] = votes.overall()
+        ranking = consensus.combine(cos, overall, region)
+        ranked_rows = [int(rows[i]) for i in ranking.order]
+        return q, ranked_rows, ranking.scores, ranking.confidence
+
+    def _fetch_and_remember(self, answer_id: str, q: np.ndarray,
+                            rows: list[int]) -> dict[int, MemoryRow]:
+        found = self.storage.memories_by_rows(rows)
+        if rows and rows[0] in found:
+            codes, scales = compact.to_int8(q[None, :])
+            self.storage.put_answer(
+                AnswerRow(answer_id, found[rows[0]].id, rows[0], self._region(q),
+                          compact.pack(codes[0], float(scales[0]))), self._now_ms())
+        return found
+
+    # rate ---------------------------------------------------------------
+    async def rate(self, answer_id: str, up: bool) -> dict[str, Any]:
+        answer = await self._on(self._db, self.storage.answer, answer_id)
+        if answer is None:
+            raise NotFound(f"no answer with id {answer_id!r} (ids come from `spore ask`)")
+        vote, key, counter = await self._on(self._compute, self._next_vote, answer, up)
+        await self._on(self._db, self.storage.put_vote, vote)
+        overall = await self._on(self._compute, self._cache_vote, answer.row, key, counter,
+                                 answer.qvec)
+        self.counters["votes"] += 1
+        return {"memory_id": answer.memory.hex(), "vote": "up" if up else "down",
+                "up": overall[0], "down": overall[1],
+                "fitness": round(fitness(*overall), 4)}
+
+    def _next_vote(self, answer: AnswerRow, up: bool) -> tuple[VoteRecord, VoteKey, Counter]:
+        key = (self.identity.public_key, answer.region)
+        votes = self._votes.get(answer.row)
+        counter = record_vote(votes.counters.get(key) if votes else None, up)
+        vote = make_vote(self.identity, memory_id=answer.memory, region=answer.region,
+                         qvec=answer.qvec, up=counter.up, down=counter.down, seq=counter.seq)
+        return vote, key, counter
+
+    # read ---------------------------------------------------------------
+    async def memories(self, limit: int, offset: int) -> list[dict[str, Any]]:
+        rows = await self._on(self._db, self.storage.list_memories, limit, offset)
+        return [_memory_json(r) for r in rows]
+
+    async def memory(self, memory_id: bytes) -> dict[str, Any]:
+        row = await self._on(self._db, self.storage.memory_by_id, memory_id)
+        if row is None:
+            raise NotFound(f"no memory with id {memory_id.hex()}")
+        out = _memory_json(row)
+        up, down = await self._on(self._compute, self._tally, row.row)
+        out.update(up=up, down=down, fitness=round(fitness(up, down), 4))
+        return out
+
+    def _tally(self, row: int) -> tuple[int, int]:
+        votes = self._votes.get(row)
+        return tally(votes.counters.values()) if votes else (0, 0)
+
+    async def status(self) -> dict[str, Any]:
+        memories = await self._on(self._db, self.storage.count_memories)
+        votes = await self._on(self._db, self.storage.count_votes)
+        return {
+            "node_id": self.identity.node_id.hex(),
+            "public_key": self.identity.public_key.hex(),
+            "swarm": self.dna.fields["swarm"],
+            "dna_hash": self.dna.hash.hex(),
+            "encoder": self.dna.fields["encoder"]["name"],
+            "memories": memories,
+            "indexed": len(self.index),
+            "votes": votes,
+            "uptime_s": round(self.clock() - self.started, 1),
+            "counters": dict(self.counters),
+            "rss_mb": _rss_mb(),
+        }
+
+    def close(self) -> None:
+        self._compute.shutdown(wait=True)
+        self._db.shutdown(wait=True)
+
+
+def _memory_json(r: MemoryRow) -> dict[str, Any]:
+    return {"id": r.id.hex(), "question": r.question, "text": r.answer, "origin": r.origin,
+            "author": r.author.hex(), "created_ms": r.created_ms}
+
+
+def _source(r: MemoryRow, score: float) -> dict[str, Any]:
+    return {**_memory_json(r), "score": round(score, 4)}
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0

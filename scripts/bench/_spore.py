@@ -1,0 +1,105 @@
+"""Helpers shared by the benchmarks: a real spore process and a fast client."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SPORE = str(Path(sys.executable).parent / "spore")
+FAQ_DIR = Path("/usr/share/doc/debian/FAQ")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(xs: list[float], p: float) -> float:
+    return float(np.percentile(np.asarray(xs), p))
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def faq_pairs() -> list[tuple[str, str, str]]:
+    """(page#index, question, answer) for every FAQ heading that is a question."""
+    from p2pnode.ingest import faq_sections
+
+    if not FAQ_DIR.is_dir():
+        sys.exit("the Debian FAQ is missing: apt-get install debian-faq")
+    out = []
+    for page in sorted(FAQ_DIR.glob("*.en.html")):
+        for i, (q, a) in enumerate(faq_sections(page.read_text(encoding="utf-8"))):
+            if q.rstrip().endswith("?") and a.strip():
+                out.append((f"{page.stem}#{i}", q.strip(), a.strip()))
+    return out
+
+
+class Spore:
+    """A real `spore node run` process on a free port with its own state dir."""
+
+    def __init__(self, state: Path, threads: int = 1) -> None:
+        self.state = state
+        self.port = free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SPORE_")}
+        self.env.update(SPORE_STATE_DIR=str(state), SPORE_CONFIG_DIR=str(state / "conf"),
+                        SPORE_PORT=str(self.port), SPORE_ENCODER_THREADS=str(threads),
+                        SPORE_LOG_LEVEL="warning", SPORE_MAX_TEXT_BYTES="65536")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conn: http.client.HTTPConnection | None = None
+        self.startup_s = 0.0
+
+    def __enter__(self) -> Spore:
+        start = time.perf_counter()
+        self.proc = subprocess.Popen([SPORE, "node", "run"], env=self.env)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+                self.call("GET", "/healthz")
+                break
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise SystemExit("the spore did not start") from None
+                time.sleep(0.05)
+        self.startup_s = time.perf_counter() - start
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(60)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        assert self.conn is not None
+        data = None if body is None else json.dumps(body)
+        self.conn.request(method, path, body=data,
+                          headers={"Content-Type": "application/json"})
+        resp = self.conn.getresponse()
+        payload = json.loads(resp.read())
+        if resp.status >= 400:
+            raise RuntimeError(f"{method} {path}: {resp.status} {payload}")
+        return payload
+
+    @property
+    def rss_mb(self) -> float:
+        assert self.proc is not None
+        return rss_mb(self.proc.pid)

@@ -1,0 +1,137 @@
+"""Shared fixtures: free ports, real daemon processes, the real encoder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SPORE = str(Path(sys.executable).parent / "spore")
+START_DEADLINE_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], bool], deadline_s: float, what: str) -> None:
+    """Poll `condition` until true or the deadline passes (never a bare sleep)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
+
+
+@dataclass
+class Daemon:
+    state_dir: Path
+    config_dir: Path
+    port: int
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = field(default_factory=lambda: Path("/dev/null"))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cli(self, *args: str, input: str | None = None, check: bool = False
+            ) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([SPORE, *args], env=self.env, capture_output=True, text=True,
+                             input=input, timeout=120)
+        if check and res.returncode != 0:
+            raise AssertionError(f"spore {' '.join(args)} -> {res.returncode}\n{res.stderr}")
+        return res
+
+    def cli_json(self, *args: str) -> Any:
+        res = self.cli(*args, "--json", check=True)
+        return json.loads(res.stdout)
+
+    def http(self, method: str, path: str, body: Any = None,
+             raw: bytes | None = None) -> tuple[int, Any]:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def start(self, *extra: str, wait: bool = True) -> subprocess.Popen[bytes]:
+        self.log = self.state_dir.parent / f"daemon-{self.port}.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([SPORE, "node", "run", *extra], env=self.env,
+                                         stdout=log, stderr=log)
+        if wait:
+            wait_for(lambda: self.healthy() or self.proc.poll() is not None,  # type: ignore[union-attr]
+                     START_DEADLINE_S, "the daemon to serve /healthz")
+            assert self.proc.poll() is None, self.log.read_text()
+        return self.proc
+
+    def stop_wait(self) -> int:
+        """Wait for a daemon that is expected to exit by itself."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout=60)
+        self.proc = None
+        return code
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=60)
+        self.proc = None
+        return code
+
+
+def make_daemon(tmp: Path) -> Daemon:
+    state, conf = tmp / "state", tmp / "config"
+    conf.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPORE_")}
+    env.pop("NOTIFY_SOCKET", None)
+    env.update(SPORE_STATE_DIR=str(state), SPORE_CONFIG_DIR=str(conf), SPORE_PORT=str(port))
+    return Daemon(state, conf, port, env)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = make_daemon(tmp_path)
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.proc.kill()
+        d.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One started daemon shared by a module's tests."""
+    d = make_daemon(tmp_path_factory.mktemp("spore"))
+    d.start()
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.stop()

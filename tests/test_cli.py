@@ -18,6 +18,9 @@ FAQ = {
 
 
 def test_teach_ask_rate_memories_status(running: Daemon) -> None:
+    empty = running.cli_json("ask", "is anybody home?")
+    assert empty["sources"] == [] and empty["answer_id"] is None
+    assert "teach me" in running.cli("ask", "hello?", check=True).stdout
     for text in FAQ:
         out = running.cli_json("teach", text)
         assert out["new"] and len(out["id"]) == 64

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-PURE = ["crdt.votes", "dht.keys", "dht.compact", "dht.index", "agents.consensus"]
+PURE = ["crdt.votes", "dht.keys", "dht.compact", "dht.index", "dht.codec",
+        "agents.consensus"]
 FORBIDDEN = ("asyncio", "aiohttp", "kademlia", "onnxruntime")
 # What dht/ and agents/ may use of p2pnode: its records, identity and errors.
 LOWER_P2PNODE = {"p2pnode.records", "p2pnode.identity", "p2pnode.errors"}

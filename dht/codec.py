@@ -1,0 +1,386 @@
+"""What the swarm DHT stores: values, how they verify and how they merge (pure).
+
+The network layer sees opaque bytes; this module gives them a meaning. Every
+value starts with a one-byte kind tag:
+
+* ``B`` (:data:`KIND_BUCKET`), under a bucket key (:func:`dht.keys.bucket_key`):
+  a bounded set of signed :class:`IndexEntry`, ``B ‖ msgpack([[body, sig], …])``.
+* ``C`` (:data:`KIND_CONTENT`), under a content key (= the memory id):
+  one memory record and its vote entries,
+  ``C ‖ msgpack([memory wire, [vote wire, …]])``.
+
+Decoding verifies every signature and raises :class:`VerifyError` on
+anything wrong: one bad entry refuses the whole value. Sizes are checked
+before anything is parsed. Encoders emit canonical bytes (deduplicated,
+sorted), so equal states are equal bytes on every node.
+
+Both merges are joins (commutative, associative, idempotent), including
+when a cap drops entries: within one id the entry kept is always the one the
+cap ranks higher, so a later merge can never resurrect what a cap dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+
+from crdt.votes import Counter, fitness, tally
+from p2pnode.errors import VerifyError
+from p2pnode.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify
+from p2pnode.records import MAX_RECORD_BYTES, MemoryRecord, VoteRecord, decode_memory, decode_vote
+
+__all__ = [
+    "BITS_BYTES", "INDEX_DOMAIN", "KIND_BUCKET", "KIND_CONTENT", "MAX_BUCKET_BYTES",
+    "MAX_BUCKET_ENTRIES", "MAX_CONTENT_BYTES", "MAX_ENTRY_BYTES", "MAX_VOTES",
+    "MAX_VOTE_BYTES", "Content", "IndexEntry", "cosine_estimate", "decode_bucket",
+    "decode_content", "dht_id", "embedding_bits", "encode_bucket", "encode_content",
+    "hamming_similarity", "make_entry", "merge_buckets", "merge_content", "merge_values",
+    "node_dht_id", "validate_value",
+]
+
+KIND_BUCKET = b"B"
+KIND_CONTENT = b"C"
+INDEX_DOMAIN = b"sporemind/index/v1"
+_DHT_ID_PREFIX = b"sporemind/dht-id/v1"
+KEY_BYTES = 32
+DHT_ID_BYTES = 20  # kademlia's ids are 160 bits
+BITS_BYTES = 48  # 384 sign bits: the encoder's dimension (another dim needs index/v2)
+_MAX_UINT = (1 << 63) - 1  # what SQLite and every msgpack reader can hold
+_VERSION = 1
+
+# One entry is [body, sig] with body = ["index", 1, id, bits, author, up, down,
+# created]: 1 + 6 + 1 + 34 + 50 + 34 + 3 × 9 (uints at most) = 153 bytes, plus
+# 1 + 2 + 2 + 64 framing and signature = 222 bytes (≈206 with small counts).
+MAX_ENTRY_BYTES = 222
+MAX_BUCKET_ENTRIES = 32
+# Kind tag + array16 header + 32 entries = 7,108 bytes: one kademlia datagram
+# (rpcudp sends at most 8,192 bytes), with room left for the RPC framing.
+MAX_BUCKET_BYTES = 1 + 3 + MAX_BUCKET_ENTRIES * MAX_ENTRY_BYTES
+MAX_VOTES = 256
+# A vote is ~580 bytes with a 388-byte compact question vector; 1 KiB is ample.
+MAX_VOTE_BYTES = 1024
+# ~320 KiB at most: content does NOT fit one datagram once it has a long answer
+# or a dozen votes, so the network layer needs another way to carry it.
+MAX_CONTENT_BYTES = 1 + 3 + 5 + MAX_RECORD_BYTES + 3 + MAX_VOTES * (3 + MAX_VOTE_BYTES)
+
+F32 = npt.NDArray[np.float32]
+
+
+def _pack(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _unpack(data: bytes, what: str) -> object:
+    try:
+        return msgpack.unpackb(data, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise VerifyError(f"malformed {what}: {exc}") from exc
+
+
+def _uint(x: object) -> bool:
+    # bool is an int in Python, but a msgpack `true` is no counter
+    return type(x) is int and 0 <= x <= _MAX_UINT
+
+
+def _key(key32: bytes) -> bytes:
+    if not isinstance(key32, bytes) or len(key32) != KEY_BYTES:
+        raise VerifyError(f"a DHT key must be {KEY_BYTES} bytes")
+    return key32
+
+
+def dht_id(key32: bytes) -> bytes:
+    """The ONE mapping of a 32-byte value key to a 160-bit kademlia id."""
+    return hashlib.sha256(_DHT_ID_PREFIX + _key(key32)).digest()[:DHT_ID_BYTES]
+
+
+def node_dht_id(public_key: bytes) -> bytes:
+    """A node's routing id: the first 160 bits of its node id (SHA-256 of its key)."""
+    if len(public_key) != PUBLIC_KEY_BYTES:
+        raise VerifyError("a public key must be 32 bytes")
+    return hashlib.sha256(public_key).digest()[:DHT_ID_BYTES]
+
+
+# --- compact embeddings ---------------------------------------------------------------
+
+def embedding_bits(emb: F32) -> bytes:
+    """Sign bits of an embedding, packed big-endian: bit i is 1 iff emb[i] > 0."""
+    x = np.asarray(emb, dtype=np.float32).reshape(-1)
+    if not np.isfinite(x).all():
+        raise ValueError("embedding has NaN or infinite values")
+    return np.packbits(x > 0).tobytes()
+
+
+def hamming_similarity(a: bytes, b: bytes) -> float:
+    """Fraction of equal bits, in [0, 1]."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"bit strings differ in length ({len(a)} vs {len(b)}) or are empty")
+    differ = (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()
+    return 1.0 - differ / (8 * len(a))
+
+
+def cosine_estimate(a: bytes, b: bytes) -> float:
+    """SimHash's cos(π · differing fraction).
+
+    Exact in expectation for random hyperplanes; coordinate signs are not
+    random planes (embedding axes are correlated), so treat this as a rough
+    pre-ranking and score candidates on their full embedding.
+    """
+    return math.cos(math.pi * (1.0 - hamming_similarity(a, b)))
+
+
+# --- index entries -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One memory in a bucket: its id, sign bits and its author's fitness claim."""
+
+    memory_id: bytes
+    bits: bytes
+    author: bytes
+    up: int
+    down: int
+    created_ms: int
+    signature: bytes
+    body: bytes  # the signed canonical bytes, kept: we never re-encode to verify
+
+    @property
+    def wire(self) -> bytes:
+        return _pack([self.body, self.signature])
+
+    @property
+    def fitness(self) -> float:
+        return fitness(self.up, self.down)
+
+
+def _entry_body(memory_id: bytes, bits: bytes, author: bytes, up: int, down: int,
+                created_ms: int) -> bytes:
+    return _pack(["index", _VERSION, memory_id, bits, author, up, down, created_ms])
+
+
+def make_entry(identity: Identity, memory_id: bytes, emb: F32, up: int, down: int,
+               created_ms: int) -> IndexEntry:
+    """Sign an index entry for `memory_id` (ValueError on values no peer would accept)."""
+    bits = embedding_bits(emb)
+    if len(memory_id) != KEY_BYTES or len(bits) != BITS_BYTES:
+        raise ValueError(f"need a 32-byte memory id and a {8 * BITS_BYTES}-d embedding")
+    if not all(_uint(n) for n in (up, down, created_ms)):
+        raise ValueError("up, down and created_ms must be integers in [0, 2**63)")
+    body = _entry_body(memory_id, bits, identity.public_key, up, down, created_ms)
+    return IndexEntry(memory_id, bits, identity.public_key, up, down, created_ms,
+                      identity.sign(INDEX_DOMAIN, body), body)
+
+
+def _decode_entry(pair: object) -> IndexEntry:
+    if not (isinstance(pair, list) and len(pair) == 2
+            and isinstance(pair[0], bytes) and isinstance(pair[1], bytes)):
+        raise VerifyError("an index entry must be [body, signature]")
+    body, sig = pair
+    f = _unpack(body, "index entry")
+    if not (isinstance(f, list) and len(f) == 8 and f[0] == "index" and f[1] == _VERSION):
+        raise VerifyError("not a v1 index entry")
+    _, _, memory_id, bits, author, up, down, created = f
+    if not (isinstance(memory_id, bytes) and len(memory_id) == KEY_BYTES
+            and isinstance(bits, bytes) and len(bits) == BITS_BYTES
+            and isinstance(author, bytes) and len(author) == PUBLIC_KEY_BYTES
+            and len(sig) == SIGNATURE_BYTES and _uint(up) and _uint(down) and _uint(created)):
+        raise VerifyError("index entry has fields of the wrong type or size")
+    if _entry_body(memory_id, bits, author, up, down, created) != body:
+        raise VerifyError("index entry body is not canonical")  # one entry, one encoding
+    verify(author, INDEX_DOMAIN, body, sig)
+    return IndexEntry(memory_id, bits, author, up, down, created, sig, body)
+
+
+# --- bucket values -------------------------------------------------------------------
+
+def _rank(e: IndexEntry) -> tuple[float, int, bytes, int, bytes, bytes]:
+    """Higher is kept: fitness, then recency, then id; within an id, more votes."""
+    return (e.fitness, e.created_ms, e.memory_id, e.up + e.down, e.signature, e.body)
+
+
+def merge_buckets(a: Iterable[IndexEntry], b: Iterable[IndexEntry],
+                  cap: int = MAX_BUCKET_ENTRIES) -> list[IndexEntry]:
+    """Union by memory id, then the `cap` best by rank, best first.
+
+    Within an id the higher-ranked entry wins, not the one with more votes:
+    were a fresher but less fit entry to win, a cap could drop the id, and a
+    replica still holding the older entry would bring it back, so merge
+    order would matter. The cost: an author's lower fitness claim does not
+    replace a higher one already stored (the content key's votes are the
+    truth; the bucket only decides who stays).
+    """
+    best: dict[bytes, IndexEntry] = {}
+    for entry in (*a, *b):
+        mine = best.get(entry.memory_id)
+        if mine is None or _rank(entry) > _rank(mine):
+            best[entry.memory_id] = entry
+    return sorted(best.values(), key=_rank, reverse=True)[:max(cap, 0)]
+
+
+def encode_bucket(entries: Iterable[IndexEntry]) -> bytes:
+    """Canonical bucket value: one entry per id, the best MAX_BUCKET_ENTRIES, best first."""
+    kept = merge_buckets(entries, (), MAX_BUCKET_ENTRIES)
+    if not kept:
+        raise ValueError("an empty bucket is not a value")  # a missing key says that
+    return KIND_BUCKET + _pack([[e.body, e.signature] for e in kept])
+
+
+def decode_bucket(data: bytes, max_entries: int = MAX_BUCKET_ENTRIES) -> list[IndexEntry]:
+    """Every entry verified, or VerifyError for the whole value."""
+    if len(data) > 4 + max_entries * MAX_ENTRY_BYTES:
+        raise VerifyError(f"bucket value of {len(data)} bytes is over its cap")
+    if data[:1] != KIND_BUCKET:
+        raise VerifyError("not a bucket value")
+    pairs = _unpack(data[1:], "bucket value")
+    if not isinstance(pairs, list) or not 0 < len(pairs) <= max_entries:
+        raise VerifyError(f"a bucket must be a list of 1 to {max_entries} entries")
+    entries = [_decode_entry(p) for p in pairs]
+    if len({e.memory_id for e in entries}) != len(entries):
+        raise VerifyError("bucket lists a memory twice")
+    return entries
+
+
+# --- content values ------------------------------------------------------------------
+
+def _vote_rank(v: VoteRecord) -> tuple[Counter, bytes]:
+    # crdt.votes order (seq, up, down); the wire breaks a voter's equivocation
+    return Counter(v.seq, v.up, v.down), v.wire
+
+
+@dataclass(frozen=True)
+class Content:
+    """A memory record and its votes: at most one per (voter, region), sorted."""
+
+    memory: MemoryRecord
+    votes: tuple[VoteRecord, ...]
+
+    @property
+    def id(self) -> bytes:
+        return self.memory.id
+
+    def counters(self) -> dict[tuple[bytes, bytes], Counter]:
+        """The vote CRDT as crdt.votes sees it: (voter, region) -> Counter."""
+        return {(v.voter, v.region): Counter(v.seq, v.up, v.down) for v in self.votes}
+
+    def tally(self) -> tuple[int, int]:
+        """Total (up, down) over every voter and region."""
+        return tally(self.counters().values())
+
+    def encode(self) -> bytes:
+        return KIND_CONTENT + _pack([self.memory.wire, [v.wire for v in self.votes]])
+
+
+def _join_votes(votes: Iterable[VoteRecord]) -> tuple[VoteRecord, ...]:
+    """merge_votes semantics on records; over MAX_VOTES the lowest-ranked go.
+
+    The cap ranks by the same order that picks a key's winner, so it keeps
+    the join property (see merge_buckets).
+    """
+    best: dict[tuple[bytes, bytes], VoteRecord] = {}
+    for v in votes:
+        mine = best.get((v.voter, v.region))
+        if mine is None or _vote_rank(v) > _vote_rank(mine):
+            best[(v.voter, v.region)] = v
+    kept = sorted(best.values(), key=_vote_rank, reverse=True)[:MAX_VOTES]
+    return tuple(sorted(kept, key=lambda v: (v.voter, v.region)))
+
+
+def _decode_votes(wires: list[object], memory_id: bytes) -> list[VoteRecord]:
+    votes = []
+    for wire in wires:
+        if not isinstance(wire, bytes) or len(wire) > MAX_VOTE_BYTES:
+            raise VerifyError(f"a vote must be bytes of at most {MAX_VOTE_BYTES}")
+        vote = decode_vote(wire)
+        if vote.memory_id != memory_id:
+            raise VerifyError("content carries a vote for another memory")
+        votes.append(vote)
+    return votes
+
+
+def _content_from(memory_wire: object, vote_wires: object, expect_id: bytes | None,
+                  strict: bool) -> Content:
+    if not isinstance(memory_wire, bytes) or not isinstance(vote_wires, list):
+        raise VerifyError("content must be [memory record, [votes]]")
+    if len(vote_wires) > MAX_VOTES:
+        raise VerifyError(f"content carries more than {MAX_VOTES} votes")
+    memory = decode_memory(memory_wire)
+    if expect_id is not None and memory.id != expect_id:
+        raise VerifyError("memory record does not hash to its content key")
+    votes = _decode_votes(vote_wires, memory.id)
+    joined = _join_votes(votes)
+    if strict and len(joined) != len(votes):
+        raise VerifyError("content lists a voter's region twice")
+    return Content(memory, joined)
+
+
+def encode_content(memory_wire: bytes, vote_wires: Sequence[bytes]) -> bytes:
+    """Canonical content value; verifies its parts and keeps each voter's latest."""
+    return _content_from(memory_wire, list(vote_wires), None, strict=False).encode()
+
+
+def decode_content(data: bytes, expect_id: bytes) -> Content:
+    """Verify a content value stored under `expect_id`, or raise VerifyError."""
+    if len(data) > MAX_CONTENT_BYTES:
+        raise VerifyError(f"content value of {len(data)} bytes is over its cap")
+    if data[:1] != KIND_CONTENT:
+        raise VerifyError("not a content value")
+    parts = _unpack(data[1:], "content value")
+    if not isinstance(parts, list) or len(parts) != 2:
+        raise VerifyError("content must be [memory record, [votes]]")
+    return _content_from(parts[0], parts[1], _key(expect_id), strict=True)
+
+
+def merge_content(a: Content, b: Content) -> Content:
+    """Same record, votes joined per (voter, region) by highest seq."""
+    if a.memory.wire != b.memory.wire:
+        raise VerifyError("cannot merge contents of two different memories")
+    return Content(a.memory, _join_votes((*a.votes, *b.votes)))
+
+
+# --- values as the network layer sees them ----------------------------------------
+
+def _kind_of(data: bytes) -> str:
+    tag = data[:1]
+    if tag == KIND_BUCKET:
+        return "bucket"
+    if tag == KIND_CONTENT:
+        return "content"
+    raise VerifyError("value has no known kind tag")
+
+
+def validate_value(key32: bytes, data: bytes) -> tuple[str, bytes]:
+    """("bucket" | "content", canonical bytes) of a value offered for `key32`.
+
+    A bucket's entries cannot be checked against its key here (that needs
+    the full embeddings and the swarm's planes); a content value must hash
+    to its key.
+    """
+    _key(key32)
+    kind = _kind_of(data)
+    if kind == "content":
+        return kind, decode_content(data, key32).encode()
+    return kind, encode_bucket(decode_bucket(data))
+
+
+def merge_values(key32: bytes, old: bytes, new: bytes) -> bytes:
+    """Join of two values for one key, canonical; VerifyError if `new` is refused.
+
+    A content value proves its key (it hashes to it) and a bucket cannot, so
+    content replaces a bucket squatting on a memory id, while a bucket
+    offered over content is refused.
+    """
+    old_kind, new_kind = _kind_of(old), _kind_of(new)
+    if old_kind != new_kind:
+        if new_kind == "content":
+            return validate_value(key32, new)[1]
+        raise VerifyError("a bucket value cannot replace content")
+    if new_kind == "content":
+        merged = merge_content(decode_content(old, key32), decode_content(new, key32))
+        return merged.encode()
+    _key(key32)
+    return encode_bucket(merge_buckets(decode_bucket(old), decode_bucket(new)))

@@ -106,6 +106,10 @@ def node() -> None:
 @click.pass_context
 def node_run(ctx: click.Context, /, **flags: Any) -> None:
     """Run a spore in the foreground (SIGTERM/Ctrl-C stops it cleanly)."""
+    # One BLAS thread: on 2 cores a multi-threaded re-rank was 8x slower under
+    # load, and the encoder and event loop need the other core. Must be set
+    # before numpy is first imported (by the daemon, just below).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from p2pnode.daemon import run
     from p2pnode.service import setup_logging
 

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from _spore import Spore
+from corpus import gather_chunks
 
 from agents.encoder import load_encoder
-from corpus import gather_chunks
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-PURE = ["crdt.votes", "dht.keys", "dht.compact", "dht.index", "dht.codec",
+PURE = ["crdt.votes", "dht.keys", "dht.compact", "dht.index", "dht.codec", "dht.guard",
         "agents.consensus"]
 FORBIDDEN = ("asyncio", "aiohttp", "kademlia", "onnxruntime")
 # What dht/ and agents/ may use of p2pnode: its records, identity and errors.

@@ -72,6 +72,7 @@ class Spore:
         self.planes = hyperplanes(self.lsh, self.dim)
         self.index = LocalIndex(self.lsh, self.dim)
         self._votes: dict[int, _Votes] = {}  # by memory row; owned by the compute thread
+        self._reader = storage.reader()  # used by the compute thread only
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="spore-compute")
         self._db = ThreadPoolExecutor(1, thread_name_prefix="spore-db")
         self.counters = {"asks": 0, "teaches": 0, "votes": 0, "rejected": 0}
@@ -151,9 +152,12 @@ class Spore:
     async def ask(self, question: str, top: int = 3) -> dict[str, Any]:
         question = self.check_text(question, "question")
         top = max(1, min(top, MAX_SOURCES))
-        q, rows, scores, conf = await self._on(self._compute, self._rank, question)
+        q, rows, scores, conf, found = await self._on(self._compute, self._rank, question, top)
         answer_id = secrets.token_hex(8)
-        found = await self._on(self._db, self._fetch_and_remember, answer_id, q, rows[:top])
+        if rows and rows[0] in found:
+            # Not awaited: the db thread runs jobs in order, so a `rate` of this
+            # answer (queued later on the same thread) always finds it.
+            self._db.submit(self._remember, answer_id, q, rows[0], found[rows[0]].id)
         self.counters["asks"] += 1
         sources = [_source(found[r], float(s)) for r, s in zip(rows[:top], scores[:top],
                                                                strict=True) if r in found]
@@ -168,10 +172,11 @@ class Spore:
     def _region(self, q: np.ndarray) -> bytes:
         return bucket_key(self.lsh.seed, 0, int(table_codes(q, self.planes)[0]))
 
-    def _rank(self, question: str) -> tuple[np.ndarray, list[int], np.ndarray, float]:
+    def _rank(self, question: str, top: int
+              ) -> tuple[np.ndarray, list[int], np.ndarray, float, dict[int, MemoryRow]]:
         q = self.encoder.embed([question])[0]
         if len(self.index) == 0:
-            return q, [], np.zeros(0, np.float32), 0.0
+            return q, [], np.zeros(0, np.float32), 0.0, {}
         rows, cos = self.index.search(q, CANDIDATES)
         region = np.zeros(len(rows), np.float32)
         overall = np.zeros(len(rows), np.float32)
@@ -182,17 +187,14 @@ class Spore:
                 overall[i] = votes.overall()
         ranking = consensus.combine(cos, overall, region)
         ranked_rows = [int(rows[i]) for i in ranking.order]
-        return q, ranked_rows, ranking.scores, ranking.confidence
+        found = self._reader.memories_by_rows(ranked_rows[:top])
+        return q, ranked_rows, ranking.scores, ranking.confidence, found
 
-    def _fetch_and_remember(self, answer_id: str, q: np.ndarray,
-                            rows: list[int]) -> dict[int, MemoryRow]:
-        found = self.storage.memories_by_rows(rows)
-        if rows and rows[0] in found:
-            codes, scales = compact.to_int8(q[None, :])
-            self.storage.put_answer(
-                AnswerRow(answer_id, found[rows[0]].id, rows[0], self._region(q),
-                          compact.pack(codes[0], float(scales[0]))), self._now_ms())
-        return found
+    def _remember(self, answer_id: str, q: np.ndarray, row: int, memory_id: bytes) -> None:
+        codes, scales = compact.to_int8(q[None, :])
+        self.storage.put_answer(
+            AnswerRow(answer_id, memory_id, row, self._region(q),
+                      compact.pack(codes[0], float(scales[0]))), self._now_ms())
 
     # rate ---------------------------------------------------------------
     async def rate(self, answer_id: str, up: bool) -> dict[str, Any]:
@@ -254,6 +256,7 @@ class Spore:
     def close(self) -> None:
         self._compute.shutdown(wait=True)
         self._db.shutdown(wait=True)
+        self._reader.close()
 
 
 def _memory_json(r: MemoryRow) -> dict[str, Any]:

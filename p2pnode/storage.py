@@ -99,6 +99,31 @@ def dedupe_key(rec: MemoryRecord) -> bytes:
     return h.digest()
 
 
+_ROW_COLS = "row, id, question, answer, origin, author, created_ms"
+
+
+def _memories_by_rows(con: sqlite3.Connection, rows: Sequence[int]) -> dict[int, MemoryRow]:
+    if not rows:
+        return {}
+    marks = ",".join("?" * len(rows))
+    cur = con.execute(f"SELECT {_ROW_COLS} FROM memories WHERE row IN ({marks})", list(rows))
+    return {r[0]: MemoryRow(*r) for r in cur}
+
+
+class Reader:
+    """Read-only access to memories from a thread other than the storage's own,
+    so that an ask fetches its answer in the same hop that ranked it."""
+
+    def __init__(self, path: Path) -> None:
+        self._con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+
+    def memories_by_rows(self, rows: Sequence[int]) -> dict[int, MemoryRow]:
+        return _memories_by_rows(self._con, rows)
+
+    def close(self) -> None:
+        self._con.close()
+
+
 class Storage:
     """The spore's database. Not thread-safe: one worker thread owns it."""
 
@@ -170,15 +195,14 @@ class Storage:
         return (np.asarray(rows, dtype=np.int64), matrix,
                 np.asarray(scales, dtype=np.float32))
 
-    _ROW_COLS = "row, id, question, answer, origin, author, created_ms"
+    _ROW_COLS = _ROW_COLS
 
     def memories_by_rows(self, rows: Sequence[int]) -> dict[int, MemoryRow]:
-        if not rows:
-            return {}
-        marks = ",".join("?" * len(rows))
-        cur = self._durable.execute(
-            f"SELECT {self._ROW_COLS} FROM memories WHERE row IN ({marks})", list(rows))
-        return {r[0]: MemoryRow(*r) for r in cur}
+        return _memories_by_rows(self._durable, rows)
+
+    def reader(self) -> Reader:
+        """A read-only connection for another thread (WAL readers never block)."""
+        return Reader(self.path)
 
     def memory_by_id(self, memory_id: bytes) -> MemoryRow | None:
         r = self._durable.execute(

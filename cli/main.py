@@ -103,6 +103,9 @@ def node() -> None:
 @click.option("--port", "api_port", type=int, help="API port (default 7150; SPORE_PORT).")
 @click.option("--state-dir", type=click.Path(path_type=Path), help="State directory.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--dht-port", type=int, help="DHT port, UDP (default 7151; SPORE_DHT_PORT).")
+@click.option("--peer", "peers", multiple=True, metavar="HOST:PORT",
+              help="A spore to join through (its DHT port); repeatable.")
 @click.pass_context
 def node_run(ctx: click.Context, /, **flags: Any) -> None:
     """Run a spore in the foreground (SIGTERM/Ctrl-C stops it cleanly)."""
@@ -113,6 +116,7 @@ def node_run(ctx: click.Context, /, **flags: Any) -> None:
     from p2pnode.daemon import run
     from p2pnode.service import setup_logging
 
+    flags["peers"] = list(flags["peers"]) or None
     cfg = config(ctx, **flags)
     setup_logging(cfg.log_level, cfg.journald)
     run(cfg)
@@ -218,6 +222,39 @@ def status(ctx: click.Context, as_json: bool) -> None:
     data = client(ctx).get("/v1/status")
     emit(as_json, data, lambda: click.echo("\n".join(
         f"{k:10} {v}" for k, v in data.items() if k != "counters")))
+
+
+@main.command()
+@json_option
+@click.pass_context
+def peers(ctx: click.Context, as_json: bool) -> None:
+    """The spores in this one's DHT routing table."""
+    data = client(ctx).get("/v1/peers")
+    emit(as_json, data, lambda: click.echo("\n".join(
+        f"{p['node_id'][:16]}  {p['address']:21}  {_liveness(p)}" for p in data["peers"])
+        or "no peers (start with --peer HOST:PORT)"))
+
+
+def _liveness(peer: dict[str, Any]) -> str:
+    if not peer["alive"]:
+        return "not heard from"
+    return f"seen {peer['last_seen_s']:.0f}s ago"
+
+
+@main.group("dht")
+def dht_group() -> None:
+    """The swarm index."""
+
+
+@dht_group.command("locate")
+@click.argument("memory_id")
+@json_option
+@click.pass_context
+def dht_locate(ctx: click.Context, memory_id: str, as_json: bool) -> None:
+    """Which spores hold MEMORY_ID."""
+    data = client(ctx).get(f"/v1/dht/locate/{memory_id}")
+    emit(as_json, data, lambda: click.echo("\n".join(
+        f"{h['node_id'][:16]}  {h['address']}" for h in data["holders"]) or "held by nobody"))
 
 
 @main.command()

@@ -47,14 +47,16 @@ __all__ = [
     "table_codes_batch",
 ]
 
-# Chosen for the DHT with scripts/bench/recall.py ("buckets"), on real MiniLM
-# embeddings: each memory is filed under 8 keys (× 3 replicas), a query visits
-# at most 8 × (1 + 8) = 72 keys, cheapest first, and at 100,000 memories a
-# home bucket holds ~45 entries (skewed: text embeddings are not isotropic).
-# Fewer bits make bigger buckets than a datagram carries; more tables cost
-# every teach more stores. The local index does not depend on them.
+# Chosen for the DHT: each memory is filed under 8 keys (× 3 replicas) and a
+# question looks up its 24 cheapest keys. Questions and their answers sit at
+# cosines of only 0.6–0.8 with this encoder, so buckets must be coarse: on the
+# Debian FAQ (question → its own answer section, 24 lookups) 14 bits found
+# 19–48 %, 8 bits 73 %, 6 bits 91 % (measured by hand; see the README). At
+# 6 bits a swarm of 100,000 memories has ~1,500 per bucket, more than a
+# bucket keeps (32, the fittest first): big swarms need more bits in their
+# DNA, or more tables. The local index does not depend on these.
 DEFAULT_TABLES = 8
-DEFAULT_BITS = 14
+DEFAULT_BITS = 6
 DEFAULT_PROBES = 8
 
 MAX_TABLES = 256

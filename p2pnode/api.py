@@ -160,15 +160,35 @@ async def memories(request: web.Request) -> web.Response:
     return web.json_response({"memories": items, "limit": limit, "offset": offset})
 
 
-async def memory(request: web.Request) -> web.Response:
-    raw = request.match_info["id"]
+def _memory_id(raw: str) -> bytes:
     try:
         mid = bytes.fromhex(raw)
     except ValueError:
         mid = b""
     if len(mid) != 32:
         raise BadRequest(f"{raw!r} is not a memory id (64 hex digits)")
-    return web.json_response(await _spore(request).memory(mid))
+    return mid
+
+
+async def memory(request: web.Request) -> web.Response:
+    return web.json_response(await _spore(request).memory(_memory_id(request.match_info["id"])))
+
+
+async def peers(request: web.Request) -> web.Response:
+    swarm = _spore(request).swarm
+    contacts = swarm.dht.contacts() if swarm is not None else []
+    return web.json_response({"peers": [
+        {"node_id": c.node_id, "address": f"{c.ip}:{c.port}",
+         "last_seen_s": None if c.last_seen_s is None else round(c.last_seen_s, 1),
+         "alive": c.last_seen_s is not None} for c in contacts]})
+
+
+async def locate(request: web.Request) -> web.Response:
+    mid = _memory_id(request.match_info["id"])
+    swarm = _spore(request).swarm
+    holders = await swarm.locate(mid) if swarm is not None else []
+    return web.json_response({"memory_id": mid.hex(), "holders": [
+        {"node_id": n, "address": f"{ip}:{port}"} for n, ip, port in holders]})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -189,6 +209,8 @@ def make_app(spore: Spore, token: str | None) -> web.Application:
         web.post("/v1/rate", rate),
         web.get("/v1/memories", memories),
         web.get("/v1/memories/{id}", memory),
+        web.get("/v1/peers", peers),
+        web.get("/v1/dht/locate/{id}", locate),
         web.get("/v1/openapi.json", openapi),
     ])
     return app

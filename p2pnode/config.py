@@ -30,6 +30,11 @@ _TOML_KEYS = {
     ("node", "encoder_threads"): "encoder_threads",
     ("node", "max_text_bytes"): "max_text_bytes",
     ("node", "state_dir"): "state_dir",
+    ("dht", "host"): "dht_host",
+    ("dht", "port"): "dht_port",
+    ("dht", "peers"): "peers",
+    ("dht", "republish_s"): "republish_s",
+    ("dht", "max_contacts_per_ip"): "max_contacts_per_ip",
 }
 ENV_VARS = {
     "SPORE_HOST": "api_host",
@@ -38,7 +43,13 @@ ENV_VARS = {
     "SPORE_LOG_LEVEL": "log_level",
     "SPORE_ENCODER_THREADS": "encoder_threads",
     "SPORE_MAX_TEXT_BYTES": "max_text_bytes",
+    "SPORE_DHT_HOST": "dht_host",
+    "SPORE_DHT_PORT": "dht_port",
+    "SPORE_PEERS": "peers",
+    "SPORE_REPUBLISH_S": "republish_s",
+    "SPORE_MAX_CONTACTS_PER_IP": "max_contacts_per_ip",
 }
+DEFAULT_DHT_PORT = 7151
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +63,11 @@ class Config:
     log_level: str = "info"
     encoder_threads: int = 1
     max_text_bytes: int = 16 * 1024
+    dht_host: str = "0.0.0.0"
+    dht_port: int = DEFAULT_DHT_PORT
+    peers: tuple[tuple[str, int], ...] = ()
+    republish_s: float = 3600.0
+    max_contacts_per_ip: int = 4
     journald: bool = False
     notify_socket: str | None = None
     watchdog_usec: int = 0
@@ -138,9 +154,29 @@ def _read_toml(path: Path) -> dict[str, Any]:
 _TYPES = {f.name: f.type for f in fields(Config)}
 
 
+def parse_peers(value: Any, where: str) -> tuple[tuple[str, int], ...]:
+    """`host:port` items, as a list (TOML, flags) or comma-separated (environment)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ConfigError(f"{where}: expected a list of 'host:port', got {value!r}")
+    out = []
+    for item in items:
+        host, sep, port = str(item).strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{where}: {item!r} is not 'host:port'")
+        out.append((host.strip("[]"), int(port)))
+    return tuple(out)
+
+
 def _coerce(name: str, value: Any, where: str) -> Any:
     kind = _TYPES[name]
+    if name == "peers":
+        return parse_peers(value, where)
     try:
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
         if kind == "Path":
             return Path(str(value)).expanduser()
         if kind == "int":
@@ -159,15 +195,22 @@ def _coerce(name: str, value: Any, where: str) -> Any:
 def _validated(cfg: Config) -> Config:
     if not 0 <= cfg.api_port <= 65535:
         raise ConfigError(f"API port {cfg.api_port} is not in 0..65535")
+    if not 0 <= cfg.dht_port <= 65535:
+        raise ConfigError(f"DHT port {cfg.dht_port} is not in 0..65535")
+    if not 0.5 <= cfg.republish_s <= 7 * 86400:
+        raise ConfigError(f"republish_s {cfg.republish_s} is not in 0.5..604800")
+    if not 1 <= cfg.max_contacts_per_ip <= 4096:
+        raise ConfigError(f"max_contacts_per_ip {cfg.max_contacts_per_ip} is not in 1..4096")
     if cfg.log_level not in LOG_LEVELS:
         raise ConfigError(f"log level {cfg.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     if not 1 <= cfg.encoder_threads <= 64:
         raise ConfigError(f"encoder_threads {cfg.encoder_threads} is not in 1..64")
     if not 64 <= cfg.max_text_bytes <= 1024 * 1024:
         raise ConfigError(f"max_text_bytes {cfg.max_text_bytes} is not in 64..1048576")
-    try:
-        ipaddress.ip_address(cfg.api_host)
-    except ValueError:
-        if cfg.api_host != "localhost":
-            raise ConfigError(f"API host {cfg.api_host!r} is not an IP address") from None
+    for what, host in (("API", cfg.api_host), ("DHT", cfg.dht_host)):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host != "localhost":
+                raise ConfigError(f"{what} host {host!r} is not an IP address") from None
     return replace(cfg, state_dir=cfg.state_dir.expanduser())

@@ -29,11 +29,14 @@ from p2pnode.lock import StateLock
 from p2pnode.node import Spore
 from p2pnode.service import Notifier
 from p2pnode.storage import DB_FILE, Storage
+from p2pnode.swarm import Swarm, SwarmSettings
 
 log = logging.getLogger("spore")
 TOKEN_FILE = "api.token"
 ENCODER_NAME = "all-MiniLM-L6-v2-int8-rq"
 ENCODER_DIM = 384
+REPUBLISH_TICK_S = 2.0
+DRAIN_S = 10.0  # background publishing allowed to finish on stop
 
 
 def ensure_state_dir(state_dir: Path) -> None:
@@ -103,10 +106,15 @@ async def _serve_locked(cfg: Config) -> None:
         raise StateError(str(exc)) from exc
     dna_mod.check_encoder(dna, encoder.model_sha256, encoder.dim)
     storage = Storage(cfg.state_dir / DB_FILE)
+    swarm = Swarm(identity=identity, dna=dna, state_dir=cfg.state_dir, dim=encoder.dim,
+                  settings=SwarmSettings(host=cfg.dht_host, port=cfg.dht_port, peers=cfg.peers,
+                                         republish_s=cfg.republish_s,
+                                         max_contacts_per_ip=cfg.max_contacts_per_ip))
     spore = Spore(identity=identity, dna=dna, storage=storage, encoder=encoder,
-                  max_text_bytes=cfg.max_text_bytes)
+                  max_text_bytes=cfg.max_text_bytes, swarm=swarm)
     try:
         await spore.load()
+        await swarm.start()
         runner = web.AppRunner(make_app(spore, _api_token(cfg)), access_log=None,
                                handler_cancellation=True)
         await runner.setup()
@@ -117,6 +125,9 @@ async def _serve_locked(cfg: Config) -> None:
             notifier.send(stopping="1", status="draining")
             await runner.cleanup()
     finally:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(spore.drain(), DRAIN_S)
+        await swarm.stop()
         spore.close()
         storage.close()
         log.info("stopped")
@@ -143,12 +154,38 @@ async def _serve_until_stopped(cfg: Config, spore: Spore, notifier: Notifier) ->
              status["memories"], cfg.api_url, cfg.state_dir)
     notifier.send(ready="1", status=f"serving {status['memories']} memories on {cfg.api_url}")
     async with asyncio.TaskGroup() as services:
-        watchdog = services.create_task(_watchdog(notifier, cfg.watchdog_usec))
+        tasks = [services.create_task(_watchdog(notifier, cfg.watchdog_usec)),
+                 services.create_task(_republish(spore, cfg.republish_s))]
         await stop.wait()
         log.info("stopping: draining requests")
-        watchdog.cancel()
+        for task in tasks:
+            task.cancel()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
+
+
+async def _republish(spore: Spore, every_s: float) -> None:
+    """The author's duty: put its own records again, so replicas that died are
+    replaced; then let the holder's store expire what nobody refreshes."""
+    swarm = spore.swarm
+    assert swarm is not None
+    loop = asyncio.get_running_loop()
+    last, had_peers = float("-inf"), False
+    with contextlib.suppress(asyncio.CancelledError):
+        while True:
+            has_peers = bool(swarm.dht.contacts())
+            # Also at once when the first peers appear: what was taught while
+            # alone reaches the swarm without waiting an interval.
+            if has_peers and (loop.time() - last >= every_s or not had_peers):
+                last = loop.time()
+                records = await spore.own_records()
+                items = [kv for rec in records for kv in swarm.values_for(rec)]
+                items.extend(swarm.held_items())
+                done = await swarm.dht.republish(items)
+                log.debug("republished %d of %d values", done, len(items))
+            had_peers = has_peers
+            swarm.expire()
+            await asyncio.sleep(min(every_s, REPUBLISH_TICK_S))
 
 
 async def _watchdog(notifier: Notifier, usec: int) -> None:

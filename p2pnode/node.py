@@ -26,8 +26,10 @@ from dht.keys import bucket_key, hyperplanes, table_codes
 from p2pnode.dna import Dna
 from p2pnode.errors import BadRequest, NotFound, TooLarge
 from p2pnode.identity import Identity
+from p2pnode.records import MemoryRecord as MemoryRecordT
 from p2pnode.records import VoteRecord, make_memory, make_vote
 from p2pnode.storage import AnswerRow, MemoryRow, Storage, StoredVote
+from p2pnode.swarm import Found, Swarm
 
 T = TypeVar("T")
 CANDIDATES = 32  # memories re-ranked per ask
@@ -62,8 +64,11 @@ class _Votes:
 
 class Spore:
     def __init__(self, *, identity: Identity, dna: Dna, storage: Storage, encoder: Encoder,
-                 max_text_bytes: int, clock: Callable[[], float] = time.time) -> None:
+                 max_text_bytes: int, clock: Callable[[], float] = time.time,
+                 swarm: Swarm | None = None) -> None:
         self.identity, self.dna, self.storage, self.encoder = identity, dna, storage, encoder
+        self.swarm = swarm
+        self._background: set[asyncio.Task[Any]] = set()
         self.max_text_bytes = max_text_bytes
         self.clock = clock
         self.started = clock()
@@ -126,6 +131,8 @@ class Spore:
         fresh = [(k, row) for k, (row, _, new) in enumerate(stored) if new]
         if fresh:
             await self._on(self._compute, self._index_add, fresh, prepared)
+            if self.swarm is not None:
+                self._in_background(self._publish([prepared[k][0] for k, _ in fresh]))
         self.counters["teaches"] += len(fresh)
         return [(mid, new) for _, mid, new in stored]
 
@@ -148,19 +155,45 @@ class Spore:
         scales = np.asarray([prepared[k][2] for k, _ in fresh], dtype=np.float32)
         self.index.add_compact(rows, codes, scales)
 
+    def _in_background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _publish(self, records: list[Any]) -> None:
+        """Index freshly taught memories in the swarm (acknowledged already)."""
+        assert self.swarm is not None
+        for rec in records:
+            await self.swarm.publish(self.swarm.values_for(rec))
+
+    async def own_records(self) -> list[MemoryRecordT]:
+        """Every memory this spore authored (for republishing)."""
+        return await self._on(self._db, self.storage.records_by_author, self.identity.public_key)
+
     # ask ----------------------------------------------------------------
     async def ask(self, question: str, top: int = 3) -> dict[str, Any]:
         question = self.check_text(question, "question")
         top = max(1, min(top, MAX_SOURCES))
         q, rows, scores, conf, found = await self._on(self._compute, self._rank, question, top)
         answer_id = secrets.token_hex(8)
-        if rows and rows[0] in found:
+        local = [(float(s), found[r]) for r, s in zip(rows[:top], scores[:top], strict=True)
+                 if r in found]
+        sources = [_source(m, score) for score, m in local]
+        remote: list[Found] = []
+        if self.swarm is not None:
+            remote = await self.swarm.find(q, {m.id for _, m in local}, top)
+            sources = _merge_sources(sources, remote, top)
+            if len(sources) > 1:
+                conf = consensus.confidence(sources[0]["score"], sources[1]["score"])
+        if sources and not sources[0].get("remote"):
             # Not awaited: the db thread runs jobs in order, so a `rate` of this
             # answer (queued later on the same thread) always finds it.
-            self._db.submit(self._remember, answer_id, q, rows[0], found[rows[0]].id)
+            row = next(r for r in rows if r in found and found[r].id.hex() == sources[0]["id"])
+            self._db.submit(self._remember, answer_id, q, row, found[row].id)
+        elif sources:
+            rec = next(f.record for f in remote if f.record.id.hex() == sources[0]["id"])
+            self._db.submit(self._adopt, answer_id, q, rec)
         self.counters["asks"] += 1
-        sources = [_source(found[r], float(s)) for r, s in zip(rows[:top], scores[:top],
-                                                               strict=True) if r in found]
         return {
             "answer_id": answer_id if sources else None,
             "answer": sources[0]["text"] if sources else None,
@@ -168,6 +201,18 @@ class Spore:
             "sources": sources,
             "memories_searched": len(self.index),
         }
+
+    def _adopt(self, answer_id: str, q: np.ndarray, rec: Any) -> None:
+        """Keep a verified memory found in the swarm that answered here, so it
+        can be rated (and found locally next time). Runs on the db thread."""
+        emb = rec.vector()
+        codes, scales = compact.to_int8(emb[None, :])
+        [(row, mid, new)] = self.storage.add_memories([(rec, codes[0].tobytes(),
+                                                        float(scales[0]))])
+        self._remember(answer_id, q, row, mid)
+        if new:
+            self._compute.submit(self.index.add_compact, np.asarray([row], np.int64), codes,
+                                 scales)
 
     def _region(self, q: np.ndarray) -> bytes:
         return bucket_key(self.lsh.seed, 0, int(table_codes(q, self.planes)[0]))
@@ -251,7 +296,13 @@ class Spore:
             "uptime_s": round(self.clock() - self.started, 1),
             "counters": dict(self.counters),
             "rss_mb": _rss_mb(),
+            "dht": self.swarm.status() if self.swarm is not None else None,
         }
+
+    async def drain(self) -> None:
+        """Let background publishing finish (bounded by the caller's timeout)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     def close(self) -> None:
         self._compute.shutdown(wait=True)
@@ -266,6 +317,21 @@ def _memory_json(r: MemoryRow) -> dict[str, Any]:
 
 def _source(r: MemoryRow, score: float) -> dict[str, Any]:
     return {**_memory_json(r), "score": round(score, 4)}
+
+
+def _merge_sources(local: list[dict[str, Any]], remote: list[Found],
+                   top: int) -> list[dict[str, Any]]:
+    """Local and swarm sources ranked together (swarm ones scored like local)."""
+    out = list(local)
+    for f in remote:
+        rec = f.record
+        score = float(consensus.combine(np.array([f.cosine]), np.array([fitness(f.up, f.down)]),
+                                        np.zeros(1)).scores[0])
+        out.append({"id": rec.id.hex(), "question": rec.question, "text": rec.answer,
+                    "origin": rec.origin, "author": rec.author.hex(),
+                    "created_ms": rec.created_ms, "score": round(score, 4), "remote": True})
+    out.sort(key=lambda s: -s["score"])
+    return out[:top]
 
 
 def _rss_mb() -> float:

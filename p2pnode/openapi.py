@@ -57,6 +57,10 @@ OPENAPI: dict[str, Any] = {
         "/v1/memories/{id}": {"get": _op("one memory with its votes", params=[
             {"name": "id", "in": "path", "required": True,
              "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}])},
+        "/v1/peers": {"get": _op("the DHT routing table, with liveness")},
+        "/v1/dht/locate/{id}": {"get": _op("which spores hold a memory", params=[
+            {"name": "id", "in": "path", "required": True,
+             "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}])},
         "/v1/openapi.json": {"get": _op("this document")},
     },
     "components": {"schemas": {"Error": _obj(["error"], error=_STR)}},

@@ -21,7 +21,7 @@ import numpy as np
 
 from crdt.votes import Counter
 from p2pnode.errors import StateError
-from p2pnode.records import MemoryRecord, VoteRecord
+from p2pnode.records import MemoryRecord, VoteRecord, decode_memory
 
 DB_FILE = "spore.sqlite3"
 
@@ -212,6 +212,11 @@ class Storage:
     def memory_record(self, memory_id: bytes) -> bytes | None:
         r = self._durable.execute("SELECT record FROM memories WHERE id=?", (memory_id,)).fetchone()
         return bytes(r[0]) if r else None
+
+    def records_by_author(self, author: bytes) -> list[MemoryRecord]:
+        cur = self._durable.execute("SELECT record FROM memories WHERE author=? ORDER BY row",
+                                    (author,))
+        return [decode_memory(bytes(r[0])) for r in cur]
 
     def list_memories(self, limit: int, offset: int) -> list[MemoryRow]:
         cur = self._durable.execute(

@@ -38,6 +38,12 @@ def wait_for(condition: Callable[[], bool], deadline_s: float, what: str) -> Non
     raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @dataclass
 class Daemon:
     state_dir: Path
@@ -114,7 +120,8 @@ def make_daemon(tmp: Path) -> Daemon:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPORE_")}
     env.pop("NOTIFY_SOCKET", None)
-    env.update(SPORE_STATE_DIR=str(state), SPORE_CONFIG_DIR=str(conf), SPORE_PORT=str(port))
+    env.update(SPORE_STATE_DIR=str(state), SPORE_CONFIG_DIR=str(conf), SPORE_PORT=str(port),
+               SPORE_DHT_HOST="127.0.0.1", SPORE_DHT_PORT=str(free_udp_port()))
     return Daemon(state, conf, port, env)
 
 

@@ -22,8 +22,8 @@ SPORE = str(Path(sys.executable).parent / "spore")
 FAQ_DIR = Path("/usr/share/doc/debian/FAQ")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(udp: bool = False) -> int:
+    with socket.socket(type=socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -62,7 +62,8 @@ class Spore:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SPORE_")}
         self.env.update(SPORE_STATE_DIR=str(state), SPORE_CONFIG_DIR=str(state / "conf"),
                         SPORE_PORT=str(self.port), SPORE_ENCODER_THREADS=str(threads),
-                        SPORE_LOG_LEVEL="warning", SPORE_MAX_TEXT_BYTES="65536")
+                        SPORE_LOG_LEVEL="warning", SPORE_MAX_TEXT_BYTES="65536",
+                        SPORE_DHT_HOST="127.0.0.1", SPORE_DHT_PORT=str(free_port(udp=True)))
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: http.client.HTTPConnection | None = None
         self.startup_s = 0.0

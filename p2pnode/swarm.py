@@ -1,0 +1,197 @@
+"""The spore's part in the swarm index: publish what it was taught, find what
+it is asked, republish its own records, expire what nobody refreshes.
+
+Wires `dht.server.SporeDHT` with the value rules of `dht.codec` and a
+`dht.values.ValueStore` in the state directory. Only embeddings, signed
+index entries and signed records travel: never a question's text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dht import codec
+from dht.guard import MAX_VALUE
+from dht.keys import bucket_key, bucket_keys, hyperplanes, table_codes
+from dht.server import DhtConfig, DhtError, NotEnoughReplicas, SporeDHT, ValueRules
+from dht.values import ValueStore
+from p2pnode.dna import Dna
+from p2pnode.errors import SporeError, VerifyError
+from p2pnode.identity import Identity
+from p2pnode.records import MemoryRecord
+
+log = logging.getLogger("spore.swarm")
+DHT_DB = "dht.sqlite3"
+RULES = ValueRules(validate=codec.validate_value, merge=codec.merge_values,
+                   key_id=codec.dht_id, node_id=codec.node_dht_id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwarmSettings:
+    host: str = "0.0.0.0"
+    port: int = 7151
+    peers: tuple[tuple[str, int], ...] = ()
+    republish_s: float = 3600.0
+    max_contacts_per_ip: int = 4
+    rpc_timeout_s: float = 1.5
+    lookups_per_ask: int = 24  # bucket keys looked up per question (home keys first)
+    fetch_per_ask: int = 8  # remote candidates whose content is fetched
+
+
+@dataclass(frozen=True)
+class Found:
+    """A memory found in the swarm, verified, with its cosine to the question."""
+
+    record: MemoryRecord
+    cosine: float
+    up: int
+    down: int
+
+
+class Swarm:
+    def __init__(self, *, identity: Identity, dna: Dna, state_dir: Path, dim: int,
+                 settings: SwarmSettings, now_ms: Callable[[], int] | None = None) -> None:
+        self.identity, self.dna, self.settings = identity, dna, settings
+        self._now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self.store = ValueStore(state_dir / DHT_DB)
+        self.dht = SporeDHT(identity=identity, dna_hash=dna.hash, store=self.store, rules=RULES,
+                            config=DhtConfig(replicas=int(dna.fields["replication"]),
+                                             max_contacts_per_ip=settings.max_contacts_per_ip,
+                                             rpc_timeout_s=settings.rpc_timeout_s,
+                                             republish_interval_s=settings.republish_s))
+        self.planes = hyperplanes(dna.lsh, dim)
+        self.counters = {"published": 0, "unreplicated": 0, "remote_found": 0,
+                         "remote_rejected": 0, "expired": 0}
+
+    async def start(self) -> tuple[str, int]:
+        addr = await self.dht.start(self.settings.host, self.settings.port)
+        if self.settings.peers:
+            answered = await self.dht.bootstrap(self.settings.peers)
+            log.info("DHT on udp %s:%d, %d of %d peers answered", *addr, answered,
+                     len(self.settings.peers))
+        return addr
+
+    async def stop(self) -> None:
+        await self.dht.stop()
+        self.store.close()
+
+    # publishing -----------------------------------------------------------
+    def values_for(self, rec: MemoryRecord, up: int = 0, down: int = 0,
+                   votes: Sequence[bytes] = ()) -> list[tuple[bytes, bytes]]:
+        """(key, value) pairs that index one memory: its content, and an index
+        entry under the home bucket of every LSH table."""
+        emb = rec.vector()
+        out: list[tuple[bytes, bytes]] = []
+        content = codec.encode_content(rec.wire, list(votes))
+        if len(content) <= MAX_VALUE:  # larger texts are found but kept by their author
+            out.append((rec.id, content))
+        entry = codec.encode_bucket([codec.make_entry(self.identity, rec.id, emb, up, down,
+                                                      rec.created_ms)])
+        codes = table_codes(emb, self.planes)
+        seed = self.dna.lsh.seed
+        out.extend((bucket_key(seed, t, int(c)), entry) for t, c in enumerate(codes))
+        return out
+
+    async def publish(self, items: Iterable[tuple[bytes, bytes]]) -> int:
+        """Put values; a spore alone publishes nothing (its own database has
+        them; the republish loop publishes once peers appear), one short of
+        replicas keeps them in its own share too."""
+        if not self.dht.contacts():
+            self.counters["alone"] = self.counters.get("alone", 0) + 1
+            return 0
+        done = 0
+        for key, value in items:
+            try:
+                await self.dht.put(key, value)
+                done += 1
+            except NotEnoughReplicas:
+                self.counters["unreplicated"] += 1
+                self._keep_locally(key, value)
+            except (DhtError, SporeError) as exc:
+                log.warning("publishing %s…: %s", key.hex()[:12], exc)
+        self.counters["published"] += done
+        return done
+
+    def _keep_locally(self, key: bytes, value: bytes) -> None:
+        with contextlib.suppress(SporeError):
+            self.store.put(key, value, self.dht.node_id, self._now_ms())
+
+    # finding --------------------------------------------------------------
+    async def find(self, q: np.ndarray, exclude: set[bytes], limit: int) -> list[Found]:
+        keys = bucket_keys(q, self.dna.lsh, self.planes)[: self.settings.lookups_per_ask]
+        values = await asyncio.gather(*(self._get(k) for k in keys))
+        entries: dict[bytes, codec.IndexEntry] = {}
+        for value in values:
+            for e in _entries(value):
+                if e.memory_id not in exclude:
+                    entries.setdefault(e.memory_id, e)
+        qbits = codec.embedding_bits(q)
+        best = sorted(entries.values(), key=lambda e: -codec.cosine_estimate(qbits, e.bits))
+        best = best[: min(limit, self.settings.fetch_per_ask)]
+        found = await asyncio.gather(*(self._content(e, q) for e in best))
+        out = [f for f in found if f is not None]
+        self.counters["remote_found"] += len(out)
+        return out
+
+    async def _get(self, key: bytes) -> bytes | None:
+        try:
+            return await self.dht.get(key)
+        except (DhtError, SporeError) as exc:
+            log.debug("DHT get %s…: %s", key.hex()[:12], exc)
+            return None
+
+    async def _content(self, entry: codec.IndexEntry, q: np.ndarray) -> Found | None:
+        data = await self._get(entry.memory_id)
+        if data is None:
+            return None
+        try:
+            content = codec.decode_content(data, entry.memory_id)
+        except VerifyError:
+            self.counters["remote_rejected"] += 1
+            return None
+        rec = content.memory
+        if rec.author != entry.author or rec.dna_hash != self.dna.hash:
+            self.counters["remote_rejected"] += 1
+            return None
+        up, down = content.tally()
+        return Found(rec, float(rec.vector() @ q), up, down)
+
+    async def locate(self, memory_id: bytes) -> list[tuple[str, str, int]]:
+        return await self.dht.locate(memory_id)
+
+    def status(self) -> dict[str, Any]:
+        return {"dht_address": f"{self.dht.address[0]}:{self.dht.address[1]}",
+                "contacts": len(self.dht.contacts()), "store": self.store.stats(),
+                "counters": {**self.dht.counters, **self.counters}}
+
+    def held_items(self) -> list[tuple[bytes, bytes]]:
+        """What this spore holds for others: re-put each interval, so a value
+        whose author died stays on 3 live holders while any holder lives."""
+        out = []
+        for key in self.store.keys():
+            value = self.store.get(key)
+            if value is not None:
+                out.append((key, value))
+        return out
+
+    def expire(self) -> None:
+        ttl = int(self.settings.republish_s * 2.5 * 1000)
+        self.counters["expired"] += self.store.expire(self._now_ms(), ttl)
+
+
+def _entries(value: bytes | None) -> list[codec.IndexEntry]:
+    if value is None or value[:1] != codec.KIND_BUCKET:
+        return []
+    try:
+        return codec.decode_bucket(value)
+    except VerifyError:
+        return []

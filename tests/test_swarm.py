@@ -1,0 +1,120 @@
+"""A swarm of real spore processes on 127.0.0.1 (real UDP DHT, real HTTP API).
+
+Memories taught on random spores are answerable from every other spore;
+after kill -9 of a third of the spores they still are, and after one
+republish interval every memory is back on 3 live holders.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Daemon, make_daemon, wait_for
+
+SPORES = 16
+REPUBLISH_S = 3.0
+FACTS = [
+    ("How do I back up my home directory?", "Run restic every night to back up /home."),
+    ("Which program manages printers?", "CUPS manages the printers and print queues."),
+    ("How do I list open network ports?", "Use ss -tulpn to list listening sockets."),
+    ("How can I find which package owns a file?", "dpkg -S /path/to/file names the package."),
+    ("What starts services at boot?", "systemd starts services at boot from unit files."),
+    ("How do I see the kernel log?", "journalctl -k shows the kernel ring buffer messages."),
+    ("How do I change my login shell?", "chsh -s /bin/zsh changes your login shell."),
+    ("How do I check free disk space?", "df -h shows free space on every mounted disk."),
+]
+
+
+def _ask(d: Daemon, question: str) -> dict:  # type: ignore[type-arg]
+    code, body = d.http("POST", "/v1/ask", {"question": question, "top": 3})
+    assert code == 200, body
+    return body  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Daemon]]:
+    spores: list[Daemon] = []
+    for i in range(SPORES):
+        d = make_daemon(tmp_path_factory.mktemp(f"spore{i}"))
+        d.env.update(SPORE_REPUBLISH_S=str(REPUBLISH_S), SPORE_MAX_CONTACTS_PER_IP="64")
+        spores.append(d)
+    first = spores[0]
+    first.start()
+    # Every spore joins the swarm founded by the first one: same DNA file.
+    dna = (first.state_dir / "dna.bin").read_bytes()
+    for d in spores[1:]:
+        d.state_dir.mkdir(parents=True, exist_ok=True)
+        (d.state_dir / "dna.bin").write_bytes(dna)
+        d.start("--peer", f"127.0.0.1:{first.env['SPORE_DHT_PORT']}", wait=False)
+    for d in spores[1:]:
+        wait_for(d.healthy, 120, f"spore on {d.port}")
+    yield spores
+    for d in spores:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()
+
+
+def _holders(d: Daemon, memory_id: str) -> int:
+    code, body = d.http("GET", f"/v1/dht/locate/{memory_id}")
+    return len(body["holders"]) if code == 200 else 0
+
+
+def test_taught_anywhere_answered_everywhere(swarm: list[Daemon]) -> None:
+    rng = random.Random(7)
+    taught: dict[str, tuple[Daemon, str, str]] = {}
+    for question, answer in FACTS:
+        author = rng.choice(swarm)
+        code, body = author.http("POST", "/v1/teach", {"text": answer, "question": question})
+        assert code == 201, body
+        taught[body["id"]] = (author, question, answer)
+    for mid, (author, _, _) in taught.items():
+        other = next(d for d in swarm if d is not author)
+        wait_for(lambda m=mid, o=other: _holders(o, m) >= 3, 60, f"{mid[:8]} on 3 holders")
+    misses = []
+    for d in swarm:
+        for mid, (author, question, _) in taught.items():
+            if d is author:
+                continue
+            got = _ask(d, question)
+            top = got["sources"][0] if got["sources"] else {}
+            if top.get("id") != mid:
+                misses.append((d.port, question, got["answer"]))
+            else:
+                assert top["author"] == author.cli_json("status")["public_key"]
+    assert not misses, misses
+
+
+def test_survives_kill_9_of_a_third(swarm: list[Daemon]) -> None:
+    rng = random.Random(11)
+    victims = rng.sample(swarm[1:], SPORES // 3)
+    for d in victims:
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+        d.proc = None
+    alive = [d for d in swarm if d not in victims]
+    listed = alive[0].cli_json("memories", "--limit", "1000")["memories"]
+    facts = {q for q, _ in FACTS}
+    for d in alive[:4]:
+        for question in facts:
+            got = _ask(d, question)
+            assert got["sources"], f"{question!r} unanswerable on {d.port} after the kills"
+    # one republish interval (and read repair) later: every memory on 3 live holders
+    ids = [m["id"] for m in listed if m["question"] in facts]
+    assert len(ids) == len(FACTS)
+    for mid in ids:
+        wait_for(lambda m=mid: _holders(alive[-1], m) >= 3, 6 * REPUBLISH_S + 30,
+                 f"{mid[:8]} back on 3 live holders")
+
+
+def test_swarm_status_counts(swarm: list[Daemon]) -> None:
+    alive = [d for d in swarm if d.proc is not None]
+    status = alive[0].cli_json("status")["dht"]
+    assert status["contacts"] >= 3
+    assert {"stored", "timeouts"} <= set(status["counters"]) or status["counters"]
+    peers = alive[0].cli_json("peers")["peers"]
+    assert peers and all(len(p["node_id"]) == 40 for p in peers)

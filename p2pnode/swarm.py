@@ -177,7 +177,7 @@ class Swarm:
         """What this spore holds for others: re-put each interval, so a value
         whose author died stays on 3 live holders while any holder lives."""
         out = []
-        for key in self.store.keys():
+        for key in self.store.keys():  # noqa: SIM118 (a ValueStore, not a dict)
             value = self.store.get(key)
             if value is not None:
                 out.append((key, value))

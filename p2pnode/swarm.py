@@ -127,6 +127,8 @@ class Swarm:
 
     # finding --------------------------------------------------------------
     async def find(self, q: np.ndarray, exclude: set[bytes], limit: int) -> list[Found]:
+        if not self.dht.contacts():
+            return []  # alone: the local index has everything there is
         keys = bucket_keys(q, self.dna.lsh, self.planes)[: self.settings.lookups_per_ask]
         values = await asyncio.gather(*(self._get(k) for k in keys))
         entries: dict[bytes, codec.IndexEntry] = {}

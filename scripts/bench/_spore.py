@@ -56,7 +56,8 @@ def faq_pairs() -> list[tuple[str, str, str]]:
 class Spore:
     """A real `spore node run` process on a free port with its own state dir."""
 
-    def __init__(self, state: Path, threads: int = 1) -> None:
+    def __init__(self, state: Path, threads: int = 1, env: dict[str, str] | None = None
+                 ) -> None:
         self.state = state
         self.port = free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SPORE_")}
@@ -64,6 +65,8 @@ class Spore:
                         SPORE_PORT=str(self.port), SPORE_ENCODER_THREADS=str(threads),
                         SPORE_LOG_LEVEL="warning", SPORE_MAX_TEXT_BYTES="65536",
                         SPORE_DHT_HOST="127.0.0.1", SPORE_DHT_PORT=str(free_port(udp=True)))
+        self.env.update(env or {})
+        self.dht_port = int(self.env["SPORE_DHT_PORT"])
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: http.client.HTTPConnection | None = None
         self.startup_s = 0.0
@@ -71,7 +74,7 @@ class Spore:
     def __enter__(self) -> Spore:
         start = time.perf_counter()
         self.proc = subprocess.Popen([SPORE, "node", "run"], env=self.env)
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             try:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)

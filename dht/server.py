@@ -61,6 +61,7 @@ class DhtConfig:
     replicas: int = 3  # holders of each value (from the swarm DNA)
     write_quorum: int = 2  # acknowledgements a put needs
     read_width: int = 6  # closest nodes a get asks
+    value_k: int = 8  # lookup width for puts and gets: they need the read_width closest
     rpc_timeout_s: float = 1.5  # a LAN answers in milliseconds
     rate_per_s: float = 500.0  # requests per source IP
     rate_burst: float = 1000.0
@@ -78,6 +79,8 @@ class DhtConfig:
             raise ConfigError(f"dht: need 1 <= replicas <= ksize <= {MAX_ARRAY}")
         if not 1 <= self.write_quorum <= self.replicas <= self.read_width:
             raise ConfigError("dht: need 1 <= write_quorum <= replicas <= read_width")
+        if not self.read_width <= self.value_k <= self.ksize:
+            raise ConfigError("dht: need read_width <= value_k <= ksize")
         if min(self.alpha, self.max_contacts_per_ip, self.max_contacts, self.max_tasks) < 1:
             raise ConfigError("dht: alpha and the contact and task caps must be >= 1")
         if self.rpc_timeout_s <= 0 or self.rate_per_s <= 0 or self.rate_burst < 1:
@@ -256,9 +259,10 @@ class SporeDHT(Server):  # type: ignore[misc]
 
     # --- lookups ---------------------------------------------------------------------
 
-    async def lookup(self, target: bytes) -> Lookup:
-        """The k live nodes closest to `target` (20 bytes), by XOR distance."""
-        k, key = self.config.ksize, Node(target)
+    async def lookup(self, target: bytes, k: int | None = None) -> Lookup:
+        """The k (default ksize) live nodes closest to `target` (20 bytes), by XOR
+        distance: the search ends when the k closest seen have all answered."""
+        k, key = k or self.config.ksize, Node(target)
         seen = {n.id: n for n in self.proto.router.find_neighbors(key, k)}
         asked: set[bytes] = set()
         answered: dict[bytes, Node] = {}
@@ -279,7 +283,7 @@ class SporeDHT(Server):  # type: ignore[misc]
 
     async def _closest_with_me(self, key32: bytes, n: int) -> list[Node]:
         target = Node(self.rules.key_id(key32))
-        found = (await self.lookup(target.id)).nodes
+        found = (await self.lookup(target.id, max(n, self.config.value_k))).nodes
         return _closest([*found, self.node], target, n)
 
     # --- values ----------------------------------------------------------------------

@@ -35,6 +35,7 @@ _TOML_KEYS = {
     ("dht", "peers"): "peers",
     ("dht", "republish_s"): "republish_s",
     ("dht", "max_contacts_per_ip"): "max_contacts_per_ip",
+    ("dht", "rate_per_s"): "dht_rate_per_s",
 }
 ENV_VARS = {
     "SPORE_HOST": "api_host",
@@ -48,6 +49,7 @@ ENV_VARS = {
     "SPORE_PEERS": "peers",
     "SPORE_REPUBLISH_S": "republish_s",
     "SPORE_MAX_CONTACTS_PER_IP": "max_contacts_per_ip",
+    "SPORE_DHT_RATE": "dht_rate_per_s",
 }
 DEFAULT_DHT_PORT = 7151
 
@@ -68,6 +70,7 @@ class Config:
     peers: tuple[tuple[str, int], ...] = ()
     republish_s: float = 3600.0
     max_contacts_per_ip: int = 4
+    dht_rate_per_s: float = 500.0
     journald: bool = False
     notify_socket: str | None = None
     watchdog_usec: int = 0
@@ -199,6 +202,8 @@ def _validated(cfg: Config) -> Config:
         raise ConfigError(f"DHT port {cfg.dht_port} is not in 0..65535")
     if not 0.5 <= cfg.republish_s <= 7 * 86400:
         raise ConfigError(f"republish_s {cfg.republish_s} is not in 0.5..604800")
+    if not 1 <= cfg.dht_rate_per_s <= 1e6:
+        raise ConfigError(f"DHT rate_per_s {cfg.dht_rate_per_s} is not in 1..1000000")
     if not 1 <= cfg.max_contacts_per_ip <= 4096:
         raise ConfigError(f"max_contacts_per_ip {cfg.max_contacts_per_ip} is not in 1..4096")
     if cfg.log_level not in LOG_LEVELS:

@@ -109,7 +109,8 @@ async def _serve_locked(cfg: Config) -> None:
     swarm = Swarm(identity=identity, dna=dna, state_dir=cfg.state_dir, dim=encoder.dim,
                   settings=SwarmSettings(host=cfg.dht_host, port=cfg.dht_port, peers=cfg.peers,
                                          republish_s=cfg.republish_s,
-                                         max_contacts_per_ip=cfg.max_contacts_per_ip))
+                                         max_contacts_per_ip=cfg.max_contacts_per_ip,
+                                         rate_per_s=cfg.dht_rate_per_s))
     spore = Spore(identity=identity, dna=dna, storage=storage, encoder=encoder,
                   max_text_bytes=cfg.max_text_bytes, swarm=swarm)
     try:

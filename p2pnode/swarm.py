@@ -21,6 +21,7 @@ import numpy as np
 
 from dht import codec
 from dht.guard import MAX_VALUE
+from dht.index import sketch_planes
 from dht.keys import bucket_key, bucket_keys, hyperplanes, table_codes
 from dht.server import DhtConfig, DhtError, NotEnoughReplicas, SporeDHT, ValueRules
 from dht.values import ValueStore
@@ -42,9 +43,10 @@ class SwarmSettings:
     peers: tuple[tuple[str, int], ...] = ()
     republish_s: float = 3600.0
     max_contacts_per_ip: int = 4
+    rate_per_s: float = 500.0  # requests per second from one source IP
     rpc_timeout_s: float = 1.5
     lookups_per_ask: int = 24  # bucket keys looked up per question (home keys first)
-    fetch_per_ask: int = 8  # remote candidates whose content is fetched
+    fetch_per_ask: int = 16  # remote candidates whose content is fetched
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,15 @@ class Swarm:
         self.dht = SporeDHT(identity=identity, dna_hash=dna.hash, store=self.store, rules=RULES,
                             config=DhtConfig(replicas=int(dna.fields["replication"]),
                                              max_contacts_per_ip=settings.max_contacts_per_ip,
+                                             rate_per_s=settings.rate_per_s,
+                                             rate_burst=2 * settings.rate_per_s,
                                              rpc_timeout_s=settings.rpc_timeout_s,
                                              republish_interval_s=settings.republish_s))
         self.planes = hyperplanes(dna.lsh, dim)
+        # Index entries carry 384 sign bits of random projections (SimHash), not
+        # of the raw coordinates: embedding axes are correlated, so raw signs
+        # rank candidates poorly.
+        self.sketch = sketch_planes(dna.lsh.seed, codec.BITS_BYTES * 8, dim).reshape(-1, dim)
         self.counters = {"published": 0, "unreplicated": 0, "remote_found": 0,
                          "remote_rejected": 0, "expired": 0}
 
@@ -94,8 +102,8 @@ class Swarm:
         content = codec.encode_content(rec.wire, list(votes))
         if len(content) <= MAX_VALUE:  # larger texts are found but kept by their author
             out.append((rec.id, content))
-        entry = codec.encode_bucket([codec.make_entry(self.identity, rec.id, emb, up, down,
-                                                      rec.created_ms)])
+        entry = codec.encode_bucket([codec.make_entry(self.identity, rec.id, self.sketch @ emb,
+                                                      up, down, rec.created_ms)])
         codes = table_codes(emb, self.planes)
         seed = self.dna.lsh.seed
         out.extend((bucket_key(seed, t, int(c)), entry) for t, c in enumerate(codes))
@@ -136,9 +144,9 @@ class Swarm:
             for e in _entries(value):
                 if e.memory_id not in exclude:
                     entries.setdefault(e.memory_id, e)
-        qbits = codec.embedding_bits(q)
+        qbits = codec.embedding_bits(self.sketch @ q)
         best = sorted(entries.values(), key=lambda e: -codec.cosine_estimate(qbits, e.bits))
-        best = best[: min(limit, self.settings.fetch_per_ask)]
+        best = best[: max(limit, self.settings.fetch_per_ask)]
         found = await asyncio.gather(*(self._content(e, q) for e in best))
         out = [f for f in found if f is not None]
         self.counters["remote_found"] += len(out)

@@ -60,15 +60,16 @@ def main() -> None:
             _teach(single, chunks)
             s_times, s1, s5 = _ask_all(single, questions)
         spores: list[Spore] = []
-        first = Spore(tmp / "s0", env={"SPORE_MAX_CONTACTS_PER_IP": "256"})
+        # Every spore is on 127.0.0.1: one source IP for the per-IP limits.
+        loopback = {"SPORE_MAX_CONTACTS_PER_IP": "256", "SPORE_DHT_RATE": "100000"}
+        first = Spore(tmp / "s0", env=loopback)
         spores.append(first.__enter__())
         dna = (tmp / "s0" / "dna.bin").read_bytes()
         for i in range(1, args.spores):
             state = tmp / f"s{i}"
             state.mkdir(parents=True)
             (state / "dna.bin").write_bytes(dna)
-            s = Spore(state, env={"SPORE_MAX_CONTACTS_PER_IP": "256",
-                                  "SPORE_PEERS": f"127.0.0.1:{first.dht_port}"})
+            s = Spore(state, env={**loopback, "SPORE_PEERS": f"127.0.0.1:{first.dht_port}"})
             spores.append(s.__enter__())
         try:
             t = time.perf_counter()

@@ -12,6 +12,7 @@ alone (one thread, as the daemon uses). Goal: ask p50 <= 2 x encoder p50.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import tempfile
 import time
@@ -25,6 +26,7 @@ from agents.encoder import load_encoder
 from dht import compact
 from p2pnode.config import load_config
 from p2pnode.daemon import prepare_state
+from p2pnode.node import Spore as SporeNode
 from p2pnode.records import make_memory
 from p2pnode.storage import DB_FILE, Storage
 
@@ -75,9 +77,32 @@ def measure(n: int, questions: list[str]) -> dict[str, float]:
                 spore.call("POST", "/v1/ask", {"question": q})
                 times.append((time.perf_counter() - t) * 1000)
             status = spore.call("GET", "/v1/status")
-            return {"memories": status["memories"], "ask_p50_ms": percentile(times, 50),
-                    "ask_p99_ms": percentile(times, 99), "rss_mb": spore.rss_mb,
-                    "startup_s": spore.startup_s, "fill_s": fill_s}
+            rss, startup = spore.rss_mb, spore.startup_s
+        inproc = asyncio.run(in_process(state, questions))
+        return {"memories": status["memories"], "ask_p50_ms": percentile(times, 50),
+                "ask_p99_ms": percentile(times, 99), "rss_mb": rss,
+                "startup_s": startup, "fill_s": fill_s,
+                "inproc_p50_ms": percentile(inproc, 50), "inproc_p99_ms": percentile(inproc, 99)}
+
+
+async def in_process(state: Path, questions: list[str]) -> list[float]:
+    """The same asks without HTTP: the spore's own pipeline (threads included)."""
+    cfg = load_config({"SPORE_STATE_DIR": str(state), "SPORE_CONFIG_DIR": str(state / "c")})
+    identity, dna, _ = prepare_state(cfg)
+    storage = Storage(state / DB_FILE)
+    spore = SporeNode(identity=identity, dna=dna, storage=storage,
+                      encoder=load_encoder(None, 1), max_text_bytes=65536)
+    await spore.load()
+    for q in questions[:20]:
+        await spore.ask(q)
+    times = []
+    for q in questions:
+        t = time.perf_counter()
+        await spore.ask(q)
+        times.append((time.perf_counter() - t) * 1000)
+    spore.close()
+    storage.close()
+    return times
 
 
 def main() -> None:
@@ -91,18 +116,20 @@ def main() -> None:
     rows = [measure(n, questions) for n in args.sizes]
     enc50, enc99 = encoder_p50(questions)
     for r in rows:
-        r.update(encoder_p50_ms=enc50, encoder_p99_ms=enc99, ratio=r["ask_p50_ms"] / enc50)
+        r.update(encoder_p50_ms=enc50, encoder_p99_ms=enc99, ratio=r["ask_p50_ms"] / enc50,
+                 inproc_ratio=r["inproc_p50_ms"] / enc50)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
     print(f"{'memories':>9} {'ask p50':>8} {'ask p99':>8} {'enc p50':>8} {'enc p99':>8} "
-          f"{'ratio':>6} {'RSS MB':>7} {'start s':>7}")
+          f"{'ratio':>6} {'no-HTTP p50':>11} {'ratio':>6} {'RSS MB':>7} {'start s':>7}")
     for r in rows:
         print(f"{r['memories']:>9} {r['ask_p50_ms']:>8.2f} {r['ask_p99_ms']:>8.2f} "
               f"{r['encoder_p50_ms']:>8.2f} {r['encoder_p99_ms']:>8.2f} {r['ratio']:>6.2f} "
+              f"{r['inproc_p50_ms']:>11.2f} {r['inproc_ratio']:>6.2f} "
               f"{r['rss_mb']:>7.0f} {r['startup_s']:>7.2f}")
-    print("ratio = ask p50 / encoder p50 (goal <= 2.0); ask over HTTP, keep-alive, "
-          f"{len(questions)} Debian FAQ questions")
+    print("ratio = ask p50 / encoder p50 (goal <= 2.0); ask over HTTP (keep-alive) to a real "
+          f"daemon, and in-process without HTTP; {len(questions)} Debian FAQ questions")
 
 
 if __name__ == "__main__":

@@ -336,10 +336,9 @@ class SporeDHT(Server):  # type: ignore[misc]
             return None
         merged = self._merge(key32, [v for _, v in answers if v is not None])
         if merged is not None:
+            # No repair from here: these are the closest nodes *we* know, not
+            # necessarily the replicas (repairing them over-replicated values).
             self.proto.counters["one_round_gets"] += 1
-            behind = [n for n, (_, v) in zip(nodes, answers, strict=True) if v != merged]
-            if behind:
-                self._spawn(self._repair(behind, key32, merged))
         return merged
 
     async def locate(self, key32: bytes) -> list[tuple[str, str, int]]:

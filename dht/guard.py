@@ -30,6 +30,7 @@ __all__ = [
     "Admissions",
     "Peer",
     "RecentlyDead",
+    "STALE_S",
     "SendCredit",
     "TokenBuckets",
     "pack",
@@ -105,6 +106,9 @@ class Peer:
     last_seen: float
 
 
+STALE_S = 900.0  # an admitted peer silent this long may give its place to a newcomer
+
+
 class Admissions:
     """Who is admitted, by address and by id, within the per-IP and total caps."""
 
@@ -141,14 +145,30 @@ class Admissions:
         gone = [p for p in (old, moved) if p is not None]
         ip = peer.addr[0]
         if self._ips[ip] - sum(p.addr[0] == ip for p in gone) >= self.per_ip:
-            return "ip_cap", []
+            stale = self._stalest(peer.last_seen, gone, ip)
+            if stale is None:
+                return "ip_cap", []
+            gone.append(stale)
         if len(self._by_addr) - len(gone) >= self.total:
-            return "full", []
+            stale = self._stalest(peer.last_seen, gone, None)
+            if stale is None:
+                return "full", []
+            gone.append(stale)
         for p in gone:
             self.evict(p.addr)
         self._by_addr[peer.addr], self._by_id[peer.id] = peer, peer.addr
         self._ips[ip] += 1
         return None, gone
+
+    def _stalest(self, now: float, gone: list[Peer], ip: str | None) -> Peer | None:
+        """The longest-silent peer (of `ip`, or any), if silent for STALE_S: a
+        full table must not refuse newcomers forever for peers long gone."""
+        pool = [p for p in self._by_addr.values()
+                if p not in gone and (ip is None or p.addr[0] == ip)]
+        if not pool:
+            return None
+        stalest = min(pool, key=lambda p: p.last_seen)
+        return stalest if now - stalest.last_seen >= STALE_S else None
 
     def evict(self, addr: Addr) -> Peer | None:
         peer = self._by_addr.pop(addr, None)

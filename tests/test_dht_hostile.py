@@ -17,6 +17,7 @@ import msgpack
 
 from dht.guard import (
     MAX_DATAGRAM,
+    STALE_S,
     Admissions,
     Peer,
     SendCredit,
@@ -292,3 +293,24 @@ def test_sanitise_contacts_accepts_only_sane_triples() -> None:
                 [[b"i" * 20, "127.0.0.1", True]], [[b"i" * 20, "127.0.0.1", 0]],
                 [good] * 21, [good, 7], {"a": 1}, None):
         assert sanitise_contacts(bad, 20) is None, bad
+
+
+def test_a_full_table_makes_room_for_newcomers_only_over_silent_peers() -> None:
+    adm = Admissions(per_ip=2, total=3)
+
+    def peer(n: int, ip: str, seen: float) -> Peer:
+        return Peer(bytes([n]) * 20, bytes([n]) * 32, (ip, 1000 + n), seen)
+
+    assert adm.admit(peer(1, "10.0.0.1", 0.0))[0] is None
+    assert adm.admit(peer(2, "10.0.0.1", 10.0))[0] is None
+    assert adm.admit(peer(3, "10.0.0.2", 20.0))[0] is None
+    # everyone heard from recently: the caps hold
+    assert adm.admit(peer(4, "10.0.0.1", 100.0)) == ("ip_cap", [])
+    assert adm.admit(peer(5, "10.0.0.3", 100.0)) == ("full", [])
+    # long after, the stalest of the same IP (for the per-IP cap) makes room
+    refused, gone = adm.admit(peer(4, "10.0.0.1", STALE_S + 5.0))
+    assert refused is None and [p.id for p in gone] == [bytes([1]) * 20]
+    # and the stalest of all for the total cap
+    refused, gone = adm.admit(peer(5, "10.0.0.3", STALE_S + 15.0))
+    assert refused is None and [p.id for p in gone] == [bytes([2]) * 20]
+    assert len(adm) == 3

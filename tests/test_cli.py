@@ -151,6 +151,16 @@ def test_port_in_use_is_a_clear_error(daemon: Daemon) -> None:
     assert "already in use" in daemon.log.read_text()
 
 
+def test_dht_port_in_use_is_a_clear_error(daemon: Daemon) -> None:
+    port = int(daemon.env["SPORE_DHT_PORT"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", port))
+        daemon.start(wait=False)
+        assert daemon.stop_wait() == 1
+    log = daemon.log.read_text()
+    assert f"cannot bind the DHT to UDP 127.0.0.1:{port}" in log and "Traceback" not in log
+
+
 def test_second_daemon_on_same_state_is_refused(running: Daemon) -> None:
     res = running.cli("node", "run", "--port", "1")
     assert res.returncode == 1 and "already using the state directory" in res.stderr

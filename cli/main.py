@@ -220,8 +220,16 @@ def rate(ctx: click.Context, answer_id: str, vote: str, as_json: bool) -> None:
 def status(ctx: click.Context, as_json: bool) -> None:
     """The daemon's status."""
     data = client(ctx).get("/v1/status")
-    emit(as_json, data, lambda: click.echo("\n".join(
-        f"{k:10} {v}" for k, v in data.items() if k != "counters")))
+    emit(as_json, data, lambda: click.echo(_status_lines(data)))
+
+
+def _status_lines(data: dict[str, Any]) -> str:
+    lines = [f"{k:10} {v}" for k, v in data.items() if k not in ("counters", "dht")]
+    dht = data.get("dht")
+    if dht:
+        lines.append(f"{'dht':10} {dht['dht_address']} udp, {dht['contacts']} contacts, "
+                     f"holding {dht['store']['count']} values for the swarm")
+    return "\n".join(lines)
 
 
 @main.command()

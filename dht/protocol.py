@@ -71,6 +71,7 @@ CHALLENGE_DOMAIN = b"sporemind/dht/challenge/v1"
 OPEN_PAD, COUNTER_PAD = MAX_PAD, 128
 # The whole reply an unadmitted sender gets to find_node/find_value/store.
 WHO_ARE_YOU = "challenge-first"
+EVICT_AFTER = 3  # timeouts in a row before a contact is forgotten
 _BAD = object()  # decode failed (None is a valid body)
 
 
@@ -112,6 +113,7 @@ class SporeProtocol(KademliaProtocol):  # type: ignore[misc]
         self._outstanding: dict[bytes, _Pending] = {}
         self._admitted = Admissions(config.max_contacts_per_ip, config.max_contacts)
         self._dead = RecentlyDead(config.dead_ttl_s, config.max_sources, clock)
+        self._failures: dict[Addr, int] = {}  # timeouts in a row, per admitted address
         self._handshakes: dict[Addr, asyncio.Task[Peer | None]] = {}
         # Addresses that have (as far as we know) admitted us: we answered their challenge.
         self._answered: set[Addr] = set()
@@ -130,6 +132,7 @@ class SporeProtocol(KademliaProtocol):  # type: ignore[misc]
             self.counters["oversize"] += 1
             return
         self._dead.clear(src)  # it is back (or says so: the worst is one more timeout)
+        self._failures.pop(src, None)
         if len(data) <= HEADER or data[:1] not in (REQUEST, RESPONSE):
             self.counters["decode_errors"] += 1
             return
@@ -227,8 +230,16 @@ class SporeProtocol(KademliaProtocol):  # type: ignore[misc]
         self.counters["timeouts"] += 1
         if not pending.future.done():
             pending.future.set_result((False, None))
+        # Skipped for a while at once, forgotten only after EVICT_AFTER timeouts
+        # in a row: a busy peer (a Pi under load) answers late, and its late
+        # answer clears the mark without a new handshake.
         self._dead.mark(pending.addr)
-        self.evict(pending.addr)
+        failures = self._failures.get(pending.addr, 0) + 1
+        if failures >= EVICT_AFTER or len(self._failures) >= self.config.max_sources:
+            self._failures.pop(pending.addr, None)
+            self.evict(pending.addr)
+        else:
+            self._failures[pending.addr] = failures
 
     # --- the RPCs we serve -----------------------------------------------------------
 

@@ -269,3 +269,23 @@ def test_fake_network_loss_and_partition_controls() -> None:
             await stop_all(nodes)
 
     run(body)
+
+
+def test_a_silent_contact_is_forgotten_only_after_timeouts_in_a_row(net: Net) -> None:
+    from dht.protocol import EVICT_AFTER
+
+    async def body() -> None:
+        a, b = await swarm(net, 2)
+        try:
+            peer = (b.address[0], b.address[1])
+            assert b.node_id.hex() in table_ids(a)
+            await b.stop()  # silent from now on
+            for i in range(EVICT_AFTER):
+                assert b.node_id.hex() in table_ids(a), f"forgotten after {i} timeouts"
+                ok, _ = await a.proto.request(peer, "ping", [a.node_id])
+                assert not ok
+            assert b.node_id.hex() not in table_ids(a)
+        finally:
+            await a.stop()
+
+    run(body)

@@ -189,20 +189,21 @@ class RecentlyDead:
 
     def __init__(self, ttl_s: float, max_entries: int, clock: Callable[[], float]) -> None:
         self.ttl_s, self.max_entries, self.clock = ttl_s, max_entries, clock
-        self._since: OrderedDict[Addr, float] = OrderedDict()
+        self._until: OrderedDict[Addr, float] = OrderedDict()
 
-    def mark(self, addr: Addr) -> None:
-        self._since.pop(addr, None)
-        self._since[addr] = self.clock()
-        if len(self._since) > self.max_entries:
-            self._since.popitem(last=False)
+    def mark(self, addr: Addr, ttl_s: float | None = None) -> None:
+        """Skip `addr` for `ttl_s` (default: the full ttl, for a contact given up)."""
+        self._until.pop(addr, None)
+        self._until[addr] = self.clock() + (self.ttl_s if ttl_s is None else ttl_s)
+        if len(self._until) > self.max_entries:
+            self._until.popitem(last=False)
 
     def clear(self, addr: Addr) -> None:
-        self._since.pop(addr, None)
+        self._until.pop(addr, None)
 
     def __contains__(self, addr: object) -> bool:
-        since = self._since.get(addr)  # type: ignore[call-overload]
-        return since is not None and self.clock() - since < self.ttl_s
+        until = self._until.get(addr)  # type: ignore[call-overload]
+        return until is not None and self.clock() < until
 
 
 class TokenBuckets:

@@ -230,16 +230,17 @@ class SporeProtocol(KademliaProtocol):  # type: ignore[misc]
         self.counters["timeouts"] += 1
         if not pending.future.done():
             pending.future.set_result((False, None))
-        # Skipped for a while at once, forgotten only after EVICT_AFTER timeouts
-        # in a row: a busy peer (a Pi under load) answers late, and its late
-        # answer clears the mark without a new handshake.
-        self._dead.mark(pending.addr)
+        # Skipped briefly at once, skipped long and forgotten only after
+        # EVICT_AFTER timeouts in a row: a busy peer (a Pi under load) answers
+        # late, and its late answer clears the mark without a new handshake.
         failures = self._failures.get(pending.addr, 0) + 1
         if failures >= EVICT_AFTER or len(self._failures) >= self.config.max_sources:
             self._failures.pop(pending.addr, None)
+            self._dead.mark(pending.addr)
             self.evict(pending.addr)
         else:
             self._failures[pending.addr] = failures
+            self._dead.mark(pending.addr, 2 * self._wait_timeout)  # a suspect, briefly
 
     # --- the RPCs we serve -----------------------------------------------------------
 

@@ -20,11 +20,13 @@ The value rules and the store come in as parameters: no records in here.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import itertools
 import logging
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -41,6 +43,7 @@ __all__ = ["Bind", "Contact", "DhtConfig", "DhtError", "Lookup", "NotEnoughRepli
            "SporeDHT", "ValueRules", "ValueStoreLike", "bind_udp"]
 
 log = logging.getLogger(__name__)
+_VALID_CACHE = 4096  # fetched values remembered as valid (by digest of key and bytes)
 _REPUBLISH_BATCH = 16  # puts in flight at once while republishing
 
 
@@ -158,6 +161,7 @@ class SporeDHT(Server):  # type: ignore[misc]
         self._bind, self._now_ms, self._clock = bind, now_ms, clock
         self.protocol: SporeProtocol | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._valid: OrderedDict[bytes, None] = OrderedDict()  # digests of values validated
 
     def _create_protocol(self) -> SporeProtocol:
         self.protocol = self.protocol_class(
@@ -367,7 +371,8 @@ class SporeDHT(Server):  # type: ignore[misc]
 
     def _merge(self, key32: bytes, values: list[bytes]) -> bytes | None:
         merged: bytes | None = None
-        for value in values:
+        # Replicas usually agree byte for byte: merge each distinct value once.
+        for value in dict.fromkeys(values):
             try:
                 merged = value if merged is None else self.rules.merge(key32, merged, value)
             except VerifyError as exc:  # two verified values that do not merge: keep ours
@@ -424,11 +429,18 @@ class SporeDHT(Server):  # type: ignore[misc]
         if not isinstance(result, bytes):
             self.proto.counters["malformed_responses"] += 1
             return False, None
+        digest = hashlib.sha256(key32 + result).digest()
+        if digest in self._valid:  # the same value from another replica, or again
+            self._valid.move_to_end(digest)
+            return True, result
         try:
             self.rules.validate(key32, result)
         except VerifyError as exc:
             self.proto.count_reject(exc, "rejected_fetch")
             return False, None
+        self._valid[digest] = None
+        if len(self._valid) > _VALID_CACHE:
+            self._valid.popitem(last=False)
         return True, result
 
     async def _ask_store(self, node: Node, key32: bytes, value: bytes) -> bool:

@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["MAX_UDP_PAYLOAD", "FakeNetwork", "FakeTransport"]
+from dht.server import ValueRules
+from p2pnode.errors import VerifyError
+
+__all__ = ["MAX_UDP_PAYLOAD", "TOY_RULES", "FakeNetwork", "FakeTransport", "MemoryStore",
+           "toy_merge", "toy_validate"]
 
 Addr = tuple[str, int]
 MAX_UDP_PAYLOAD = 65_507  # what one IPv4 datagram can carry
@@ -126,3 +131,42 @@ class FakeNetwork:
             port += 1
         self._next_port[host] = port + 1
         return port
+
+
+# --- toy values and an in-memory store, for contract tests and simulations --------
+
+def toy_validate(key32: bytes, data: bytes) -> tuple[str, bytes]:
+    """Values are b"ok:" + anything (cheap, so thousands of nodes fit one process)."""
+    if len(key32) != 32:
+        raise VerifyError("a key must be 32 bytes")
+    if not data.startswith(b"ok:"):
+        raise VerifyError("forged value without the ok prefix")
+    return "toy", data
+
+
+def toy_merge(key32: bytes, old: bytes, new: bytes) -> bytes:
+    return max(old, new)
+
+
+TOY_RULES = ValueRules(validate=toy_validate, merge=toy_merge,
+                       key_id=lambda k: hashlib.sha256(b"key" + k).digest()[:20],
+                       node_id=lambda pub: hashlib.sha256(b"node" + pub).digest()[:20])
+
+
+class MemoryStore:
+    """The ValueStore contract in a dict: validates, merges, says whether it changed."""
+
+    __slots__ = ("rules", "values")
+
+    def __init__(self, rules: ValueRules = TOY_RULES) -> None:
+        self.rules = rules
+        self.values: dict[bytes, bytes] = {}
+
+    def get(self, key32: bytes) -> bytes | None:
+        return self.values.get(key32)
+
+    def put(self, key32: bytes, data: bytes, publisher: bytes, now_ms: int) -> bool:
+        self.rules.validate(key32, data)
+        old = self.values.get(key32)
+        self.values[key32] = data if old is None else self.rules.merge(key32, old, data)
+        return old != self.values[key32]

@@ -17,9 +17,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from dht.fake import FakeNetwork
-from dht.server import Bind, DhtConfig, SporeDHT, ValueRules, bind_udp
-from p2pnode.errors import VerifyError
+from dht.fake import TOY_RULES, FakeNetwork, MemoryStore
+from dht.server import Bind, DhtConfig, SporeDHT, bind_udp
 from p2pnode.identity import Identity
 
 DNA = hashlib.sha256(b"contract swarm").digest()
@@ -27,37 +26,7 @@ DNA = hashlib.sha256(b"contract swarm").digest()
 FAST = DhtConfig(rpc_timeout_s=0.4, max_contacts_per_ip=1000, rate_per_s=1e6, rate_burst=1e6)
 
 
-def toy_validate(key32: bytes, data: bytes) -> tuple[str, bytes]:
-    if len(key32) != 32:
-        raise VerifyError("a key must be 32 bytes")
-    if not data.startswith(b"ok:"):
-        raise VerifyError("forged value without the ok prefix")
-    return "toy", data
-
-
-def toy_merge(key32: bytes, old: bytes, new: bytes) -> bytes:
-    return max(old, new)
-
-
-RULES = ValueRules(validate=toy_validate, merge=toy_merge,
-                   key_id=lambda k: hashlib.sha256(b"key" + k).digest()[:20],
-                   node_id=lambda pub: hashlib.sha256(b"node" + pub).digest()[:20])
-
-
-class MemoryStore:
-    """The ValueStore contract in a dict: validates, merges, says whether it changed."""
-
-    def __init__(self) -> None:
-        self.values: dict[bytes, bytes] = {}
-
-    def get(self, key32: bytes) -> bytes | None:
-        return self.values.get(key32)
-
-    def put(self, key32: bytes, data: bytes, publisher: bytes, now_ms: int) -> bool:
-        toy_validate(key32, data)
-        old = self.values.get(key32)
-        self.values[key32] = data if old is None else toy_merge(key32, old, data)
-        return old != self.values[key32]
+RULES = TOY_RULES
 
 
 def key(name: str) -> bytes:

@@ -45,6 +45,7 @@ if str(ROOT) not in sys.path:
 
 from kademlia.network import Server  # noqa: E402
 
+from dht.fake import MemoryStore  # noqa: E402
 from dht.server import DhtConfig, SporeDHT, ValueRules  # noqa: E402
 from p2pnode.errors import SporeError, VerifyError  # noqa: E402
 from p2pnode.identity import Identity, verify  # noqa: E402
@@ -76,20 +77,6 @@ RULES = ValueRules(validate=validate, merge=lambda k, old, new: max(old, new),
                    node_id=lambda pub: hashlib.sha256(b"node" + pub).digest()[:20])
 
 
-class MemoryStore:
-    def __init__(self) -> None:
-        self.values: dict[bytes, bytes] = {}
-
-    def get(self, key32: bytes) -> bytes | None:
-        return self.values.get(key32)
-
-    def put(self, key32: bytes, data: bytes, publisher: bytes, now_ms: int) -> bool:
-        validate(key32, data)
-        old = self.values.get(key32)
-        self.values[key32] = data if old is None else max(old, data)
-        return old != self.values[key32]
-
-
 # --- swarms --------------------------------------------------------------------------
 
 
@@ -104,7 +91,7 @@ class Ours:
         nodes = []
         for i in range(n):
             node = SporeDHT(identity=Identity.from_seed(b"%s %d" % (tag.encode(), i)),
-                            dna_hash=DNA, store=MemoryStore(), rules=RULES, config=CONFIG)
+                            dna_hash=DNA, store=MemoryStore(RULES), rules=RULES, config=CONFIG)
             await node.start(HOST, 0)
             if nodes:
                 await node.bootstrap([p.address for p in rng.sample(nodes, min(3, len(nodes)))])

@@ -49,9 +49,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dht.fake import FakeNetwork  # noqa: E402
-from dht.server import DhtConfig, SporeDHT, ValueRules  # noqa: E402
-from p2pnode.errors import SporeError, VerifyError  # noqa: E402
+from dht.fake import TOY_RULES, FakeNetwork, MemoryStore  # noqa: E402
+from dht.server import DhtConfig, SporeDHT  # noqa: E402
+from p2pnode.errors import SporeError  # noqa: E402
 from p2pnode.identity import Identity  # noqa: E402
 
 T = TypeVar("T")
@@ -92,42 +92,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 # --- toy values (as in tests/test_dht_contract.py) --------------------------------
 
 
-def toy_validate(key32: bytes, data: bytes) -> tuple[str, bytes]:
-    if len(key32) != 32:
-        raise VerifyError("a key must be 32 bytes")
-    if not data.startswith(b"ok:"):
-        raise VerifyError("forged value without the ok prefix")
-    return "toy", data
-
-
-def toy_merge(key32: bytes, old: bytes, new: bytes) -> bytes:
-    return max(old, new)
-
-
-def key_id(key32: bytes) -> bytes:
-    return hashlib.sha256(b"key" + key32).digest()[:20]
-
-
-RULES = ValueRules(validate=toy_validate, merge=toy_merge, key_id=key_id,
-                   node_id=lambda pub: hashlib.sha256(b"node" + pub).digest()[:20])
-
-
-class MemoryStore:
-    """The ValueStore contract in a dict."""
-
-    __slots__ = ("values",)
-
-    def __init__(self) -> None:
-        self.values: dict[bytes, bytes] = {}
-
-    def get(self, key32: bytes) -> bytes | None:
-        return self.values.get(key32)
-
-    def put(self, key32: bytes, data: bytes, publisher: bytes, now_ms: int) -> bool:
-        toy_validate(key32, data)
-        old = self.values.get(key32)
-        self.values[key32] = data if old is None else toy_merge(key32, old, data)
-        return old != self.values[key32]
+RULES = TOY_RULES
 
 
 # --- instrumented node ---------------------------------------------------------------

@@ -196,7 +196,9 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def make_app(spore: Spore, token: str | None) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json, token_guard], client_max_size=MAX_BODY)
+    # The token guard only exists beyond loopback (a middleware is a cost on every ask).
+    middlewares = [errors_as_json, token_guard] if token else [errors_as_json]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[SPORE_KEY] = spore
     app[TOKEN_KEY] = token
     app.add_routes([

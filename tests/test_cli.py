@@ -194,3 +194,15 @@ def test_dna_encoder_mismatch_refuses_to_start_and_keeps_data(daemon: Daemon) ->
     res = daemon.cli("node", "run")
     assert res.returncode == 1 and "encoder" in res.stderr and "sha256 0000" in res.stderr
     assert (daemon.state_dir / "node_identity.key").exists()
+
+
+def test_beyond_loopback_writes_need_the_token(daemon: Daemon) -> None:
+    daemon.env["SPORE_HOST"] = "0.0.0.0"
+    daemon.start()
+    token = daemon.state_dir / "api.token"
+    assert token.exists() and (token.stat().st_mode & 0o777) == 0o600
+    code, body = daemon.http("POST", "/v1/teach", {"text": "no token, no write"})
+    assert code == 401 and "api.token" in body["error"]
+    assert daemon.http("GET", "/v1/status")[0] == 200  # reads stay open
+    assert daemon.cli_json("teach", "the CLI sends the token")["new"]
+    daemon.stop()

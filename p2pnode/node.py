@@ -26,12 +26,12 @@ from dht.keys import bucket_key, hyperplanes, table_codes
 from p2pnode.dna import Dna
 from p2pnode.errors import BadRequest, NotFound, TooLarge
 from p2pnode.identity import Identity
-from p2pnode.records import MemoryRecord as MemoryRecordT
-from p2pnode.records import VoteRecord, make_memory, make_vote
+from p2pnode.records import MemoryRecord, VoteRecord, make_memory, make_vote
 from p2pnode.storage import AnswerRow, MemoryRow, Storage, StoredVote
 from p2pnode.swarm import Found, Swarm
 
 T = TypeVar("T")
+Prepared = tuple[MemoryRecord, bytes, float]  # signed record, int8 embedding, its scale
 CANDIDATES = 32  # memories re-ranked per ask
 MAX_SOURCES = 20
 
@@ -136,7 +136,7 @@ class Spore:
         self.counters["teaches"] += len(fresh)
         return [(mid, new) for _, mid, new in stored]
 
-    def _prepare(self, items: Sequence[TeachItem]) -> list[tuple[Any, bytes, float]]:
+    def _prepare(self, items: Sequence[TeachItem]) -> list[Prepared]:
         texts = [f"{i.question}\n{i.text}" if i.question else i.text for i in items]
         embs = self.encoder.embed(texts)
         codes, scales = compact.to_int8(embs)
@@ -149,7 +149,7 @@ class Spore:
             out.append((rec, codes[i].tobytes(), float(scales[i])))
         return out
 
-    def _index_add(self, fresh: list[tuple[int, int]], prepared: list[Any]) -> None:
+    def _index_add(self, fresh: list[tuple[int, int]], prepared: list[Prepared]) -> None:
         rows = np.asarray([row for _, row in fresh], dtype=np.int64)
         codes = np.stack([np.frombuffer(prepared[k][1], dtype=np.int8) for k, _ in fresh])
         scales = np.asarray([prepared[k][2] for k, _ in fresh], dtype=np.float32)
@@ -160,13 +160,13 @@ class Spore:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _publish(self, records: list[Any]) -> None:
+    async def _publish(self, records: list[MemoryRecord]) -> None:
         """Index freshly taught memories in the swarm (acknowledged already)."""
         assert self.swarm is not None
         for rec in records:
             await self.swarm.publish(self.swarm.values_for(rec))
 
-    async def own_records(self) -> list[MemoryRecordT]:
+    async def own_records(self) -> list[MemoryRecord]:
         """Every memory this spore authored (for republishing)."""
         return await self._on(self._db, self.storage.records_by_author, self.identity.public_key)
 
@@ -202,7 +202,7 @@ class Spore:
             "memories_searched": len(self.index),
         }
 
-    def _adopt(self, answer_id: str, q: np.ndarray, rec: Any) -> None:
+    def _adopt(self, answer_id: str, q: np.ndarray, rec: MemoryRecord) -> None:
         """Keep a verified memory found in the swarm that answered here, so it
         can be rated (and found locally next time). Runs on the db thread."""
         emb = rec.vector()

@@ -23,9 +23,11 @@ __all__ = [
     "MAX_ARRAY",
     "MAX_BODY",
     "MAX_DATAGRAM",
+    "MAX_KEYS",
     "MAX_PAD",
     "MAX_VALUE",
     "NONCE_BYTES",
+    "NOT_SENT",
     "STALE_S",
     "Addr",
     "Admissions",
@@ -36,6 +38,7 @@ __all__ = [
     "pack",
     "reason_of",
     "sanitise_contacts",
+    "sanitise_values",
     "unpack",
     "well_formed_answer",
     "well_formed_request",
@@ -49,6 +52,7 @@ MAX_VALUE = MAX_BODY - 96  # leaves room for STORE's name, key and framing
 MAX_ARRAY = 64  # the longest list on the wire: a find_node answer (ksize ≤ 64)
 ID_BYTES, KEY_BYTES, NONCE_BYTES = 20, 32, 16
 MAX_PAD = 320  # the padding an opening challenge carries (see dht.protocol)
+MAX_KEYS = 48  # keys one find_values may ask for
 
 
 def pack(obj: object) -> bytes:
@@ -66,12 +70,18 @@ def _bin(lo: int, hi: int) -> Callable[[object], bool]:
     return lambda x: isinstance(x, bytes) and lo <= len(x) <= hi
 
 
+def _keys(x: object) -> bool:
+    return (isinstance(x, list) and 1 <= len(x) <= MAX_KEYS
+            and all(isinstance(k, bytes) and len(k) == KEY_BYTES for k in x))
+
+
 # Argument shapes of every RPC a node serves; anything else is a malformed request.
 _ARGS: dict[str, tuple[Callable[[object], bool], ...]] = {
     "ping": (_bin(0, 64),),
     "challenge": (_bin(NONCE_BYTES, NONCE_BYTES), _bin(ID_BYTES, ID_BYTES), _bin(0, MAX_PAD)),
     "find_node": (_bin(ID_BYTES, ID_BYTES),),
     "find_value": (_bin(KEY_BYTES, KEY_BYTES),),
+    "find_values": (_keys,),
     "store": (_bin(KEY_BYTES, KEY_BYTES), _bin(1, MAX_VALUE)),
 }
 
@@ -272,6 +282,18 @@ def sanitise_contacts(result: object, ksize: int) -> list[tuple[bytes, str, int]
             return None
         out.append((node_id, ip, port))
     return out
+
+
+NOT_SENT = False  # find_values: "held, but it did not fit this reply; ask find_value"
+
+
+def sanitise_values(result: object, n: int) -> list[bytes | bool | None] | None:
+    """A find_values answer: n items, each a value, None (not held) or NOT_SENT."""
+    if not (isinstance(result, list) and len(result) == n):
+        return None
+    if not all(v is None or v is NOT_SENT or isinstance(v, bytes) for v in result):
+        return None
+    return result
 
 
 def reason_of(exc: Exception) -> str:

@@ -39,9 +39,11 @@ from kademlia.routing import RoutingTable
 
 from dht.guard import (
     HEADER,
+    MAX_BODY,
     MAX_DATAGRAM,
     MAX_PAD,
     NONCE_BYTES,
+    NOT_SENT,
     Addr,
     Admissions,
     Peer,
@@ -269,6 +271,23 @@ class SporeProtocol(KademliaProtocol):  # type: ignore[misc]
         if sender not in self._admitted:
             return WHO_ARE_YOU
         return self.store.get(key32)
+
+    def rpc_find_values(self, sender: Addr, keys: list[bytes]) -> object:
+        """Several values in one reply, in the order asked; what would not fit
+        in the datagram is answered NOT_SENT (the asker fetches it alone)."""
+        if sender not in self._admitted:
+            return WHO_ARE_YOU
+        out: list[bytes | bool | None] = []
+        room = MAX_BODY - 8
+        for key32 in keys:
+            value = self.store.get(key32)
+            if value is not None and len(value) + 8 > room:
+                out.append(NOT_SENT)
+                room -= 1
+                continue
+            out.append(value)
+            room -= 1 if value is None else len(value) + 8
+        return out
 
     def rpc_store(self, sender: Addr, key32: bytes, value: bytes) -> object:
         # Validate first, so a forgery is counted by what is wrong with it,

@@ -20,6 +20,7 @@ The value rules and the store come in as parameters: no records in here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import itertools
@@ -34,7 +35,15 @@ from typing import Any, Protocol
 from kademlia.network import Server
 from kademlia.node import Node
 
-from dht.guard import MAX_ARRAY, MAX_VALUE, Addr, sanitise_contacts
+from dht.guard import (
+    MAX_ARRAY,
+    MAX_KEYS,
+    MAX_VALUE,
+    NOT_SENT,
+    Addr,
+    sanitise_contacts,
+    sanitise_values,
+)
 from dht.protocol import WHO_ARE_YOU, SporeProtocol
 from p2pnode.errors import ConfigError, SporeError, TooLarge, VerifyError
 from p2pnode.identity import Identity
@@ -45,6 +54,7 @@ __all__ = ["Bind", "Contact", "DhtConfig", "DhtError", "Lookup", "NotEnoughRepli
 log = logging.getLogger(__name__)
 _VALID_CACHE = 4096  # fetched values remembered as valid (by digest of key and bytes)
 _REPUBLISH_BATCH = 16  # puts in flight at once while republishing
+RCVBUF = 2 << 20  # UDP receive buffer asked for (the kernel caps it at rmem_max)
 
 
 class DhtError(SporeError):
@@ -133,6 +143,10 @@ async def bind_udp(factory: ProtocolFactory, host: str, port: int) -> Any:
         transport, _ = await loop.create_datagram_endpoint(factory, local_addr=(host, port))
     except OSError as exc:
         raise DhtError(f"cannot bind the DHT to UDP {host}:{port}: {exc.strerror}") from exc
+    sock = transport.get_extra_info("socket")
+    if sock is not None:  # a burst of answers must not overflow the default 208 KiB
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
     return transport
 
 
@@ -142,6 +156,29 @@ def _wall_ms() -> int:
 
 def _closest(nodes: Iterable[Node], target: Node, k: int) -> list[Node]:
     return sorted(nodes, key=target.distance_to)[:k]
+
+
+def _cover(holders: dict[bytes, list[Node]], width: int) -> list[tuple[Node, list[bytes]]]:
+    """Which node to ask for which keys: every key of `holders` (key → its
+    holders, closest first) asked of `width` of its holders, greedily from
+    the node that holds the most keys still short (ties: the first met)."""
+    need = {k: min(width, len(h)) for k, h in holders.items()}
+    candidates: dict[bytes, tuple[Node, list[bytes]]] = {}
+    for key32, nodes in holders.items():
+        for node in nodes:
+            candidates.setdefault(node.id, (node, []))[1].append(key32)
+    plan: list[tuple[Node, list[bytes]]] = []
+    while candidates:
+        node_id, (node, ks) = max(candidates.items(),
+                                  key=lambda item: sum(need[k] > 0 for k in item[1][1]))
+        useful = [k for k in ks if need[k] > 0]
+        if not useful:
+            break
+        plan.append((node, useful))
+        for k in useful:
+            need[k] -= 1
+        del candidates[node_id]
+    return plan
 
 
 class SporeDHT(Server):  # type: ignore[misc]
@@ -329,6 +366,65 @@ class SporeDHT(Server):  # type: ignore[misc]
                 self._spawn(self._repair(behind, key32, merged))
         return merged
 
+    async def get_many(self, keys: Iterable[bytes], *, width: int | None = None
+                       ) -> dict[bytes, bytes | None]:
+        """get() for several keys at once, in one datagram per holder asked.
+
+        Each key's holders are the `replicas` closest nodes our routing table
+        knows (ourselves included). With `width` = replicas (the default) all
+        of them are asked and their answers merged; with a smaller width the
+        fewest holders that cover every key `width` times are asked first
+        (the latency path: an ask) and only the keys they did not hold go on
+        to the other replicas. A key is settled when a replica answered it:
+        with the merge of the values answered, or None when those that
+        answered hold nothing. A key no replica answered falls back to get()
+        (a full lookup). No repair from here: these are the closest nodes *we*
+        know, not necessarily the replicas."""
+        keys = list(dict.fromkeys(keys))
+        width = self.config.replicas if width is None else max(1, width)
+        holders: dict[bytes, list[Node]] = {}
+        for key32 in keys:
+            target = Node(self.rules.key_id(key32))
+            table = self.proto.router.find_neighbors(target, self.config.value_k)
+            holders[key32] = _closest([*table, self.node], target, self.config.replicas)
+        answered: dict[bytes, list[bytes | None]] = {}
+        todo = {k: list(h) for k, h in holders.items()}
+        for round_width in (width, self.config.replicas):
+            plan = _cover(todo, round_width)
+            if not plan:
+                break
+            await self._ask_plan(plan, answered)
+            for key32 in list(todo):
+                asked = {n.id for n, ks in plan if key32 in ks}
+                rest = [n for n in todo[key32] if n.id not in asked]
+                values = answered.get(key32, [])
+                if rest and not any(v is not None for v in values):
+                    todo[key32] = rest
+                else:
+                    del todo[key32]
+        out: dict[bytes, bytes | None] = {}
+        missing = []
+        for key32 in keys:
+            if key32 not in answered:
+                missing.append(key32)
+                continue
+            out[key32] = self._merge(key32, [v for v in answered[key32] if v is not None])
+        self.proto.counters["batched_gets"] += len(keys) - len(missing)
+        for key32, value in zip(missing, await asyncio.gather(*(self.get(k) for k in missing)),
+                                strict=True):
+            out[key32] = value
+        return out
+
+    async def _ask_plan(self, plan: list[tuple[Node, list[bytes]]],
+                        answered: dict[bytes, list[bytes | None]]) -> None:
+        batches = [(node, ks[i:i + MAX_KEYS]) for node, ks in plan
+                   for i in range(0, len(ks), MAX_KEYS)]
+        replies = await asyncio.gather(*(self._ask_values(n, ks) for n, ks in batches))
+        for (_, ks), answers in zip(batches, replies, strict=True):
+            for key32, (ok, value) in zip(ks, answers, strict=True):
+                if ok:
+                    answered.setdefault(key32, []).append(value)
+
     async def _get_known(self, key32: bytes) -> bytes | None:
         target = Node(self.rules.key_id(key32))
         table = self.proto.router.find_neighbors(target, self.config.value_k)
@@ -429,19 +525,44 @@ class SporeDHT(Server):  # type: ignore[misc]
         if not isinstance(result, bytes):
             self.proto.counters["malformed_responses"] += 1
             return False, None
-        digest = hashlib.sha256(key32 + result).digest()
+        return (True, result) if self._checked(key32, result) else (False, None)
+
+    async def _ask_values(self, node: Node, keys: list[bytes]
+                          ) -> list[tuple[bool, bytes | None]]:
+        """find_value for several keys in one datagram (what did not fit, alone)."""
+        if node.id == self.node.id:
+            return [(True, self.storage.get(k)) for k in keys]
+        ok, result = await self._ask(node, "find_values", [keys])
+        values = sanitise_values(result, len(keys)) if ok else None
+        if values is None:
+            if ok:
+                self.proto.counters["malformed_responses"] += 1
+            return [(False, None)] * len(keys)
+        out: list[tuple[bool, bytes | None]] = []
+        for key32, value in zip(keys, values, strict=True):
+            if value is NOT_SENT:
+                out.append(await self._ask_value(node, key32))
+            elif isinstance(value, bytes):
+                out.append((True, value) if self._checked(key32, value) else (False, None))
+            else:
+                out.append((True, None))
+        return out
+
+    def _checked(self, key32: bytes, value: bytes) -> bool:
+        """Validate a fetched value (once per distinct key and bytes); count forgeries."""
+        digest = hashlib.sha256(key32 + value).digest()
         if digest in self._valid:  # the same value from another replica, or again
             self._valid.move_to_end(digest)
-            return True, result
+            return True
         try:
-            self.rules.validate(key32, result)
+            self.rules.validate(key32, value)
         except VerifyError as exc:
             self.proto.count_reject(exc, "rejected_fetch")
-            return False, None
+            return False
         self._valid[digest] = None
         if len(self._valid) > _VALID_CACHE:
             self._valid.popitem(last=False)
-        return True, result
+        return True
 
     async def _ask_store(self, node: Node, key32: bytes, value: bytes) -> bool:
         ok, result = await self._ask(node, "store", [key32, value])

@@ -174,14 +174,28 @@ class Spore:
     async def ask(self, question: str, top: int = 3) -> dict[str, Any]:
         question = self.check_text(question, "question")
         top = max(1, min(top, MAX_SOURCES))
-        q, rows, scores, conf, found = await self._on(self._compute, self._rank, question, top)
+        q = await self._on(self._compute, self._embed, question)
+        # The local search runs on the compute thread while the swarm's bucket
+        # lookups are in flight; the swarm waits for it only before fetching
+        # content (what is here need not be fetched).
+        ranked = asyncio.ensure_future(self._on(self._compute, self._rank, q, top))
+
+        async def local_ids() -> set[bytes]:
+            rows, _, _, found = await ranked
+            return {found[r].id for r in rows[:top] if r in found}
+
+        remote: list[Found] = []
+        if self.swarm is not None:
+            try:
+                remote = await self.swarm.find(q, local_ids(), top)
+            finally:
+                await asyncio.wait([ranked])
+        rows, scores, conf, found = await ranked
         answer_id = secrets.token_hex(8)
         local = [(float(s), found[r]) for r, s in zip(rows[:top], scores[:top], strict=True)
                  if r in found]
         sources = [_source(m, score) for score, m in local]
-        remote: list[Found] = []
         if self.swarm is not None:
-            remote = await self.swarm.find(q, {m.id for _, m in local}, top)
             sources = _merge_sources(sources, remote, top)
             if len(sources) > 1:
                 conf = consensus.confidence(sources[0]["score"], sources[1]["score"])
@@ -217,11 +231,13 @@ class Spore:
     def _region(self, q: np.ndarray) -> bytes:
         return bucket_key(self.lsh.seed, 0, int(table_codes(q, self.planes)[0]))
 
-    def _rank(self, question: str, top: int
-              ) -> tuple[np.ndarray, list[int], np.ndarray, float, dict[int, MemoryRow]]:
-        q = self.encoder.embed([question])[0]
+    def _embed(self, question: str) -> np.ndarray:
+        return np.asarray(self.encoder.embed([question])[0], dtype=np.float32)
+
+    def _rank(self, q: np.ndarray, top: int
+              ) -> tuple[list[int], np.ndarray, float, dict[int, MemoryRow]]:
         if len(self.index) == 0:
-            return q, [], np.zeros(0, np.float32), 0.0, {}
+            return [], np.zeros(0, np.float32), 0.0, {}
         rows, cos = self.index.search(q, CANDIDATES)
         region = np.zeros(len(rows), np.float32)
         overall = np.zeros(len(rows), np.float32)
@@ -233,7 +249,7 @@ class Spore:
         ranking = consensus.combine(cos, overall, region)
         ranked_rows = [int(rows[i]) for i in ranking.order]
         found = self._reader.memories_by_rows(ranked_rows[:top])
-        return q, ranked_rows, ranking.scores, ranking.confidence, found
+        return ranked_rows, ranking.scores, ranking.confidence, found
 
     def _remember(self, answer_id: str, q: np.ndarray, row: int, memory_id: bytes) -> None:
         codes, scales = compact.to_int8(q[None, :])

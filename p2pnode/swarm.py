@@ -8,11 +8,12 @@ index entries and signed records travel: never a question's text.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from p2pnode.records import MemoryRecord
 
 log = logging.getLogger("spore.swarm")
 DHT_DB = "dht.sqlite3"
+DECODED_CACHE = 2048  # bucket values remembered decoded (by digest)
 RULES = ValueRules(validate=codec.validate_value, merge=codec.merge_values,
                    key_id=codec.dht_id, node_id=codec.node_dht_id)
 
@@ -46,7 +48,8 @@ class SwarmSettings:
     rate_per_s: float = 500.0  # requests per second from one source IP
     rpc_timeout_s: float = 1.5
     lookups_per_ask: int = 24  # bucket keys looked up per question (home keys first)
-    fetch_per_ask: int = 16  # remote candidates whose content is fetched
+    fetch_per_ask: int = 8  # remote candidates whose content is fetched
+    read_width: int = 1  # replicas an ask reads first (the others only for what they lack)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class Swarm:
         # of the raw coordinates: embedding axes are correlated, so raw signs
         # rank candidates poorly.
         self.sketch = sketch_planes(dna.lsh.seed, codec.BITS_BYTES * 8, dim).reshape(-1, dim)
+        self._decoded: OrderedDict[bytes, list[codec.IndexEntry]] = OrderedDict()
         self.counters = {"published": 0, "unreplicated": 0, "remote_found": 0,
                          "remote_rejected": 0, "expired": 0}
 
@@ -134,33 +138,43 @@ class Swarm:
             self.store.put(key, value, self.dht.node_id, self._now_ms())
 
     # finding --------------------------------------------------------------
-    async def find(self, q: np.ndarray, exclude: set[bytes], limit: int) -> list[Found]:
+    async def find(self, q: np.ndarray, exclude: Awaitable[set[bytes]], limit: int
+                   ) -> list[Found]:
+        """Memories of the swarm near `q`, verified: the bucket keys are read
+        (one datagram per holder), the candidates ranked by their sketches,
+        and the content of the best `fetch_per_ask` not in `exclude` (awaited
+        only then: the local search runs meanwhile) fetched and verified."""
         if not self.dht.contacts():
+            with contextlib.suppress(Exception):
+                await exclude
             return []  # alone: the local index has everything there is
         keys = bucket_keys(q, self.dna.lsh, self.planes)[: self.settings.lookups_per_ask]
-        values = await asyncio.gather(*(self._get(k) for k in keys))
+        values = await self._get_many(keys)
         entries: dict[bytes, codec.IndexEntry] = {}
-        for value in values:
-            for e in _entries(value):
-                if e.memory_id not in exclude:
-                    entries.setdefault(e.memory_id, e)
+        for value in values.values():
+            for e in self._entries(value):
+                entries.setdefault(e.memory_id, e)
+        here = await exclude
+        for memory_id in here & entries.keys():
+            del entries[memory_id]
         qbits = codec.embedding_bits(self.sketch @ q)
         best = sorted(entries.values(), key=lambda e: -codec.cosine_estimate(qbits, e.bits))
         best = best[: max(limit, self.settings.fetch_per_ask)]
-        found = await asyncio.gather(*(self._content(e, q) for e in best))
+        contents = await self._get_many([e.memory_id for e in best])
+        found = [self._content(e, contents.get(e.memory_id), q) for e in best]
         out = [f for f in found if f is not None]
         self.counters["remote_found"] += len(out)
         return out
 
-    async def _get(self, key: bytes) -> bytes | None:
+    async def _get_many(self, keys: list[bytes]) -> dict[bytes, bytes | None]:
         try:
-            return await self.dht.get(key)
+            return await self.dht.get_many(keys, width=self.settings.read_width)
         except (DhtError, SporeError) as exc:
-            log.debug("DHT get %s…: %s", key.hex()[:12], exc)
-            return None
+            log.debug("DHT get of %d keys: %s", len(keys), exc)
+            return {}
 
-    async def _content(self, entry: codec.IndexEntry, q: np.ndarray) -> Found | None:
-        data = await self._get(entry.memory_id)
+    def _content(self, entry: codec.IndexEntry, data: bytes | None, q: np.ndarray
+                 ) -> Found | None:
         if data is None:
             return None
         try:
@@ -183,6 +197,24 @@ class Swarm:
                 "contacts": len(self.dht.contacts()), "store": self.store.stats(),
                 "counters": {**self.dht.counters, **self.counters}}
 
+    def _entries(self, value: bytes | None) -> list[codec.IndexEntry]:
+        """The verified entries of a bucket value (decoded once per distinct bytes)."""
+        if value is None or value[:1] != codec.KIND_BUCKET:
+            return []
+        digest = hashlib.sha256(value).digest()
+        entries = self._decoded.get(digest)
+        if entries is None:
+            try:
+                entries = codec.decode_bucket(value)
+            except VerifyError:
+                entries = []
+            self._decoded[digest] = entries
+            if len(self._decoded) > DECODED_CACHE:
+                self._decoded.popitem(last=False)
+        else:
+            self._decoded.move_to_end(digest)
+        return entries
+
     def held_items(self) -> list[tuple[bytes, bytes]]:
         """What this spore holds for others: re-put each interval, so a value
         whose author died stays on 3 live holders while any holder lives."""
@@ -198,10 +230,3 @@ class Swarm:
         self.counters["expired"] += self.store.expire(self._now_ms(), ttl)
 
 
-def _entries(value: bytes | None) -> list[codec.IndexEntry]:
-    if value is None or value[:1] != codec.KIND_BUCKET:
-        return []
-    try:
-        return codec.decode_bucket(value)
-    except VerifyError:
-        return []

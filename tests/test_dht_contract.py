@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from kademlia.node import Node
 
 from dht.fake import TOY_RULES, FakeNetwork, MemoryStore
 from dht.server import Bind, DhtConfig, SporeDHT, bind_udp
@@ -256,5 +257,64 @@ def test_a_silent_contact_is_forgotten_only_after_timeouts_in_a_row(net: Net) ->
             assert b.node_id.hex() not in table_ids(a)
         finally:
             await a.stop()
+
+    run(body)
+
+
+def test_get_many_reads_many_keys_in_fewer_datagrams_than_keys(net: Net) -> None:
+    async def body() -> None:
+        nodes = await swarm(net, 20)
+        try:
+            values = {key(f"m{i}"): b"ok:%d" % i for i in range(30)}
+            for i, (k, v) in enumerate(values.items()):
+                assert await nodes[i % 20].put(k, v) >= 2
+            reader, absent = nodes[11], key("never stored")
+            for width in (1, None):
+                before = reader.counters["datagrams"]
+                got = await reader.get_many([*values, absent], width=width)
+                assert got == {**values, absent: None}
+                answers = reader.counters["datagrams"] - before
+                assert answers < len(values) // (1 if width is None else 2)
+            assert reader.counters["batched_gets"] == 2 * (len(values) + 1)
+        finally:
+            await stop_all(nodes)
+
+    run(body)
+
+
+def test_get_many_goes_on_to_the_replicas_that_hold_it(net: Net) -> None:
+    async def body() -> None:
+        nodes = await swarm(net, 20)
+        try:
+            k = key("on one replica")
+            assert await nodes[2].put(k, b"ok:kept") == 3
+            holders = [n for n in nodes if n.storage.get(k) is not None]
+            for holder in holders[:2]:  # two of three replicas lost it (a disk, a bug)
+                assert isinstance(holder.storage, MemoryStore)
+                del holder.storage.values[k]
+            for reader in nodes[::3]:
+                assert await reader.get_many([k], width=1) == {k: b"ok:kept"}
+        finally:
+            await stop_all(nodes)
+
+    run(body)
+
+
+def test_values_that_do_not_fit_one_reply_are_fetched_alone(net: Net) -> None:
+    async def body() -> None:
+        nodes = await swarm(net, 4)
+        try:
+            holder, reader = nodes[1], nodes[2]
+            big = {key(f"big{i}"): b"ok:" + bytes([65 + i]) * 3000 for i in range(4)}
+            for k, v in big.items():
+                holder.storage.put(k, v, holder.node_id, 0)
+            got = await reader._ask_values(Node(holder.node_id, *holder.address), list(big))
+            assert got == [(True, v) for v in big.values()]
+            # The holder's own reply held what fitted and marked the rest.
+            reply = holder.proto.rpc_find_values(reader.address, list(big))
+            assert isinstance(reply, list) and reply[:2] == list(big.values())[:2]
+            assert reply[2:] == [False, False]
+        finally:
+            await stop_all(nodes)
 
     run(body)

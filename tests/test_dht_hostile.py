@@ -17,6 +17,7 @@ import msgpack
 
 from dht.guard import (
     MAX_DATAGRAM,
+    MAX_KEYS,
     STALE_S,
     Admissions,
     Peer,
@@ -24,6 +25,8 @@ from dht.guard import (
     TokenBuckets,
     reason_of,
     sanitise_contacts,
+    sanitise_values,
+    well_formed_request,
 )
 from dht.protocol import WHO_ARE_YOU, SporeProtocol
 from dht.server import DhtConfig, SporeDHT
@@ -132,6 +135,10 @@ class RogueProtocol(SporeProtocol):
     def rpc_find_value(self, sender: Any, key32: bytes) -> object:
         return self.rng.choice([b"forged", b"ok", [1, 2], {"x": 1}, 3.5])
 
+    def rpc_find_values(self, sender: Any, keys: list[bytes]) -> object:
+        return self.rng.choice([[b"forged"] * len(keys), [b"ok"], [None, 1.5] * 40, {"x": 1},
+                                [True] * len(keys), [[b"ok:nested"]] * len(keys), 3])
+
     def rpc_store(self, sender: Any, key32: bytes, value: bytes) -> object:
         return True
 
@@ -155,6 +162,8 @@ def test_peers_answering_garbage_do_not_break_put_and_get() -> None:
                 assert await good[i].put(k, v) >= 2
             for node in good:
                 assert [await node.get(k) for k in values] == list(values.values())
+                for width in (1, None):
+                    assert await node.get_many(values, width=width) == values
             refused = sum(n.counters.get("malformed_responses", 0)
                           + n.counters.get("contact_id_mismatch", 0) for n in good)
             assert refused > 0
@@ -314,3 +323,14 @@ def test_a_full_table_makes_room_for_newcomers_only_over_silent_peers() -> None:
     refused, gone = adm.admit(peer(5, "10.0.0.3", STALE_S + 15.0))
     assert refused is None and [p.id for p in gone] == [bytes([2]) * 20]
     assert len(adm) == 3
+
+
+def test_find_values_requests_of_the_wrong_shape_are_malformed() -> None:
+    k = os.urandom(32)
+    assert well_formed_request(["find_values", [[k] * MAX_KEYS]]) == (
+        "find_values", [[k] * MAX_KEYS])
+    for args in ([[]], [[k] * (MAX_KEYS + 1)], [[k[:31]]], [[k, "text"]], [k], [[k], [k]]):
+        assert well_formed_request(["find_values", args]) is None
+    assert sanitise_values([b"v", None, False], 3) == [b"v", None, False]
+    for answer in ([b"v"], [b"v", True, None], [[b"v"], None, None], "x", None):
+        assert sanitise_values(answer, 3) is None

@@ -1,5 +1,5 @@
 """`spore`: the command line. A thin client of the local daemon, plus the
-commands that work without one (init, node run, dna show).
+commands that work without one (init, node run, dna show, dna export).
 
 Exit codes: 0 ok, 1 error, 2 usage, 69 daemon not reachable.
 """
@@ -36,6 +36,15 @@ class SporeGroup(click.Group):
         except SporeError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
+
+
+class InputError(click.ClickException):
+    """A file or value the user gave that cannot be used: exit 2, like a usage error."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
 
 
 def json_option(fn: F) -> F:
@@ -78,19 +87,74 @@ def main(ctx: click.Context, state_dir: Path | None, config_dir: Path | None,
 
 @main.command()
 @click.option("--swarm", help="Name of the swarm to found (default: solo-<node id>).")
+@click.option("--join", "join", metavar="DNA_FILE",
+              help="Join the swarm whose signed DNA is in DNA_FILE (- for standard input) "
+                   "instead of founding one.")
+@click.option("--peer", "peers", multiple=True, metavar="HOST:PORT",
+              help="With --join: a spore of that swarm to join through (its DHT port); "
+                   "repeatable; kept in config.toml.")
 @json_option
 @click.pass_context
-def init(ctx: click.Context, swarm: str | None, as_json: bool) -> None:
-    """Create this spore's identity and found its swarm (done by `node run` too)."""
+def init(ctx: click.Context, swarm: str | None, join: str | None, peers: tuple[str, ...],
+         as_json: bool) -> None:
+    """Create this spore's identity, and found its swarm or join one (`node run`
+    founds one too if there is none)."""
     from p2pnode.daemon import prepare_state
 
+    if swarm is not None and join is not None:
+        raise click.UsageError("--swarm founds a swarm and --join joins one: give only one")
+    if peers and join is None:
+        raise click.UsageError("--peer goes with --join (to found a swarm, give no peer)")
     cfg = config(ctx)
+    if join is not None:
+        _init_join(cfg, join, peers, as_json)
+        return
     identity, dna, founded = prepare_state(cfg, swarm)
     data = {"node_id": identity.node_id.hex(), "state_dir": str(cfg.state_dir),
-            "swarm": dna.fields["swarm"], "dna_hash": dna.hash.hex(), "founded": founded}
+            "swarm": dna.fields["swarm"], "swarm_id": dna.swarm_id.hex(),
+            "version": dna.version, "dna_hash": dna.hash.hex(), "founded": founded}
     emit(as_json, data, lambda: click.echo(
         f"{'founded' if founded else 'already have'} swarm {data['swarm']} "
-        f"(dna {data['dna_hash'][:16]}…)\nnode {data['node_id']}\nstate {cfg.state_dir}"))
+        f"(id {data['swarm_id'][:16]}…, dna v{data['version']} {data['dna_hash'][:16]}…)\n"
+        f"node {data['node_id']}\nstate {cfg.state_dir}"))
+
+
+def _init_join(cfg: Config, join: str, peers: tuple[str, ...], as_json: bool) -> None:
+    from cli.join import NotDna, adopt, peer_strings, read_dna, with_peers, write_text
+    from p2pnode.config import CONFIG_FILE
+    from p2pnode.daemon import ensure_state_dir, prepare_state
+    from p2pnode.errors import ConfigError
+
+    try:
+        wanted = peer_strings(peers)
+        offered = read_dna(join, sys.stdin.buffer)
+    except (NotDna, ConfigError) as exc:
+        raise InputError(str(exc)) from exc
+    conf_file = cfg.config_dir / CONFIG_FILE
+    old_text = conf_file.read_text(encoding="utf-8") if conf_file.exists() else ""
+    new_text = with_peers(old_text, conf_file, wanted) if wanted else old_text
+    ensure_state_dir(cfg.state_dir)
+    dna, adopted = adopt(cfg.state_dir, offered)
+    identity, dna, _ = prepare_state(cfg)  # finds the DNA just adopted: founds nothing
+    if new_text != old_text:
+        write_text(conf_file, new_text)
+    data = {"node_id": identity.node_id.hex(), "state_dir": str(cfg.state_dir),
+            "swarm": dna.fields["swarm"], "swarm_id": dna.swarm_id.hex(),
+            "version": dna.version, "dna_hash": dna.hash.hex(), "founded": False,
+            "adopted": adopted, "peers": wanted, "config_file": str(conf_file)}
+    emit(as_json, data, lambda: click.echo(_joined_lines(data, offered.version)))
+
+
+def _joined_lines(data: dict[str, Any], offered_version: int) -> str:
+    kept = ("" if data["adopted"] else
+            f"; kept this spore's v{data['version']} over the file's v{offered_version}")
+    lines = [f"joined swarm {data['swarm']} (id {data['swarm_id'][:16]}…, "
+             f"dna v{data['version']} {data['dna_hash'][:16]}…{kept})"]
+    if data["peers"]:
+        lines.append(f"peers {', '.join(data['peers'])} (kept in {data['config_file']})")
+    lines += [f"node {data['node_id']}", f"state {data['state_dir']}",
+              "start it with: spore node run"]
+    return "\n".join(lines)
 
 
 @main.group()
@@ -139,6 +203,62 @@ def dna_show(ctx: click.Context, as_json: bool) -> None:
         raise SporeError("no swarm DNA yet: run `spore init` (or `spore node run`)")
     data = found.show()
     emit(as_json, data, lambda: click.echo(json.dumps(data, indent=2)))
+
+
+@dna.command("export")
+@click.argument("path", required=False, metavar="[PATH]")
+@click.pass_context
+def dna_export(ctx: click.Context, path: str | None) -> None:
+    """Write the signed DNA to PATH (standard output when PATH is - or absent),
+    for `spore init --join PATH` on another device."""
+    from p2pnode import dna as dna_mod
+
+    found = dna_mod.load(config(ctx).state_dir)
+    if found is None:
+        raise SporeError("no swarm DNA yet: run `spore init` (or `spore node run`)")
+    if path is None or path == "-":
+        if sys.stdout.isatty():
+            raise InputError("the DNA is binary: give a PATH, or redirect standard output "
+                             "(spore dna export > dna.bin)")
+        sys.stdout.buffer.write(found.wire)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        Path(path).write_bytes(found.wire)
+    except OSError as exc:
+        raise SporeError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    click.echo(f"wrote the DNA of swarm {found.fields['swarm']} (v{found.version}, "
+               f"{len(found.wire)} bytes) to {path}")
+
+
+@dna.command("update")
+@click.option("--set", "assignments", multiple=True, required=True, metavar="KEY=VALUE",
+              help="A rule to change (division_threshold, mutation_sigma, "
+                   "fitness_half_life_days, founders); VALUE is JSON, else a string; "
+                   "repeatable.")
+@json_option
+@click.pass_context
+def dna_update(ctx: click.Context, assignments: tuple[str, ...], as_json: bool) -> None:
+    """Publish a new DNA version (founders only); the running daemon signs it
+    and the swarm spreads it."""
+    data = client(ctx).post("/v1/dna", {"set": _assignments(assignments)})
+    emit(as_json, data, lambda: click.echo(json.dumps(data, indent=2)))
+
+
+def _assignments(items: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        if key in out:
+            raise click.BadParameter(f"{key} is set twice", param_hint="--set")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
 
 
 @main.command()

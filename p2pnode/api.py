@@ -14,7 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from p2pnode.errors import BadRequest, SporeError, TooLarge
+from p2pnode.config import parse_peers
+from p2pnode.errors import BadRequest, ConfigError, SporeError, StateError, TooLarge
 from p2pnode.node import Spore, TeachItem
 from p2pnode.openapi import OPENAPI
 
@@ -175,12 +176,53 @@ async def memory(request: web.Request) -> web.Response:
 
 
 async def peers(request: web.Request) -> web.Response:
-    swarm = _spore(request).swarm
-    contacts = swarm.dht.contacts() if swarm is not None else []
-    return web.json_response({"peers": [
-        {"node_id": c.node_id, "address": f"{c.ip}:{c.port}",
-         "last_seen_s": None if c.last_seen_s is None else round(c.last_seen_s, 1),
-         "alive": c.last_seen_s is not None} for c in contacts]})
+    spore = _spore(request)
+    contacts = spore.swarm.dht.contacts() if spore.swarm is not None else []
+    gossip = spore.peers.status() if spore.peers is not None else {}
+    return web.json_response({
+        "peers": [{"node_id": c.node_id, "address": f"{c.ip}:{c.port}",
+                   "last_seen_s": None if c.last_seen_s is None else round(c.last_seen_s, 1),
+                   "alive": c.last_seen_s is not None} for c in contacts],
+        "gossip": gossip.get("members", []),
+        "refused": gossip.get("refused", {})})
+
+
+async def dna_update(request: web.Request) -> web.Response:
+    body = await _body(request)
+    changes = _field(body, "set", dict)
+    if not changes:
+        raise BadRequest("field 'set' must name at least one DNA field to change")
+    try:
+        return web.json_response(await _spore(request).update_dna(changes))
+    except ConfigError as exc:
+        raise BadRequest(str(exc)) from exc
+    except StateError as exc:  # not a founder
+        return _error(403, str(exc))
+
+
+async def votes(request: web.Request) -> web.Response:
+    return web.json_response(_spore(request).votes_for(_memory_id(request.match_info["id"])))
+
+
+async def gossip(request: web.Request) -> web.Response:
+    service = _spore(request).peers
+    if service is None:
+        raise BadRequest("this spore runs no gossip")
+    return web.json_response(service.status())
+
+
+async def gossip_block(request: web.Request) -> web.Response:
+    """An operator's partition: gossip neither with nor from these peers."""
+    service = _spore(request).peers
+    if service is None:
+        raise BadRequest("this spore runs no gossip")
+    listed = _field(await _body(request), "peers", list)
+    try:
+        blocked = parse_peers(listed, "field 'peers'")
+    except ConfigError as exc:
+        raise BadRequest(str(exc)) from exc
+    service.blocked = set(blocked)
+    return web.json_response({"blocked": [f"{h}:{p}" for h, p in sorted(service.blocked)]})
 
 
 async def locate(request: web.Request) -> web.Response:
@@ -213,6 +255,10 @@ def make_app(spore: Spore, token: str | None) -> web.Application:
         web.get("/v1/memories/{id}", memory),
         web.get("/v1/peers", peers),
         web.get("/v1/dht/locate/{id}", locate),
+        web.post("/v1/dna", dna_update),
+        web.get("/v1/votes/{id}", votes),
+        web.get("/v1/gossip", gossip),
+        web.post("/v1/gossip/block", gossip_block),
         web.get("/v1/openapi.json", openapi),
     ])
     return app

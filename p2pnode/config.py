@@ -36,6 +36,8 @@ _TOML_KEYS = {
     ("dht", "republish_s"): "republish_s",
     ("dht", "max_contacts_per_ip"): "max_contacts_per_ip",
     ("dht", "rate_per_s"): "dht_rate_per_s",
+    ("dht", "advertise"): "advertise_host",
+    ("gossip", "interval_s"): "gossip_interval_s",
 }
 ENV_VARS = {
     "SPORE_HOST": "api_host",
@@ -50,6 +52,8 @@ ENV_VARS = {
     "SPORE_REPUBLISH_S": "republish_s",
     "SPORE_MAX_CONTACTS_PER_IP": "max_contacts_per_ip",
     "SPORE_DHT_RATE": "dht_rate_per_s",
+    "SPORE_ADVERTISE": "advertise_host",
+    "SPORE_GOSSIP_INTERVAL": "gossip_interval_s",
 }
 DEFAULT_DHT_PORT = 7151
 
@@ -71,6 +75,8 @@ class Config:
     republish_s: float = 3600.0
     max_contacts_per_ip: int = 4
     dht_rate_per_s: float = 500.0
+    advertise_host: str = ""  # the address peers reach us at ("": the DHT host, if not 0.0.0.0)
+    gossip_interval_s: float = 5.0
     journald: bool = False
     notify_socket: str | None = None
     watchdog_usec: int = 0
@@ -206,6 +212,14 @@ def _validated(cfg: Config) -> Config:
         raise ConfigError(f"DHT rate_per_s {cfg.dht_rate_per_s} is not in 1..1000000")
     if not 1 <= cfg.max_contacts_per_ip <= 4096:
         raise ConfigError(f"max_contacts_per_ip {cfg.max_contacts_per_ip} is not in 1..4096")
+    if not 0.05 <= cfg.gossip_interval_s <= 3600:
+        raise ConfigError(f"gossip interval_s {cfg.gossip_interval_s} is not in 0.05..3600")
+    if cfg.advertise_host:
+        try:
+            ipaddress.ip_address(cfg.advertise_host)
+        except ValueError:
+            raise ConfigError(f"advertise address {cfg.advertise_host!r} is not an IP "
+                              "address") from None
     if cfg.log_level not in LOG_LEVELS:
         raise ConfigError(f"log level {cfg.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     if not 1 <= cfg.encoder_threads <= 64:

@@ -24,9 +24,11 @@ from p2pnode import dna as dna_mod
 from p2pnode.api import make_app
 from p2pnode.config import Config
 from p2pnode.errors import SporeError, StateError
+from p2pnode.gossip import KIND_DNA, GossipStore
 from p2pnode.identity import Identity, load_or_create
 from p2pnode.lock import StateLock
 from p2pnode.node import Spore
+from p2pnode.peers import PeerService, validators
 from p2pnode.service import Notifier
 from p2pnode.storage import DB_FILE, Storage
 from p2pnode.swarm import Swarm, SwarmSettings
@@ -36,6 +38,7 @@ TOKEN_FILE = "api.token"
 ENCODER_NAME = "all-MiniLM-L6-v2-int8-rq"
 ENCODER_DIM = 384
 REPUBLISH_TICK_S = 2.0
+GOSSIP_DB = "gossip.sqlite3"
 DRAIN_S = 10.0  # background publishing allowed to finish on stop
 
 
@@ -111,11 +114,24 @@ async def _serve_locked(cfg: Config) -> None:
                                          republish_s=cfg.republish_s,
                                          max_contacts_per_ip=cfg.max_contacts_per_ip,
                                          rate_per_s=cfg.dht_rate_per_s))
+    gossip = GossipStore(validators(dna.swarm_id, lambda: spore.dna),
+                         cfg.state_dir / GOSSIP_DB)
     spore = Spore(identity=identity, dna=dna, storage=storage, encoder=encoder,
-                  max_text_bytes=cfg.max_text_bytes, swarm=swarm)
+                  max_text_bytes=cfg.max_text_bytes, swarm=swarm, gossip=gossip,
+                  state_dir=cfg.state_dir)
+    peers: PeerService | None = None
     try:
         await spore.load()
-        await swarm.start()
+        _adopt_gossiped_dna(spore, gossip)
+        gossip.offer({KIND_DNA: spore.dna.wire})
+        host, port = await swarm.start()
+        peers = PeerService(
+            identity=identity, swarm=dna.swarm_id, store=gossip, host=host, port=port,
+            seeds=list(cfg.peers), interval_s=cfg.gossip_interval_s,
+            contacts=lambda: [(c.ip, c.port) for c in swarm.dht.contacts()],
+            on_accepted=spore.on_gossip)
+        await peers.start(cfg.advertise_host or host)
+        spore.peers = peers
         runner = web.AppRunner(make_app(spore, _api_token(cfg)), access_log=None,
                                handler_cancellation=True)
         await runner.setup()
@@ -128,9 +144,12 @@ async def _serve_locked(cfg: Config) -> None:
     finally:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(spore.drain(), DRAIN_S)
+        if peers is not None:
+            await peers.stop()
         await swarm.stop()
         spore.close()
         storage.close()
+        gossip.close()
         log.info("stopped")
 
 
@@ -157,6 +176,8 @@ async def _serve_until_stopped(cfg: Config, spore: Spore, notifier: Notifier) ->
     async with asyncio.TaskGroup() as services:
         tasks = [services.create_task(_watchdog(notifier, cfg.watchdog_usec)),
                  services.create_task(_republish(spore, cfg.republish_s))]
+        if spore.peers is not None:
+            tasks.append(services.create_task(_gossip(spore.peers)))
         await stop.wait()
         log.info("stopping: draining requests")
         for task in tasks:
@@ -187,6 +208,28 @@ async def _republish(spore: Spore, every_s: float) -> None:
             had_peers = has_peers
             swarm.expire()
             await asyncio.sleep(min(every_s, REPUBLISH_TICK_S))
+
+
+async def _gossip(peers: PeerService) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await peers.run()
+
+
+def _adopt_gossiped_dna(spore: Spore, gossip: GossipStore) -> None:
+    """A DNA version that came by gossip but was not saved (a crash between the
+    two) is taken up again at start, if it is a valid successor."""
+    item = gossip.get(KIND_DNA)
+    if item is None:
+        return
+    try:
+        newer = dna_mod.decode(item)
+        if newer.hash != spore.dna.hash and dna_mod.successor(spore.dna, newer):
+            dna_mod.save(spore.state_dir or Path("."), newer)
+            spore.dna = newer
+            if spore.swarm is not None:
+                spore.swarm.dna = newer
+    except (SporeError, ValueError) as exc:
+        log.warning("ignoring the gossiped DNA in the store: %s", exc)
 
 
 async def _watchdog(notifier: Notifier, usec: int) -> None:

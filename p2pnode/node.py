@@ -8,12 +8,14 @@ encoder, the in-memory index and the vote cache (so they need no locks), and
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -23,14 +25,20 @@ from crdt.votes import Counter, VoteKey, fitness, record_vote, tally
 from dht import compact
 from dht.index import LocalIndex
 from dht.keys import bucket_key, hyperplanes, table_codes
+from p2pnode import dna as dna_mod
 from p2pnode.dna import Dna
 from p2pnode.errors import BadRequest, NotFound, TooLarge
+from p2pnode.gossip import KIND_DNA, KIND_VOTE, Accepted, GossipStore, vote_key
 from p2pnode.identity import Identity
-from p2pnode.records import MemoryRecord, VoteRecord, make_memory, make_vote
+from p2pnode.records import MemoryRecord, VoteRecord, decode_vote, make_memory, make_vote
 from p2pnode.storage import AnswerRow, MemoryRow, Storage, StoredVote
 from p2pnode.swarm import Found, Swarm
 
+if TYPE_CHECKING:
+    from p2pnode.peers import PeerService
+
 T = TypeVar("T")
+log = logging.getLogger("spore.node")
 Prepared = tuple[MemoryRecord, bytes, float]  # signed record, int8 embedding, its scale
 CANDIDATES = 32  # memories re-ranked per ask
 MAX_SOURCES = 20
@@ -65,9 +73,11 @@ class _Votes:
 class Spore:
     def __init__(self, *, identity: Identity, dna: Dna, storage: Storage, encoder: Encoder,
                  max_text_bytes: int, clock: Callable[[], float] = time.time,
-                 swarm: Swarm | None = None) -> None:
+                 swarm: Swarm | None = None, gossip: GossipStore | None = None,
+                 state_dir: Path | None = None) -> None:
         self.identity, self.dna, self.storage, self.encoder = identity, dna, storage, encoder
-        self.swarm = swarm
+        self.swarm, self.gossip, self.state_dir = swarm, gossip, state_dir
+        self.peers: PeerService | None = None  # set by the daemon once serving
         self._background: set[asyncio.Task[Any]] = set()
         self.max_text_bytes = max_text_bytes
         self.clock = clock
@@ -145,7 +155,7 @@ class Spore:
         for i, item in enumerate(items):
             rec = make_memory(self.identity, question=item.question, answer=item.text,
                               embedding=embs[i], created_ms=now, origin=item.origin,
-                              dna_hash=self.dna.hash)
+                              dna_hash=self.dna.swarm_id)
             out.append((rec, codes[i].tobytes(), float(scales[i])))
         return out
 
@@ -264,6 +274,8 @@ class Spore:
             raise NotFound(f"no answer with id {answer_id!r} (ids come from `spore ask`)")
         vote, key, counter = await self._on(self._compute, self._next_vote, answer, up)
         await self._on(self._db, self.storage.put_vote, vote)
+        if self.gossip is not None:  # every spore of the swarm gets it
+            self.gossip.offer({vote_key(vote.memory_id, vote.voter, vote.region): vote.wire})
         overall = await self._on(self._compute, self._cache_vote, answer.row, key, counter,
                                  answer.qvec)
         self.counters["votes"] += 1
@@ -278,6 +290,62 @@ class Spore:
         vote = make_vote(self.identity, memory_id=answer.memory, region=answer.region,
                          qvec=answer.qvec, up=counter.up, down=counter.down, seq=counter.seq)
         return vote, key, counter
+
+    # gossip -------------------------------------------------------------
+    async def on_gossip(self, accepted: list[Accepted]) -> None:
+        """Apply what gossip brought: others' votes (stored, and used for
+        ranking where we hold the memory) and a newer swarm DNA."""
+        votes = [a.record for a in accepted if a.key[:1] == KIND_VOTE
+                 and a.record.voter != self.identity.public_key]
+        if votes:
+            held = await self._on(self._db, self._store_votes, votes)
+            await self._on(self._compute, self._cache_votes, held)
+            self.counters["gossip_votes"] = self.counters.get("gossip_votes", 0) + len(votes)
+        for a in accepted:
+            if a.key == KIND_DNA and a.record.hash != self.dna.hash:
+                await self.adopt_dna(a.record)
+
+    def _store_votes(self, votes: list[VoteRecord]) -> list[tuple[int, VoteRecord]]:
+        out = []
+        for vote in votes:
+            if self.storage.put_vote(vote):
+                row = self.storage.memory_by_id(vote.memory_id)
+                if row is not None:
+                    out.append((row.row, vote))
+        return out
+
+    def _cache_votes(self, held: list[tuple[int, VoteRecord]]) -> None:
+        for row, v in held:
+            self._cache_vote(row, (v.voter, v.region), Counter(v.seq, v.up, v.down), v.qvec)
+
+    async def adopt_dna(self, new: Dna) -> None:
+        """A newer version of our swarm's DNA (validated by the gossip store)."""
+        if self.state_dir is not None:
+            await self._on(self._db, dna_mod.save, self.state_dir, new)
+        old, self.dna = self.dna, new
+        if self.swarm is not None:
+            self.swarm.dna = new
+        log.info("swarm DNA version %d → %d (%s…), signed by founder %s…", old.version,
+                 new.version, new.hash.hex()[:16], new.signer.hex()[:16])
+
+    async def update_dna(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """A founder publishes a new DNA version; gossip takes it to every spore."""
+        new = dna_mod.update(self.dna, self.identity, changes, self._now_ms())
+        await self.adopt_dna(new)
+        if self.gossip is not None:
+            self.gossip.offer({KIND_DNA: new.wire})
+        return new.show()
+
+    def votes_for(self, memory_id: bytes) -> dict[str, Any]:
+        """A memory's votes as this spore knows them (gossip converges them)."""
+        counters: list[Counter] = []
+        if self.gossip is not None:
+            for _, item in self.gossip.with_prefix(KIND_VOTE + memory_id):
+                v = decode_vote(item)
+                counters.append(Counter(v.seq, v.up, v.down))
+        up, down = tally(counters)
+        return {"memory_id": memory_id.hex(), "voters": len(counters), "up": up, "down": down,
+                "fitness": round(fitness(up, down), 6)}
 
     # read ---------------------------------------------------------------
     async def memories(self, limit: int, offset: int) -> list[dict[str, Any]]:
@@ -304,7 +372,8 @@ class Spore:
             "node_id": self.identity.node_id.hex(),
             "public_key": self.identity.public_key.hex(),
             "swarm": self.dna.fields["swarm"],
-            "dna_hash": self.dna.hash.hex(),
+            "dna_hash": self.dna.hash.hex(), "swarm_id": self.dna.swarm_id.hex(),
+            "dna_version": self.dna.version,
             "encoder": self.dna.fields["encoder"]["name"],
             "memories": memories,
             "indexed": len(self.index),
@@ -313,6 +382,7 @@ class Spore:
             "counters": dict(self.counters),
             "rss_mb": _rss_mb(),
             "dht": self.swarm.status() if self.swarm is not None else None,
+            "gossip": self.peers.status() if self.peers is not None else None,
         }
 
     async def drain(self) -> None:

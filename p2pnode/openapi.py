@@ -41,7 +41,11 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/healthz": {"get": _op("liveness")},
         "/v1/status": {"get": _op("node status and counters")},
-        "/v1/dna": {"get": _op("the swarm DNA this spore runs")},
+        "/v1/dna": {"get": _op("the swarm DNA this spore runs"),
+                    "post": _op("publish a new DNA version (founders only)", _obj(
+                        ["set"], set={"type": "object", "description":
+                                      "division_threshold, mutation_sigma, "
+                                      "fitness_half_life_days, founders"}))},
         "/v1/teach": {"post": _op("teach one memory", _obj(
             ["text"], text=_TEXT, question=_STR, origin=_STR))},
         "/v1/ingest": {"post": _op("store a batch of document chunks", _obj(
@@ -57,7 +61,13 @@ OPENAPI: dict[str, Any] = {
         "/v1/memories/{id}": {"get": _op("one memory with its votes", params=[
             {"name": "id", "in": "path", "required": True,
              "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}])},
-        "/v1/peers": {"get": _op("the DHT routing table, with liveness")},
+        "/v1/peers": {"get": _op("DHT contacts, gossip members and refused peers")},
+        "/v1/votes/{id}": {"get": _op("a memory's votes as gossip converged them", params=[
+            {"name": "id", "in": "path", "required": True,
+             "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}])},
+        "/v1/gossip": {"get": _op("gossip state: items, digest root, members, counters")},
+        "/v1/gossip/block": {"post": _op("stop gossiping with these peers (a partition)", _obj(
+            ["peers"], peers={"type": "array", "items": _STR}))},
         "/v1/dht/locate/{id}": {"get": _op("which spores hold a memory", params=[
             {"name": "id", "in": "path", "required": True,
              "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}])},

@@ -1,4 +1,4 @@
-"""Signed records: memories and per-voter vote entries.
+"""Signed records: memories, per-voter vote entries and peer cards.
 
 A record travels as ``msgpack([body, signature])`` where ``body`` is the
 canonical msgpack of a fixed-order list and the signature covers a domain
@@ -152,3 +152,52 @@ def decode_vote(data: bytes) -> VoteRecord:
         raise VerifyError("vote record has a malformed key, memory id or region")
     verify(voter, VOTE_DOMAIN, body, sig)
     return VoteRecord(memory_id, voter, region, qvec, up, down, seq, body, sig)  # type: ignore[arg-type]
+
+
+PEER_DOMAIN = b"sporemind/peer/v1"
+MAX_HOST_CHARS = 253
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    """A spore's signed card: where it listens (UDP DHT and TCP peer HTTP share
+    host and port), its spare capacity for guest agents, and a seq that only grows."""
+
+    public_key: bytes
+    swarm: bytes
+    host: str
+    port: int
+    capacity: int
+    seq: int
+    body: bytes
+    signature: bytes
+
+    @property
+    def wire(self) -> bytes:
+        return _pack([self.body, self.signature])
+
+    @property
+    def node_id(self) -> bytes:
+        return hashlib.sha256(self.public_key).digest()
+
+
+def make_peer(identity: Identity, *, swarm: bytes, host: str, port: int, capacity: int,
+              seq: int) -> PeerRecord:
+    body = _pack(["peer", _VERSION, identity.public_key, swarm, host, port, capacity, seq])
+    sig = identity.sign(PEER_DOMAIN, body)
+    return PeerRecord(identity.public_key, swarm, host, port, capacity, seq, body, sig)
+
+
+def decode_peer(data: bytes) -> PeerRecord:
+    body, sig, f = _unpack_signed(data, "peer")
+    if len(f) != 8 or f[0] != "peer" or f[1] != _VERSION:
+        raise VerifyError("not a v1 peer record")
+    _, _, key, swarm, host, port, capacity, seq = f
+    if not (isinstance(key, bytes) and len(key) == PUBLIC_KEY_BYTES
+            and isinstance(swarm, bytes) and len(swarm) == 32
+            and isinstance(host, str) and 0 < len(host) <= MAX_HOST_CHARS
+            and type(port) is int and 0 < port < 65536
+            and type(capacity) is int and capacity >= 0 and type(seq) is int and seq >= 0):
+        raise VerifyError("peer record has fields of the wrong type")
+    verify(key, PEER_DOMAIN, body, sig)
+    return PeerRecord(key, swarm, host, port, capacity, seq, body, sig)

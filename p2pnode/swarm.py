@@ -68,7 +68,7 @@ class Swarm:
         self.identity, self.dna, self.settings = identity, dna, settings
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.store = ValueStore(state_dir / DHT_DB)
-        self.dht = SporeDHT(identity=identity, dna_hash=dna.hash, store=self.store, rules=RULES,
+        self.dht = SporeDHT(identity=identity, dna_hash=dna.swarm_id, store=self.store, rules=RULES,
                             config=DhtConfig(replicas=int(dna.fields["replication"]),
                                              max_contacts_per_ip=settings.max_contacts_per_ip,
                                              rate_per_s=settings.rate_per_s,
@@ -183,7 +183,7 @@ class Swarm:
             self.counters["remote_rejected"] += 1
             return None
         rec = content.memory
-        if rec.author != entry.author or rec.dna_hash != self.dna.hash:
+        if rec.author != entry.author or rec.dna_hash != self.dna.swarm_id:
             self.counters["remote_rejected"] += 1
             return None
         up, down = content.tally()

@@ -23,9 +23,18 @@ FAQ_DIR = Path("/usr/share/doc/debian/FAQ")
 
 
 def free_port(udp: bool = False) -> int:
-    with socket.socket(type=socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port; with udp=True, one free for UDP and TCP (DHT and peer HTTP)."""
+    while True:
+        with socket.socket(type=socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s, \
+                socket.socket() as tcp:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if udp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
 
 
 def percentile(xs: list[float], p: float) -> float:

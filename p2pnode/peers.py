@@ -1,0 +1,319 @@
+"""The peer side of a spore: signed HTTP between spores, and the gossip loop.
+
+Peers talk HTTP on TCP at the same host and port as their DHT's UDP socket
+(open both: TCP and UDP 7151), so a DHT contact is also a gossip address.
+Every request and every answer is signed (p2pnode.peerauth); a request of
+another swarm, a replay, a forgery or an oversized body is refused with 403
+or 413 before anything is read from or written to our state, logged and
+counted, and the reason shows in `spore peers`.
+
+Every `interval_s` (with jitter) the loop picks a random live peer and runs
+one push-pull round (p2pnode.gossip.exchange) under a deadline, so a slow or
+dead peer never stalls it; peers that keep failing are suspected, dropped,
+and probed now and then until they answer again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from crdt import sync
+from p2pnode import dna as dna_mod
+from p2pnode.errors import SporeError, VerifyError
+from p2pnode.gossip import (
+    KIND_DNA,
+    KIND_PEER,
+    KIND_VOTE,
+    MAX_BODY,
+    Accepted,
+    GossipStore,
+    Member,
+    Membership,
+    Validator,
+    exchange,
+    vote_key,
+)
+from p2pnode.identity import Identity, node_id
+from p2pnode.peerauth import Refused, Verifier, sign_reply, sign_request, verify_reply
+from p2pnode.records import decode_peer, decode_vote, make_peer
+
+log = logging.getLogger("spore.peers")
+
+PATH = "/peer/v1/"
+MAX_CONCURRENT = 8  # peer requests served at once; more get 503
+UNSPECIFIED = ("0.0.0.0", "::")  # a card that says so is reached by the address seen
+REFUSAL_LOG_S = 60.0  # one log line per refused address and reason per minute
+
+OnAccepted = Callable[[list[Accepted]], Awaitable[None]]
+
+
+def validators(swarm: bytes, current_dna: Callable[[], dna_mod.Dna]) -> dict[bytes, Validator]:
+    """How each kind of gossiped item is checked, for the swarm `swarm`."""
+
+    def dna_item(key: bytes, item: bytes) -> tuple[int, Any]:
+        if key != KIND_DNA:
+            raise VerifyError("DNA under a wrong key")
+        candidate = dna_mod.decode(item)
+        if candidate.swarm_id != swarm:
+            raise VerifyError("DNA of another swarm")
+        current = current_dna()
+        if candidate.hash != current.hash:
+            # Raises for a non-founder's DNA or a changed immutable rule; an
+            # older version (or the loser of a same-version tie) just loses.
+            dna_mod.successor(current, candidate)
+        return dna_stamp(candidate), candidate
+        # Raises for a non-founder's or an immutable change; False for an old one.
+        if not dna_mod.successor(current, candidate) and candidate.version == current.version:
+            raise VerifyError("conflicting DNA of the same version")
+        return candidate.version, candidate
+
+    def peer_item(key: bytes, item: bytes) -> tuple[int, Any]:
+        card = decode_peer(item)
+        if key != KIND_PEER + card.node_id:
+            raise VerifyError("peer card under a wrong key")
+        if card.swarm != swarm:
+            raise VerifyError("peer card of another swarm")
+        return card.seq, card
+
+    def vote_item(key: bytes, item: bytes) -> tuple[int, Any]:
+        vote = decode_vote(item)
+        if key != vote_key(vote.memory_id, vote.voter, vote.region):
+            raise VerifyError("vote under a wrong key")
+        return vote.seq, vote
+
+    return {KIND_DNA: dna_item, KIND_PEER: peer_item, KIND_VOTE: vote_item}
+
+
+def dna_stamp(dna: dna_mod.Dna) -> int:
+    """Merge order of DNA versions: the newer, then (a same-version tie between
+    two founders) the smaller hash, as dna.successor decides."""
+    return (dna.version << 32) | (0xFFFFFFFF - int.from_bytes(dna.hash[:4], "big"))
+
+
+class PeerService:
+    def __init__(self, *, identity: Identity, swarm: bytes, store: GossipStore, host: str,
+                 port: int, seeds: list[tuple[str, int]], interval_s: float,
+                 contacts: Callable[[], list[tuple[str, int]]], on_accepted: OnAccepted,
+                 capacity: Callable[[], int] = lambda: 0, timeout_s: float = 3.0,
+                 rng: random.Random | None = None) -> None:
+        self.identity, self.swarm, self.store = identity, swarm, store
+        self.host, self.port, self.interval_s, self.timeout_s = host, port, interval_s, timeout_s
+        self.contacts, self.on_accepted, self.capacity = contacts, on_accepted, capacity
+        self.rng = rng or random.Random()
+        self.verifier = Verifier(swarm)
+        self.members = Membership((host, port), self.rng)
+        for h, p in seeds:
+            self.members.know(h, p)
+        self.blocked: set[tuple[str, int]] = set()  # operator's partition (`/v1/gossip/block`)
+        self.counters: dict[str, int] = {}
+        self.refusals: dict[str, dict[str, Any]] = {}  # address → why we refused it
+        self._busy = asyncio.Semaphore(MAX_CONCURRENT)
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.card_seq = 0
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    # --- life cycle ------------------------------------------------------------------
+
+    async def start(self, advertise_host: str) -> None:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_post(PATH + "{route}", self._serve)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            if exc.errno == errno.EADDRINUSE:
+                raise SporeError(f"TCP port {self.port} on {self.host} (peer HTTP, beside the "
+                                 "DHT's UDP) is already in use; choose another --dht-port"
+                                 ) from exc
+            raise SporeError(f"cannot listen on TCP {self.host}:{self.port}: {exc}") from exc
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            connector=aiohttp.TCPConnector(limit=MAX_CONCURRENT))
+        self.publish_card(advertise_host)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def publish_card(self, advertise_host: str) -> None:
+        """Our signed peer card, with a seq that grows (wall clock ms, or +1)."""
+        self.card_seq = max(self.card_seq + 1, int(time.time() * 1000))
+        card = make_peer(self.identity, swarm=self.swarm, host=advertise_host, port=self.port,
+                         capacity=self.capacity(), seq=self.card_seq)
+        self.store.offer({KIND_PEER + card.node_id: card.wire})
+
+    async def run(self) -> None:
+        """The gossip loop (cancel to stop)."""
+        while True:
+            await asyncio.sleep(self.interval_s * self.rng.uniform(0.75, 1.25))
+            await self.round()
+
+    # --- one round, as the initiator -------------------------------------------------
+
+    def _learn(self) -> None:
+        for host, port in self.contacts():
+            self.members.know(host, port)
+        for _, item in self.store.with_prefix(KIND_PEER):
+            try:
+                card = decode_peer(item)  # verified when it came in; cheap (memoised)
+            except VerifyError:
+                continue
+            if card.public_key != self.identity.public_key and card.host not in UNSPECIFIED:
+                self.members.know(card.host, card.port)
+
+    async def round(self) -> bool:
+        """One push-pull round with a random peer; True if it completed."""
+        self._learn()
+        member = self.members.pick(self.blocked)
+        if member is None:
+            self.count("idle_rounds")
+            return False
+        try:
+            stats = await asyncio.wait_for(
+                exchange(self.store, lambda route, body: self._call(member, route, body)),
+                self.timeout_s)
+        except Refused as exc:
+            member.refused = exc.reason
+            self.count(f"refused_by_peer_{exc.reason}")
+            log.warning("gossip peer %s:%d refused us (%s): %s", member.host, member.port,
+                        exc.reason, exc)
+            return False
+        except (TimeoutError, aiohttp.ClientError, OSError, VerifyError, sync.DecodeError,
+                SporeError) as exc:
+            self.members.failed(member, f"{type(exc).__name__}: {exc}")
+            self.count("failed_rounds")
+            return False
+        self.members.ok(member, time.monotonic())
+        self.count("rounds")
+        self.count("same_rounds" if stats.same else "sync_rounds")
+        self.count("items_pushed", stats.sent)
+        self.count("items_pulled", len(stats.accepted))
+        if stats.accepted:
+            await self.on_accepted(stats.accepted)
+        return True
+
+    async def _call(self, member: Member, route: str, body: bytes) -> bytes:
+        if self._session is None:
+            raise SporeError("the peer service is not started")
+        nonce = os.urandom(16)
+        path = PATH + route
+        headers = sign_request(self.identity, self.swarm, "POST", path, body,
+                               int(time.time() * 1000), nonce)
+        self.count("bytes_sent", len(body) + 400)  # 400: headers, about
+        url = f"http://{_host(member.host)}:{member.port}{path}"
+        async with self._session.post(url, data=body, headers=headers) as resp:
+            reply = await resp.content.read(MAX_BODY + 1)
+            if len(reply) > MAX_BODY:
+                raise VerifyError(f"a gossip reply over {MAX_BODY} bytes")
+            self.count("bytes_received", len(reply) + 200)
+            if resp.status == 403:
+                try:
+                    why = json.loads(reply)
+                except ValueError:
+                    why = {}
+                raise Refused(str(why.get("reason", "forbidden"))[:40],
+                              str(why.get("error", "refused"))[:200])
+            if resp.status != 200:
+                raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status,
+                                                  message=f"peer answered {resp.status}")
+            verify_reply(resp.headers, nonce, reply)
+            return reply
+
+    # --- serving ---------------------------------------------------------------------
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        route = request.match_info["route"]
+        peer = request.remote or "?"
+        if route not in ("sync", "delta"):
+            raise web.HTTPNotFound()
+        if self._busy.locked():
+            self.count("busy")
+            return web.json_response({"error": "busy", "reason": "busy"}, status=503)
+        async with self._busy:
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return self._refuse(peer, Refused("too_large", f"body over {MAX_BODY} bytes"),
+                                    413)
+            try:
+                key = self.verifier.check(request.headers, request.method, request.path, body,
+                                          int(time.time() * 1000))
+            except Refused as exc:
+                return self._refuse(peer, exc)
+            if self._blocked_key(key):
+                return self._refuse(peer, Refused("blocked", "partitioned by the operator"))
+            try:
+                if route == "sync":
+                    reply = self.store.answer_sync(body)
+                    accepted: list[Accepted] = []
+                else:
+                    reply, accepted = self.store.answer_delta(body)
+            except sync.DecodeError as exc:
+                return self._refuse(peer, Refused("malformed", str(exc)), 400)
+            self.count(f"served_{route}")
+            if accepted:
+                self.count("items_pulled", len(accepted))
+                self._spawn(self.on_accepted(accepted))
+            nonce = bytes.fromhex(request.headers["Spore-Nonce"])
+            return web.Response(body=reply, headers=sign_reply(self.identity, nonce, reply),
+                                content_type="application/octet-stream")
+
+    def _refuse(self, peer: str, exc: Refused, status: int = 403) -> web.Response:
+        self.count(f"refused_{exc.reason}")
+        now = time.monotonic()
+        last = self.refusals.get(peer)
+        if last is None or last["reason"] != exc.reason or now - last["at"] > REFUSAL_LOG_S:
+            log.warning("refused a peer request from %s (%s): %s", peer, exc.reason, exc)
+        self.refusals[peer] = {"reason": exc.reason, "detail": str(exc), "at": now}
+        if len(self.refusals) > 1024:
+            self.refusals.pop(next(iter(self.refusals)))
+        return web.json_response({"error": str(exc), "reason": exc.reason}, status=status)
+
+    def _blocked_key(self, public_key: bytes) -> bool:
+        if not self.blocked:
+            return False
+        item = self.store.get(KIND_PEER + node_id(public_key))
+        if item is None:
+            return False
+        card = decode_peer(item)
+        return (card.host, card.port) in self.blocked
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- faces -----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {"items": len(self.store.items), "root": self.store.digest().root.hex(),
+                "members": self.members.snapshot(),
+                "refused": {a: {"reason": r["reason"], "detail": r["detail"]}
+                            for a, r in self.refusals.items()},
+                "blocked": [f"{h}:{p}" for h, p in sorted(self.blocked)],
+                "counters": {**self.counters, **self.store.counters}}
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,214 @@
+"""Gossip without processes: signed requests, the replicated store, one round.
+
+The store is the real one (SQLite file, real validators of signed records);
+the transport is a direct call, which the process tests replace with HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from crdt import sync
+from p2pnode import dna as dna_mod
+from p2pnode.gossip import KIND_DNA, KIND_PEER, GossipStore, Membership, exchange, vote_key
+from p2pnode.identity import Identity
+from p2pnode.peerauth import Refused, Verifier, sign_reply, sign_request, verify_reply
+from p2pnode.peers import validators
+from p2pnode.records import make_peer, make_vote
+
+FOUNDER = Identity.from_seed(b"founder")
+DNA = dna_mod.found(FOUNDER, swarm="test", encoder_name="e", encoder_sha256="00" * 32, dim=4,
+                    created_ms=1)
+OTHER = dna_mod.found(FOUNDER, swarm="other", encoder_name="e", encoder_sha256="00" * 32,
+                      dim=4, created_ms=1)
+T0 = 1_700_000_000_000
+
+
+def store(path: Path | None = None, dna: dna_mod.Dna = DNA) -> GossipStore:
+    current = [dna]
+    s = GossipStore(validators(dna.swarm_id, lambda: current[0]), path)
+    s.offer({KIND_DNA: dna.wire})
+    return s
+
+
+def vote(voter: Identity, memory: bytes, seq: int, up: int = 1) -> tuple[bytes, bytes]:
+    v = make_vote(voter, memory_id=memory, region=bytes(32), qvec=b"q", up=up, down=seq - up,
+                  seq=seq)
+    return vote_key(memory, voter.public_key, bytes(32)), v.wire
+
+
+# --- signed requests ---------------------------------------------------------------------
+
+def test_a_signed_request_verifies_once_then_is_a_replay() -> None:
+    me, verifier = Identity.from_seed(b"a"), Verifier(DNA.swarm_id)
+    nonce = os.urandom(16)
+    headers = sign_request(me, DNA.swarm_id, "POST", "/peer/v1/sync", b"body", T0, nonce)
+    assert verifier.check(headers, "POST", "/peer/v1/sync", b"body", T0 + 5) == me.public_key
+    with pytest.raises(Refused) as replay:
+        verifier.check(headers, "POST", "/peer/v1/sync", b"body", T0 + 6)
+    assert replay.value.reason == "replay"
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"body": b"other"}, "bad_signature"),
+    ({"path": "/peer/v1/delta"}, "bad_signature"),
+    ({"now": T0 + 31_000}, "stale"),
+    ({"now": T0 - 31_000}, "stale"),
+    ({"swarm": OTHER.swarm_id}, "another_swarm"),
+    ({"drop": "Spore-Signature"}, "unsigned"),
+    ({"garble": "Spore-Key"}, "malformed"),
+])
+def test_what_a_verifier_refuses(change: dict[str, object], reason: str) -> None:
+    me = Identity.from_seed(b"a")
+    swarm = change.get("swarm", DNA.swarm_id)
+    assert isinstance(swarm, bytes)
+    headers = sign_request(me, swarm, "POST", "/peer/v1/sync", b"body", T0, os.urandom(16))
+    if "drop" in change:
+        del headers[str(change["drop"])]
+    if "garble" in change:
+        headers[str(change["garble"])] = "zz"
+    body = change.get("body", b"body")
+    path = change.get("path", "/peer/v1/sync")
+    now = change.get("now", T0)
+    assert isinstance(body, bytes) and isinstance(path, str) and isinstance(now, int)
+    with pytest.raises(Refused) as refused:
+        Verifier(DNA.swarm_id).check(headers, "POST", path, body, now)
+    assert refused.value.reason == reason
+
+
+def test_replies_are_bound_to_their_request() -> None:
+    me, nonce = Identity.from_seed(b"b"), os.urandom(16)
+    headers = sign_reply(me, nonce, b"reply")
+    assert verify_reply(headers, nonce, b"reply", me.public_key) == me.public_key
+    for other_nonce, body in ((os.urandom(16), b"reply"), (nonce, b"altered")):
+        with pytest.raises(Refused):
+            verify_reply(headers, other_nonce, body)
+
+
+def test_nonces_are_forgotten_once_outside_the_window() -> None:
+    me, verifier = Identity.from_seed(b"c"), Verifier(DNA.swarm_id, max_nonces=4)
+    for i in range(20):  # a full cache of old nonces never refuses new requests
+        h = sign_request(me, DNA.swarm_id, "POST", "/p", b"", T0 + i * 40_000, os.urandom(16))
+        verifier.check(h, "POST", "/p", b"", T0 + i * 40_000)
+    assert len(verifier._seen) == 1
+
+
+# --- the store ---------------------------------------------------------------------------
+
+def test_items_are_validated_merged_by_stamp_and_persisted(tmp_path: Path) -> None:
+    s = store(tmp_path / "g.sqlite3")
+    voter, memory = Identity.from_seed(b"v"), os.urandom(32)
+    k2, v2 = vote(voter, memory, 2)
+    k1, v1 = vote(voter, memory, 1)
+    assert k1 == k2
+    assert [a.stamp for a in s.offer({k2: v2})] == [2]
+    assert s.offer({k1: v1}) == []  # older: loses the merge
+    assert s.offer({k2: v2}) == []  # the same again: idempotent
+    forged = v2[:-3] + bytes([v2[-3] ^ 1]) + v2[-2:]
+    assert s.offer({k2: forged}) == []
+    wrong_key = os.urandom(1) + k2[1:]
+    assert s.offer({b"V" + os.urandom(48): v2, b"Z" + wrong_key: v2}) == []
+    assert s.counters["refused_unknown_kind"] == 1
+    assert sum(n for k, n in s.counters.items() if k.startswith("refused_")) >= 3
+    s.close()
+    again = store(tmp_path / "g.sqlite3")
+    assert again.get(k2) == v2 and again.digest() == s.digest()
+
+
+def test_a_peer_card_of_another_swarm_or_key_is_refused() -> None:
+    s, node = store(), Identity.from_seed(b"p")
+    card = make_peer(node, swarm=OTHER.swarm_id, host="127.0.0.1", port=7151, capacity=1,
+                     seq=1)
+    assert s.offer({KIND_PEER + card.node_id: card.wire}) == []
+    good = make_peer(node, swarm=DNA.swarm_id, host="127.0.0.1", port=7151, capacity=1, seq=1)
+    assert s.offer({KIND_PEER + os.urandom(32): good.wire}) == []
+    assert len(s.offer({KIND_PEER + good.node_id: good.wire})) == 1
+
+
+def test_dna_items_follow_the_founders_rules() -> None:
+    s = store()
+    newer = dna_mod.update(DNA, FOUNDER, {"division_threshold": 30}, 2)
+    assert [a.record.version for a in s.offer({KIND_DNA: newer.wire})] == [2]
+    assert s.offer({KIND_DNA: DNA.wire}) == []  # the old version loses
+    assert s.offer({KIND_DNA: OTHER.wire}) == []  # another swarm: refused
+    intruder = Identity.from_seed(b"intruder")
+    with pytest.raises(Exception):  # noqa: B017,PT011 (any refusal: not a founder)
+        dna_mod.update(DNA, intruder, {"division_threshold": 31}, 3)
+
+
+# --- one round ---------------------------------------------------------------------------
+
+def _direct(responder: GossipStore):  # type: ignore[no-untyped-def]
+    async def call(route: str, body: bytes) -> bytes:
+        if route == "sync":
+            return responder.answer_sync(body)
+        reply, _ = responder.answer_delta(body)
+        return reply
+    return call
+
+
+def test_one_round_makes_two_replicas_equal_both_ways() -> None:
+    a, b = store(), store()
+    voters = [Identity.from_seed(b"voter %d" % i) for i in range(30)]
+    memories = [os.urandom(32) for _ in range(5)]
+    for i, voter in enumerate(voters):
+        target = a if i % 2 else b
+        target.offer(dict([vote(voter, memories[i % 5], 1 + i % 3)]))
+    assert a.digest() != b.digest()
+    stats = asyncio.run(exchange(a, _direct(b)))
+    assert not stats.same and stats.sent > 0 and stats.received > 0
+    assert a.digest() == b.digest() and a.items == b.items
+    again = asyncio.run(exchange(a, _direct(b)))
+    assert again.same and again.sent == again.received == 0
+
+
+def test_equal_replicas_settle_in_one_small_message_however_many_items() -> None:
+    sizes = []
+    for n in (10, 400):
+        a, b = store(), store()
+        for i in range(n):
+            item = dict([vote(Identity.from_seed(b"x%d" % i), bytes(32), 1)])
+            a.offer(item)
+            b.offer(item)
+        sent: list[int] = []
+
+        async def call(route: str, body: bytes, b: GossipStore = b,
+                       sent: list[int] = sent) -> bytes:
+            sent.append(len(body))
+            return b.answer_sync(body)
+        assert asyncio.run(exchange(a, call)).same
+        sizes.append(sum(sent))
+    assert sizes[0] == sizes[1] < 1200
+
+
+def test_garbage_from_a_peer_is_a_decode_error_not_a_crash() -> None:
+    s = store()
+    for body in (b"", b"\xff" * 100, os.urandom(2000)):
+        with pytest.raises(sync.DecodeError):
+            s.answer_sync(body)
+        with pytest.raises(sync.DecodeError):
+            s.answer_delta(body)
+
+
+# --- membership --------------------------------------------------------------------------
+
+def test_a_silent_peer_is_suspected_dropped_probed_and_readmitted() -> None:
+    m = Membership(("127.0.0.1", 1), random.Random(1))
+    quiet, other = m.know("127.0.0.1", 2), m.know("127.0.0.1", 3)
+    for _ in range(2):
+        m.failed(quiet, "timeout")
+    assert quiet.state == "suspect" and quiet in m.live()
+    for _ in range(2):
+        m.failed(quiet, "timeout")
+    assert quiet.state == "dropped" and quiet not in m.live()
+    m.ok(other, 1.0)
+    picks = [m.pick() for _ in range(50)]
+    assert 0 < picks.count(quiet) <= 50 // 5 + 1  # probed now and then only
+    m.ok(quiet, 2.0)
+    assert quiet.state == "alive" and quiet in m.live()
+    assert m.pick({("127.0.0.1", 2), ("127.0.0.1", 3)}) is None

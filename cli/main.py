@@ -356,11 +356,24 @@ def _status_lines(data: dict[str, Any]) -> str:
 @json_option
 @click.pass_context
 def peers(ctx: click.Context, as_json: bool) -> None:
-    """The spores in this one's DHT routing table."""
+    """The spores in this one's DHT routing table, its gossip members, and the
+    peers refused (with why)."""
     data = client(ctx).get("/v1/peers")
-    emit(as_json, data, lambda: click.echo("\n".join(
-        f"{p['node_id'][:16]}  {p['address']:21}  {_liveness(p)}" for p in data["peers"])
-        or "no peers (start with --peer HOST:PORT)"))
+
+    def human() -> None:
+        lines = [f"{p['node_id'][:16]}  {p['address']:21}  {_liveness(p)}"
+                 for p in data["peers"]]
+        click.echo("\n".join(lines) or "no DHT contacts (start with --peer HOST:PORT)")
+        members = data.get("gossip", [])
+        if members:
+            click.echo("\ngossip:")
+            for m in members:
+                why = f"  ({m['reason']})" if m.get("reason") else ""
+                click.echo(f"  {m['host']}:{m['port']:<6}  {m['state']}{why}")
+        for addr, r in data.get("refused", {}).items():
+            click.echo(f"refused {addr}: {r['reason']} ({r['detail']})")
+
+    emit(as_json, data, human)
 
 
 def _liveness(peer: dict[str, Any]) -> str:

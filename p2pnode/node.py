@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from agents import consensus
 from agents.encoder import Encoder
-from crdt.votes import Counter, VoteKey, fitness, record_vote, tally
+from crdt.votes import Counter, VoteKey, fitness, merge_votes, record_vote, tally
 from dht import compact
 from dht.index import LocalIndex
 from dht.keys import bucket_key, hyperplanes, table_codes
@@ -78,6 +78,12 @@ class Spore:
         self.identity, self.dna, self.storage, self.encoder = identity, dna, storage, encoder
         self.swarm, self.gossip, self.state_dir = swarm, gossip, state_dir
         self.peers: PeerService | None = None  # set by the daemon once serving
+        # Every memory's votes as gossip converged them, by memory id (the
+        # event loop's): ranks swarm answers, whoever holds them.
+        self._tallies: dict[bytes, dict[VoteKey, Counter]] = {}
+        if gossip is not None:
+            for _, item in gossip.with_prefix(KIND_VOTE):
+                self._tally_vote(decode_vote(item))
         self._background: set[asyncio.Task[Any]] = set()
         self.max_text_bytes = max_text_bytes
         self.clock = clock
@@ -206,6 +212,10 @@ class Spore:
                  if r in found]
         sources = [_source(m, score) for score, m in local]
         if self.swarm is not None:
+            # Votes travel by gossip to every spore: a swarm answer is ranked
+            # with all of them, not only those its content record carried.
+            remote = [replace(f, up=max(f.up, up), down=max(f.down, down))
+                      for f in remote for up, down in [self.swarm_tally(f.record.id)]]
             sources = _merge_sources(sources, remote, top)
             if len(sources) > 1:
                 conf = consensus.confidence(sources[0]["score"], sources[1]["score"])
@@ -276,6 +286,7 @@ class Spore:
         await self._on(self._db, self.storage.put_vote, vote)
         if self.gossip is not None:  # every spore of the swarm gets it
             self.gossip.offer({vote_key(vote.memory_id, vote.voter, vote.region): vote.wire})
+            self._tally_vote(vote)
         overall = await self._on(self._compute, self._cache_vote, answer.row, key, counter,
                                  answer.qvec)
         self.counters["votes"] += 1
@@ -297,6 +308,8 @@ class Spore:
         ranking where we hold the memory) and a newer swarm DNA."""
         votes = [a.record for a in accepted if a.key[:1] == KIND_VOTE
                  and a.record.voter != self.identity.public_key]
+        for vote in votes:
+            self._tally_vote(vote)
         if votes:
             held = await self._on(self._db, self._store_votes, votes)
             await self._on(self._compute, self._cache_votes, held)
@@ -336,14 +349,18 @@ class Spore:
             self.gossip.offer({KIND_DNA: new.wire})
         return new.show()
 
+    def _tally_vote(self, v: VoteRecord) -> None:
+        counters = self._tallies.setdefault(v.memory_id, {})
+        counters.update(merge_votes(counters, {(v.voter, v.region):
+                                               Counter(v.seq, v.up, v.down)}))
+
+    def swarm_tally(self, memory_id: bytes) -> tuple[int, int]:
+        return tally(self._tallies.get(memory_id, {}).values())
+
     def votes_for(self, memory_id: bytes) -> dict[str, Any]:
         """A memory's votes as this spore knows them (gossip converges them)."""
-        counters: list[Counter] = []
-        if self.gossip is not None:
-            for _, item in self.gossip.with_prefix(KIND_VOTE + memory_id):
-                v = decode_vote(item)
-                counters.append(Counter(v.seq, v.up, v.down))
-        up, down = tally(counters)
+        counters = self._tallies.get(memory_id, {})
+        up, down = tally(counters.values())
         return {"memory_id": memory_id.hex(), "voters": len(counters), "up": up, "down": down,
                 "fitness": round(fitness(up, down), 6)}
 

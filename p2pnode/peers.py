@@ -52,6 +52,7 @@ log = logging.getLogger("spore.peers")
 
 PATH = "/peer/v1/"
 MAX_CONCURRENT = 8  # peer requests served at once; more get 503
+MAX_ROUNDS_IN_FLIGHT = 3  # our own rounds running at once
 UNSPECIFIED = ("0.0.0.0", "::")  # a card that says so is reached by the address seen
 REFUSAL_LOG_S = 60.0  # one log line per refused address and reason per minute
 
@@ -105,7 +106,7 @@ class PeerService:
     def __init__(self, *, identity: Identity, swarm: bytes, store: GossipStore, host: str,
                  port: int, seeds: list[tuple[str, int]], interval_s: float,
                  contacts: Callable[[], list[tuple[str, int]]], on_accepted: OnAccepted,
-                 capacity: Callable[[], int] = lambda: 0, timeout_s: float = 3.0,
+                 capacity: Callable[[], int] = lambda: 0, timeout_s: float = 2.0,
                  rng: random.Random | None = None) -> None:
         self.identity, self.swarm, self.store = identity, swarm, store
         self.host, self.port, self.interval_s, self.timeout_s = host, port, interval_s, timeout_s
@@ -164,10 +165,22 @@ class PeerService:
         self.store.offer({KIND_PEER + card.node_id: card.wire})
 
     async def run(self) -> None:
-        """The gossip loop (cancel to stop)."""
-        while True:
-            await asyncio.sleep(self.interval_s * self.rng.uniform(0.75, 1.25))
-            await self.round()
+        """The gossip loop (cancel to stop): a round starts every interval, whether
+        or not the last ones ended, up to MAX_ROUNDS_IN_FLIGHT; a dead peer holds
+        one of them until its deadline, never the loop."""
+        rounds: set[asyncio.Task[bool]] = set()
+        try:
+            while True:
+                await asyncio.sleep(self.interval_s * self.rng.uniform(0.75, 1.25))
+                if len(rounds) >= MAX_ROUNDS_IN_FLIGHT:
+                    self.count("rounds_skipped_busy")
+                    continue
+                task = asyncio.ensure_future(self.round())
+                rounds.add(task)
+                task.add_done_callback(rounds.discard)
+        finally:
+            for task in rounds:
+                task.cancel()
 
     # --- one round, as the initiator -------------------------------------------------
 
@@ -263,6 +276,7 @@ class PeerService:
                 return self._refuse(peer, exc)
             if self._blocked_key(key):
                 return self._refuse(peer, Refused("blocked", "partitioned by the operator"))
+            self._heard_from(key)
             try:
                 if route == "sync":
                     reply = self.store.answer_sync(body)
@@ -289,6 +303,15 @@ class PeerService:
         if len(self.refusals) > 1024:
             self.refusals.pop(next(iter(self.refusals)))
         return web.json_response({"error": str(exc), "reason": exc.reason}, status=status)
+
+    def _heard_from(self, public_key: bytes) -> None:
+        """A peer that gossips to us is alive (a dropped one is re-admitted)."""
+        item = self.store.get(KIND_PEER + node_id(public_key))
+        if item is None:
+            return
+        card = decode_peer(item)
+        if card.host not in UNSPECIFIED:
+            self.members.ok(self.members.know(card.host, card.port), time.monotonic())
 
     def _blocked_key(self, public_key: bytes) -> bool:
         if not self.blocked:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -127,6 +128,26 @@ def test_a_founders_dna_update_reaches_every_spore(spores: list[Daemon]) -> None
         spores[0].state_dir / "dna.bin").read_bytes()
     code, body = spores[4].http("POST", "/v1/dna", {"set": {"division_threshold": 7}})
     assert code == 403 and "founder" in body["error"]
+
+
+def _member_state(d: Daemon, of: Daemon) -> str | None:
+    for m in _j(d, "GET", "/v1/peers")["gossip"]:
+        if f"{m['host']}:{m['port']}" == _dht(of):
+            return str(m["state"])
+    return None
+
+
+def test_a_silent_peer_is_dropped_and_readmitted_when_it_returns(spores: list[Daemon]) -> None:
+    quiet, watcher = spores[9], spores[0]
+    assert quiet.proc is not None
+    quiet.proc.send_signal(signal.SIGSTOP)  # alive to the kernel, silent to its peers
+    try:
+        wait_for(lambda: _member_state(watcher, quiet) == "dropped", 60, "the silent peer dropped")
+        wait_for(lambda: any(_member_state(d, quiet) in ("suspect", "dropped")
+                             for d in spores[1:9]), 60, "the others suspecting it too")
+    finally:
+        quiet.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: _member_state(watcher, quiet) == "alive", 30, "the peer re-admitted")
 
 
 def _counters(d: Daemon) -> dict[str, int]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import random
 import sqlite3
@@ -160,10 +161,20 @@ class GossipStore:
         """Their digest in; b"" if we are equal, else the differing buckets and
         our listing of them."""
         theirs = sync.decode_digest(body)
-        buckets = sync.differing(self.digest(), theirs)
-        if not buckets:
+        differ = sync.differing(self.digest(), theirs)
+        if not differ:
             return b""
-        return sync.pack([buckets, sync.encode_listing(sync.listing(self.hashes, buckets))])
+        # As many differing buckets as one listing may hold; the rest next round.
+        buckets: list[int] = []
+        listed: dict[bytes, bytes] = {}
+        for bucket in differ:
+            more = sync.listing(self.hashes, [bucket])
+            if buckets and len(listed) + len(more) > sync.MAX_LISTING:
+                self.count("listing_paged")
+                break
+            buckets.append(bucket)
+            listed.update(itertools.islice(more.items(), sync.MAX_LISTING - len(listed)))
+        return sync.pack([buckets, sync.encode_listing(listed)])
 
     def answer_delta(self, body: bytes) -> tuple[bytes, list[Accepted]]:
         """Their items and wanted keys in; our wanted items out."""

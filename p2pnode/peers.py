@@ -53,6 +53,7 @@ log = logging.getLogger("spore.peers")
 PATH = "/peer/v1/"
 MAX_CONCURRENT = 8  # peer requests served at once; more get 503
 MAX_ROUNDS_IN_FLIGHT = 3  # our own rounds running at once
+REQUEST_HEADERS, REPLY_HEADERS = 576, 375  # bytes of HTTP headers, measured (aiohttp)
 UNSPECIFIED = ("0.0.0.0", "::")  # a card that says so is reached by the address seen
 REFUSAL_LOG_S = 60.0  # one log line per refused address and reason per minute
 
@@ -74,10 +75,6 @@ def validators(swarm: bytes, current_dna: Callable[[], dna_mod.Dna]) -> dict[byt
             # older version (or the loser of a same-version tie) just loses.
             dna_mod.successor(current, candidate)
         return dna_stamp(candidate), candidate
-        # Raises for a non-founder's or an immutable change; False for an old one.
-        if not dna_mod.successor(current, candidate) and candidate.version == current.version:
-            raise VerifyError("conflicting DNA of the same version")
-        return candidate.version, candidate
 
     def peer_item(key: bytes, item: bytes) -> tuple[int, Any]:
         card = decode_peer(item)
@@ -124,6 +121,7 @@ class PeerService:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.card_seq = 0
+        self._learnt_root = b""
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -187,6 +185,10 @@ class PeerService:
     def _learn(self) -> None:
         for host, port in self.contacts():
             self.members.know(host, port)
+        root = self.store.digest().root
+        if root == self._learnt_root:  # no new peer card since the last round
+            return
+        self._learnt_root = root
         for _, item in self.store.with_prefix(KIND_PEER):
             try:
                 card = decode_peer(item)  # verified when it came in; cheap (memoised)
@@ -233,13 +235,13 @@ class PeerService:
         path = PATH + route
         headers = sign_request(self.identity, self.swarm, "POST", path, body,
                                int(time.time() * 1000), nonce)
-        self.count("bytes_sent", len(body) + 400)  # 400: headers, about
+        self.count("bytes_sent", len(body) + REQUEST_HEADERS)
         url = f"http://{_host(member.host)}:{member.port}{path}"
         async with self._session.post(url, data=body, headers=headers) as resp:
             reply = await resp.content.read(MAX_BODY + 1)
             if len(reply) > MAX_BODY:
                 raise VerifyError(f"a gossip reply over {MAX_BODY} bytes")
-            self.count("bytes_received", len(reply) + 200)
+            self.count("bytes_received", len(reply) + REPLY_HEADERS)
             if resp.status == 403:
                 try:
                     why = json.loads(reply)
@@ -290,6 +292,8 @@ class PeerService:
                 self.count("items_pulled", len(accepted))
                 self._spawn(self.on_accepted(accepted))
             nonce = bytes.fromhex(request.headers["Spore-Nonce"])
+            self.count("bytes_received", len(body) + REQUEST_HEADERS)
+            self.count("bytes_sent", len(reply) + REPLY_HEADERS)
             return web.Response(body=reply, headers=sign_reply(self.identity, nonce, reply),
                                 content_type="application/octet-stream")
 

@@ -212,3 +212,16 @@ def test_a_silent_peer_is_suspected_dropped_probed_and_readmitted() -> None:
     m.ok(quiet, 2.0)
     assert quiet.state == "alive" and quiet in m.live()
     assert m.pick({("127.0.0.1", 2), ("127.0.0.1", 3)}) is None
+
+
+def test_a_fresh_replica_catches_up_on_thousands_of_items_page_by_page() -> None:
+    a, b = store(), store()
+    voter = Identity.from_seed(b"many")
+    items = dict(vote(voter, os.urandom(32), 1) for _ in range(5000))
+    a.offer(items)
+    rounds = 0
+    while a.items != b.items:  # more than one listing (4096) and many deltas (256) of work
+        rounds += 1
+        assert rounds <= 40, f"not converged after {rounds - 1} rounds"
+        asyncio.run(exchange(b, _direct(a)))
+    assert rounds >= 5000 // 256 and a.counters.get("listing_paged", 0) >= 1

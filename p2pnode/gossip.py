@@ -6,7 +6,7 @@ key's first byte says what the item is:
 * ``D``             the swarm DNA (one key; a newer version signed by a founder wins)
 * ``P`` + node id   a spore's peer card (its seq wins)
 * ``V`` + memory id + voter/region digest   a vote entry (its seq wins)
-* ``A`` + agent id  an agent registry entry (its seq wins; the agents issue)
+* ``A`` + host id + agent id   an agent registry card, signed by its host (its seq wins)
 
 Each kind has a validator (signature, key, swarm) that yields the item's
 stamp; merging keeps the higher (stamp, bytes), so the map is a join
@@ -49,6 +49,11 @@ Call = Callable[[str, bytes], Awaitable[bytes]]  # (route, body) → reply body
 
 def vote_key(memory_id: bytes, voter: bytes, region: bytes) -> bytes:
     return KIND_VOTE + memory_id + hashlib.sha256(voter + region).digest()[:16]
+
+
+def agent_key(host: bytes, agent_id: bytes) -> bytes:
+    """A host's card for one agent: only that host can write under this key."""
+    return KIND_AGENT + hashlib.sha256(host).digest() + agent_id
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from crdt import sync
 from p2pnode import dna as dna_mod
 from p2pnode.errors import SporeError, VerifyError
 from p2pnode.gossip import (
+    KIND_AGENT,
     KIND_DNA,
     KIND_PEER,
     KIND_VOTE,
@@ -41,12 +42,13 @@ from p2pnode.gossip import (
     Member,
     Membership,
     Validator,
+    agent_key,
     exchange,
     vote_key,
 )
 from p2pnode.identity import Identity, node_id
 from p2pnode.peerauth import Refused, Verifier, sign_reply, sign_request, verify_reply
-from p2pnode.records import decode_peer, decode_vote, make_peer
+from p2pnode.records import decode_agent_card, decode_peer, decode_vote, make_peer
 
 log = logging.getLogger("spore.peers")
 
@@ -90,7 +92,16 @@ def validators(swarm: bytes, current_dna: Callable[[], dna_mod.Dna]) -> dict[byt
             raise VerifyError("vote under a wrong key")
         return vote.seq, vote
 
-    return {KIND_DNA: dna_item, KIND_PEER: peer_item, KIND_VOTE: vote_item}
+    def agent_item(key: bytes, item: bytes) -> tuple[int, Any]:
+        card = decode_agent_card(item)
+        if key != agent_key(card.host, card.agent_id):
+            raise VerifyError("agent card under a wrong key")
+        if card.swarm != swarm:
+            raise VerifyError("agent card of another swarm")
+        return card.seq, card
+
+    return {KIND_DNA: dna_item, KIND_PEER: peer_item, KIND_VOTE: vote_item,
+            KIND_AGENT: agent_item}
 
 
 def dna_stamp(dna: dna_mod.Dna) -> int:

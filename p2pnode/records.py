@@ -201,3 +201,60 @@ def decode_peer(data: bytes) -> PeerRecord:
         raise VerifyError("peer record has fields of the wrong type")
     verify(key, PEER_DOMAIN, body, sig)
     return PeerRecord(key, swarm, host, port, capacity, seq, body, sig)
+
+
+AGENT_CARD_DOMAIN = b"sporemind/agent-card/v1"
+SPECIALTY_BYTES = 4096  # the compact specialty vector (dht.compact: int8 codes + scale)
+
+
+@dataclass(frozen=True)
+class AgentCard:
+    """A host's signed entry in the agent registry: one agent it runs (or ran:
+    ``alive`` false once it died), with what askers and placement need."""
+
+    agent_id: bytes
+    host: bytes  # the hosting spore's public key: the signer
+    swarm: bytes
+    generation: int
+    parent: bytes  # b"" for a founder agent
+    fitness: float
+    interactions: int
+    specialty: bytes  # compact embedding of the queries it served well
+    alive: bool
+    seq: int
+    body: bytes
+    signature: bytes
+
+    @property
+    def wire(self) -> bytes:
+        return _pack([self.body, self.signature])
+
+
+def make_agent_card(identity: Identity, *, agent_id: bytes, swarm: bytes, generation: int,
+                    parent: bytes, fitness: float, interactions: int, specialty: bytes,
+                    alive: bool, seq: int) -> AgentCard:
+    body = _pack(["agent-card", _VERSION, agent_id, identity.public_key, swarm, generation,
+                  parent, float(fitness), interactions, specialty, alive, seq])
+    sig = identity.sign(AGENT_CARD_DOMAIN, body)
+    return AgentCard(agent_id, identity.public_key, swarm, generation, parent, float(fitness),
+                     interactions, specialty, alive, seq, body, sig)
+
+
+def decode_agent_card(data: bytes) -> AgentCard:
+    body, sig, f = _unpack_signed(data, "agent card")
+    if len(f) != 12 or f[0] != "agent-card" or f[1] != _VERSION:
+        raise VerifyError("not a v1 agent card")
+    _, _, agent_id, host, swarm, generation, parent, fit, interactions, spec, alive, seq = f
+    if not (isinstance(agent_id, bytes) and len(agent_id) == 32
+            and isinstance(host, bytes) and len(host) == PUBLIC_KEY_BYTES
+            and isinstance(swarm, bytes) and len(swarm) == 32
+            and isinstance(parent, bytes) and len(parent) in (0, 32)
+            and type(generation) is int and generation >= 0
+            and isinstance(fit, float) and -1e6 < fit < 1e6
+            and type(interactions) is int and interactions >= 0
+            and isinstance(spec, bytes) and len(spec) <= SPECIALTY_BYTES
+            and isinstance(alive, bool) and type(seq) is int and seq >= 0):
+        raise VerifyError("agent card has fields of the wrong type")
+    verify(host, AGENT_CARD_DOMAIN, body, sig)
+    return AgentCard(agent_id, host, swarm, generation, parent, fit, interactions, spec, alive,
+                     seq, body, sig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,9 +24,15 @@ START_DEADLINE_S = 60.0
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port below the ephemeral range (see free_udp_port)."""
+    while True:
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def wait_for(condition: Callable[[], bool], deadline_s: float, what: str) -> None:
@@ -39,12 +46,13 @@ def wait_for(condition: Callable[[], bool], deadline_s: float, what: str) -> Non
 
 
 def free_udp_port() -> int:
-    """A port free for UDP (the DHT) and for TCP (peer HTTP, on the same number)."""
+    """A port free for UDP (the DHT) and for TCP (peer HTTP, on the same number),
+    below the ephemeral range, so no outgoing connection takes it meanwhile."""
     while True:
+        port = random.randrange(20000, 32000)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
             try:
+                udp.bind(("127.0.0.1", port))
                 tcp.bind(("127.0.0.1", port))
             except OSError:
                 continue

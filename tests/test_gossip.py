@@ -15,11 +15,20 @@ import pytest
 
 from crdt import sync
 from p2pnode import dna as dna_mod
-from p2pnode.gossip import KIND_DNA, KIND_PEER, GossipStore, Membership, exchange, vote_key
+from p2pnode.errors import StateError
+from p2pnode.gossip import (
+    KIND_DNA,
+    KIND_PEER,
+    GossipStore,
+    Membership,
+    agent_key,
+    exchange,
+    vote_key,
+)
 from p2pnode.identity import Identity
 from p2pnode.peerauth import Refused, Verifier, sign_reply, sign_request, verify_reply
 from p2pnode.peers import validators
-from p2pnode.records import make_peer, make_vote
+from p2pnode.records import make_agent_card, make_peer, make_vote
 
 FOUNDER = Identity.from_seed(b"founder")
 DNA = dna_mod.found(FOUNDER, swarm="test", encoder_name="e", encoder_sha256="00" * 32, dim=4,
@@ -130,6 +139,25 @@ def test_a_peer_card_of_another_swarm_or_key_is_refused() -> None:
     assert len(s.offer({KIND_PEER + good.node_id: good.wire})) == 1
 
 
+def test_agent_cards_are_the_hosts_own_and_spread_by_seq() -> None:
+    a, b, host = store(), store(), Identity.from_seed(b"host")
+    agent = os.urandom(32)
+
+    def card(seq: int, signer: Identity = host, swarm: bytes = DNA.swarm_id) -> bytes:
+        return make_agent_card(signer, agent_id=agent, swarm=swarm, generation=1,
+                               parent=b"", fitness=0.5, interactions=seq, specialty=b"s",
+                               alive=True, seq=seq).wire
+
+    key = agent_key(host.public_key, agent)
+    assert len(a.offer({key: card(2)})) == 1
+    assert a.offer({key: card(1)}) == []
+    thief = Identity.from_seed(b"thief")  # writing under another host's key
+    assert a.offer({key: card(9, signer=thief)}) == []
+    assert a.offer({agent_key(thief.public_key, agent): card(9, swarm=OTHER.swarm_id)}) == []
+    asyncio.run(exchange(b, _direct(a)))
+    assert b.get(key) == card(2)
+
+
 def test_dna_items_follow_the_founders_rules() -> None:
     s = store()
     newer = dna_mod.update(DNA, FOUNDER, {"division_threshold": 30}, 2)
@@ -137,7 +165,7 @@ def test_dna_items_follow_the_founders_rules() -> None:
     assert s.offer({KIND_DNA: DNA.wire}) == []  # the old version loses
     assert s.offer({KIND_DNA: OTHER.wire}) == []  # another swarm: refused
     intruder = Identity.from_seed(b"intruder")
-    with pytest.raises(Exception):  # noqa: B017,PT011 (any refusal: not a founder)
+    with pytest.raises(StateError, match="founder"):
         dna_mod.update(DNA, intruder, {"division_threshold": 31}, 3)
 
 

@@ -118,6 +118,19 @@ def test_votes_converge_through_a_partition(spores: list[Daemon]) -> None:
     assert len(fits) == 1
 
 
+def test_a_restarted_spore_catches_up_on_what_it_missed(spores: list[Daemon]) -> None:
+    down = spores[8]
+    down.stop()
+    try:
+        memory = _vote(spores[6], True)  # spore 6 changes its mind: down → up
+        live = spores[:8] + spores[9:]
+        wait_for(lambda: set(_fitness(live, memory)) == {(6, 5, 3)}, 30, "the new vote")
+    finally:
+        down.start("--peer", _dht(spores[0]))
+    assert _fitness([down], memory) == [(6, 4, 3)]  # its own store survived the restart
+    wait_for(lambda: _fitness([down], memory) == [(6, 5, 3)], 30, "the restarted spore")
+
+
 def test_a_founders_dna_update_reaches_every_spore(spores: list[Daemon]) -> None:
     new = _j(spores[0], "POST", "/v1/dna", {"set": {"division_threshold": 42}})
     assert new["version"] == 2 and new["division_threshold"] == 42

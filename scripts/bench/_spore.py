@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -23,17 +24,17 @@ FAQ_DIR = Path("/usr/share/doc/debian/FAQ")
 
 
 def free_port(udp: bool = False) -> int:
-    """A free TCP port; with udp=True, one free for UDP and TCP (DHT and peer HTTP)."""
+    """A free TCP port; with udp=True, one free for UDP and TCP (DHT and peer
+    HTTP), below the ephemeral range so no outgoing connection takes it meanwhile."""
     while True:
-        with socket.socket(type=socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s, \
-                socket.socket() as tcp:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-            if udp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
+        port = random.randrange(20000, 32000)
+        with socket.socket(type=socket.SOCK_DGRAM) as s, socket.socket() as tcp:
+            try:
+                if udp:
+                    s.bind(("127.0.0.1", port))
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
             return port
 
 

@@ -292,8 +292,9 @@ def print_procs(rows: list[dict[str, Any]]) -> None:
                     f"{c['ratio_100']:>5.2f} | {c['goal_rounds']:>4} "
                     f"{_met(c['goal_met']):6}{extra}")
             print(line.rstrip())
-    print("  quiet window (one root; counters of GET /v1/gossip, whose header sizes are the "
-          "daemon's own estimates, 400 B/request, 200 B/reply):")
+    print("  quiet window (one root; counters of GET /v1/gossip: bodies + measured headers, "
+          "576 B/request, 375 B/reply;\n  sent = the requests a spore makes and the replies it "
+          "serves):")
     print(f"{'N':>3} {'window s':>8} {'rounds/spore/s':>14} {'sync rounds':>11} "
           f"{'failed':>6} | {'B sent/round':>12} {'B both ways/round':>17}")
     for r in rows:

@@ -1,0 +1,296 @@
+"""Agent genomes: a tiny ONNX graph, its weights, its signed lineage, its state.
+
+An agent maps a query embedding ``q`` [1, 384] to a response ``r`` [1, 384]
+and scores candidates by cos(r, c). The graph is a residual bottleneck::
+
+    q ─ MatMul W1 ─ Add b1 ─ Tanh ─ MatMul W2 ─ Add b2 ─┐
+    └──────────────────────────────────────────── Add ──┴─ r
+
+98,816 parameters (384·128 + 128 + 128·384 + 384), opset 17, IR version 8,
+built with ``onnx.helper`` only. The skip connection is what lets a fresh
+agent "do no harm": a 128-wide bottleneck without it can only return the
+projection of q onto a 128-d subspace, whose ranking agrees with plain
+cosine by a correlation of about √(128/384) ≈ 0.58 on isotropic vectors.
+With it, ``initial`` sets W2 and the biases to tiny noise, so r ≈ q and a
+new agent ranks like the encoder's cosine; mutation then moves W2.
+
+The genome is the ONNX bytes; their SHA-256 goes into the agent's signed
+``Lineage`` (below). ``from_onnx`` reads only bytes that ``agents.guard.check``
+accepted: it never sees a peer's model otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from p2pnode.errors import VerifyError
+from p2pnode.identity import PUBLIC_KEY_BYTES, Identity, verify
+
+__all__ = [
+    "AGENT_DOMAIN",
+    "DIM",
+    "HIDDEN",
+    "IR_VERSION",
+    "OPSET",
+    "Agent",
+    "Lineage",
+    "Weights",
+    "decode_lineage",
+    "from_onnx",
+    "genome_sha256",
+    "make_lineage",
+    "mutate",
+    "new_agent",
+    "to_onnx",
+]
+
+Array = npt.NDArray[np.float32]
+
+DIM, HIDDEN = 384, 128
+OPSET, IR_VERSION = 17, 8  # onnx's own pairing for opset 17; onnxruntime 1.32 runs both
+AGENT_DOMAIN = b"sporemind/agent/v1"
+MAX_LINEAGE_BYTES = 1024
+_VERSION = 1
+_ID_BYTES = 32
+
+# The one architecture, in graph order: (op, inputs, output, node name).
+NODES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("MatMul", ("q", "W1"), "h_pre", "mm1"),
+    ("Add", ("h_pre", "b1"), "h_lin", "add1"),
+    ("Tanh", ("h_lin",), "h", "tanh"),
+    ("MatMul", ("h", "W2"), "d_pre", "mm2"),
+    ("Add", ("d_pre", "b2"), "d", "add2"),
+    ("Add", ("q", "d"), "r", "skip"),
+)
+INPUT, OUTPUT = ("q", (1, DIM)), ("r", (1, DIM))
+INITIALIZERS: dict[str, tuple[int, ...]] = {
+    "W1": (DIM, HIDDEN), "b1": (HIDDEN,), "W2": (HIDDEN, DIM), "b2": (DIM,),
+}
+
+# Initial scales (see Weights.initial). W1's gain puts a unit query's hidden
+# pre-activations near ±0.5, tanh's useful range, so a mutation of W2 has
+# something q-dependent to mix; the noise keeps r within ~1% of q.
+_W1_GAIN = 0.5 * np.sqrt(DIM)
+_INIT_NOISE = 1e-4
+
+
+@dataclass(frozen=True)
+class Weights:
+    """An agent's parameters, float32, shaped as ``INITIALIZERS`` says."""
+
+    w1: Array
+    b1: Array
+    w2: Array
+    b2: Array
+
+    def __post_init__(self) -> None:
+        for name, arr in zip(INITIALIZERS, self.arrays(), strict=True):
+            if arr.shape != INITIALIZERS[name] or arr.dtype != np.float32:
+                raise ValueError(f"{name} must be float32 {INITIALIZERS[name]}, got "
+                                 f"{arr.dtype} {arr.shape}")
+
+    def arrays(self) -> tuple[Array, Array, Array, Array]:
+        return self.w1, self.b1, self.w2, self.b2
+
+    @classmethod
+    def initial(cls, rng: np.random.Generator, dim: int = DIM, hidden: int = HIDDEN
+                ) -> Weights:
+        """A fresh agent whose response is the query within ~1% (r ≈ q).
+
+        W1 is a random orthonormal projection (QR of a Gaussian), scaled by
+        ``0.5·√dim``; W2, b1 and b2 are N(0, 1e-4²). ``dim``/``hidden`` other
+        than 384/128 are for experiments only: the guard accepts 384/128.
+        """
+        basis, _ = np.linalg.qr(rng.standard_normal((dim, hidden)))
+        noise = _INIT_NOISE
+        return cls(
+            w1=(basis * _W1_GAIN).astype(np.float32),
+            b1=(noise * rng.standard_normal(hidden)).astype(np.float32),
+            w2=(noise * rng.standard_normal((hidden, dim))).astype(np.float32),
+            b2=(noise * rng.standard_normal(dim)).astype(np.float32),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Weights):
+            return NotImplemented
+        return all(np.array_equal(a, b) for a, b in zip(self.arrays(), other.arrays(),
+                                                        strict=True))
+
+
+def mutate(weights: Weights, sigma: float, rng: np.random.Generator) -> Weights:
+    """A child's weights: every parameter plus N(0, sigma²)."""
+    return Weights(*(
+        (arr + sigma * rng.standard_normal(arr.shape)).astype(np.float32)
+        for arr in weights.arrays()
+    ))
+
+
+def to_onnx(weights: Weights) -> bytes:
+    """The genome: deterministic ONNX bytes of the residual graph."""
+    nodes = [helper.make_node(op, list(ins), [out], name=name) for op, ins, out, name in NODES]
+    inits = [numpy_helper.from_array(arr, name)
+             for name, arr in zip(INITIALIZERS, weights.arrays(), strict=True)]
+    graph = helper.make_graph(
+        nodes, "sporemind_agent",
+        [helper.make_tensor_value_info(INPUT[0], TensorProto.FLOAT, list(INPUT[1]))],
+        [helper.make_tensor_value_info(OUTPUT[0], TensorProto.FLOAT, list(OUTPUT[1]))],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="sporemind")
+    model.ir_version = IR_VERSION
+    return model.SerializeToString()  # type: ignore[no-any-return]
+
+
+def from_onnx(data: bytes) -> Weights:
+    """Weights of a genome. Call only on bytes `agents.guard.check` accepted.
+
+    The guard proves the architecture; this re-checks the initializers it
+    reads (names, dtype, shapes), so a wrong call fails loudly, not subtly.
+    """
+    model = onnx.ModelProto()
+    model.ParseFromString(data)
+    found = {t.name: t for t in model.graph.initializer}
+    if set(found) != set(INITIALIZERS):
+        raise VerifyError("genome initializers are not W1, b1, W2, b2")
+    arrays = []
+    for name, shape in INITIALIZERS.items():
+        arr = numpy_helper.to_array(found[name])
+        if arr.dtype != np.float32 or arr.shape != shape:
+            raise VerifyError(f"genome initializer {name} is not float32 {shape}")
+        arrays.append(np.array(arr, dtype=np.float32))  # own, writable copy
+    return Weights(*arrays)
+
+
+def genome_sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+# -- lineage ---------------------------------------------------------------
+
+
+def _pack(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Who made an agent, from which parent, with which genome; signed.
+
+    The agent id is the SHA-256 of the signed body: derived, never chosen,
+    so nobody can claim another agent's id, and it already names the
+    creator, parent, generation, time and genome hash. Travels like every
+    record (p2pnode.records): ``msgpack([body, signature])``.
+    """
+
+    parent: bytes  # the parent's agent id, or b"" for a root agent
+    generation: int  # 0 for a root agent, parent's + 1 for a child
+    creator: bytes  # Ed25519 public key of the node that made it
+    created_ms: int
+    genome_sha256: bytes
+    body: bytes
+    signature: bytes
+
+    @property
+    def agent_id(self) -> bytes:
+        return hashlib.sha256(self.body).digest()
+
+    @property
+    def wire(self) -> bytes:
+        return _pack([self.body, self.signature])
+
+    def check_genome(self, data: bytes) -> None:
+        """Raise VerifyError unless `data` is the genome this lineage signed."""
+        if genome_sha256(data) != self.genome_sha256:
+            raise VerifyError("genome bytes do not match the lineage's genome hash")
+
+
+def make_lineage(identity: Identity, *, genome: bytes, created_ms: int,
+                 parent: Lineage | None = None) -> Lineage:
+    """Sign the lineage of a root agent (no parent) or of `parent`'s child."""
+    parent_id = parent.agent_id if parent else b""
+    generation = parent.generation + 1 if parent else 0
+    digest = genome_sha256(genome)
+    body = _pack(["agent", _VERSION, parent_id, generation, identity.public_key, created_ms,
+                  digest])
+    sig = identity.sign(AGENT_DOMAIN, body)
+    return Lineage(parent_id, generation, identity.public_key, created_ms, digest, body, sig)
+
+
+def decode_lineage(data: bytes) -> Lineage:
+    """Parse and verify a lineage record; raises VerifyError on anything wrong."""
+    if len(data) > MAX_LINEAGE_BYTES:
+        raise VerifyError(f"agent lineage of {len(data)} bytes exceeds {MAX_LINEAGE_BYTES}")
+    try:
+        body, sig = msgpack.unpackb(data, raw=False)
+        f = msgpack.unpackb(body, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise VerifyError(f"malformed agent lineage: {exc}") from exc
+    if not (isinstance(body, bytes) and isinstance(sig, bytes) and isinstance(f, list)
+            and len(f) == 7 and f[0] == "agent" and f[1] == _VERSION):
+        raise VerifyError("not a v1 agent lineage")
+    _, _, parent, generation, creator, created, digest = f
+    if not (isinstance(parent, bytes) and len(parent) in (0, _ID_BYTES)
+            and type(generation) is int and generation >= 0
+            and (len(parent) == 0) == (generation == 0)
+            and isinstance(creator, bytes) and len(creator) == PUBLIC_KEY_BYTES
+            and type(created) is int and created >= 0
+            and isinstance(digest, bytes) and len(digest) == _ID_BYTES):
+        raise VerifyError("agent lineage has fields of the wrong type")
+    verify(creator, AGENT_DOMAIN, body, sig)
+    return Lineage(parent, generation, creator, created, digest, body, sig)
+
+
+# -- state -----------------------------------------------------------------
+
+
+@dataclass
+class Agent:
+    """A living agent: genome, lineage and what it learned. Time comes in."""
+
+    lineage: Lineage
+    weights: Weights
+    # Running mean of the queries it served well; zero until it served one.
+    specialty: Array = field(default_factory=lambda: np.zeros(DIM, dtype=np.float32))
+    interactions: int = 0
+    fitness: float = 0.0
+    fitness_ms: int = -1  # when `fitness` was last brought up to date (-1: at birth)
+
+    def __post_init__(self) -> None:
+        if self.fitness_ms < 0:
+            self.fitness_ms = self.lineage.created_ms
+
+    @property
+    def agent_id(self) -> bytes:
+        return self.lineage.agent_id
+
+    def served_well(self, q: Array, rate: float = 0.1) -> None:
+        """Move the specialty toward a query this agent ranked well."""
+        self.specialty = ((1.0 - rate) * self.specialty + rate * q).astype(np.float32)
+
+    def decay(self, now_ms: int, half_life_ms: int) -> None:
+        """Halve fitness every `half_life_ms`; a clock that steps back changes nothing."""
+        elapsed = now_ms - self.fitness_ms
+        if elapsed > 0:
+            self.fitness *= 0.5 ** (elapsed / half_life_ms)
+            self.fitness_ms = now_ms
+
+    def feedback(self, delta: float, now_ms: int, half_life_ms: int) -> None:
+        """One rated interaction: decay to now, then add `delta`."""
+        self.decay(now_ms, half_life_ms)
+        self.fitness += delta
+        self.interactions += 1
+
+
+def new_agent(identity: Identity, weights: Weights, *, created_ms: int,
+              parent: Lineage | None = None) -> Agent:
+    """An agent born here now: its genome signed into a fresh lineage."""
+    lineage = make_lineage(identity, genome=to_onnx(weights), created_ms=created_ms, parent=parent)
+    return Agent(lineage, weights)

@@ -1,0 +1,283 @@
+"""Untrusted genomes: check a peer's ONNX bytes before onnxruntime sees them.
+
+A genome from a peer may try to read our files through external data
+(onnxruntime resolves it against the working directory), ask for 16 GiB at
+run time, loop forever, or call operators we never emit (NOTES.md). `check`
+works on the parsed protobuf alone — no file is opened, no external data is
+resolved, nothing runs — and accepts exactly the graph `agents.genome`
+builds. Each refusal is a `GenomeRejected` whose `.reason` is a short
+counter name:
+
+    too_large       over the byte cap, or a tensor/total element count over its cap
+    corrupt         not a parseable model, or tensors whose data contradicts their dims
+    external_data   any tensor stored outside the model, in any graph
+    subgraph        graph-valued attributes (Loop, If, Scan …), training graphs
+    custom_domain   a domain other than ONNX's own, or model-local functions
+    opset           not exactly opset 17 / IR version 8
+    operator        an operator outside {MatMul, Add, Tanh}
+    architecture    allowlisted, but not our graph (names, shapes, wiring)
+    load, run       onnxruntime refused it anyway (defence in depth)
+    timeout         a run exceeded its deadline and was terminated
+
+`load` adds defence in depth (a session from bytes, external data pointed at
+an empty folder, one thread) and `run_with_deadline` bounds a run's time.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from onnx import AttributeProto, GraphProto, NodeProto, TensorProto
+
+from agents.genome import INITIALIZERS, INPUT, IR_VERSION, NODES, OPSET, OUTPUT
+from p2pnode.errors import VerifyError
+
+__all__ = [
+    "ALLOWED_OPS",
+    "MAX_ELEMENTS",
+    "MAX_GENOME_BYTES",
+    "MAX_TENSOR_ELEMENTS",
+    "GenomeRejected",
+    "check",
+    "load",
+    "run_with_deadline",
+]
+
+MAX_GENOME_BYTES = 1 << 20  # an honest genome is ~396 KB
+MAX_TENSOR_ELEMENTS = 1 << 20
+MAX_ELEMENTS = 2 << 20  # all initializers and inferred values together
+ALLOWED_OPS = frozenset({"MatMul", "Add", "Tanh"})
+_ONNX_DOMAINS = ("", "ai.onnx")
+_GRAPH_ATTRS = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+_ITEM_BYTES: dict[int, int] = {TensorProto.FLOAT: 4, TensorProto.DOUBLE: 8, TensorProto.FLOAT16: 2,
+               TensorProto.INT64: 8, TensorProto.INT32: 4, TensorProto.INT8: 1,
+               TensorProto.UINT8: 1, TensorProto.BOOL: 1}
+
+
+class GenomeRejected(VerifyError):
+    """A peer's genome failed a check; `.reason` names which (a counter key)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"genome rejected ({reason}){': ' + detail if detail else ''}")
+        self.reason = reason
+
+
+def check(data: bytes) -> None:
+    """Raise GenomeRejected unless `data` is exactly an agent genome. No I/O."""
+    if len(data) > MAX_GENOME_BYTES:
+        raise GenomeRejected("too_large", f"{len(data)} bytes > {MAX_GENOME_BYTES}")
+    model = _parse(data)
+    _check_containers(model)
+    _check_graph_safety(model.graph)
+    _check_opset(model)
+    _check_elements(model.graph)
+    _check_inferred_shapes(model)
+    _check_architecture(model.graph)
+
+
+def _parse(data: bytes) -> Any:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RecursionError, ValueError) as exc:
+        raise GenomeRejected("corrupt", str(exc)[:80]) from exc
+    if not model.HasField("graph") or model.ir_version <= 0:
+        raise GenomeRejected("corrupt", "no graph or IR version")
+    return model
+
+
+def _check_containers(model: Any) -> None:
+    """Everything that could hold a graph or tensor besides the main graph."""
+    for info in model.training_info:
+        for graph in (info.initialization, info.algorithm):
+            _check_graph_safety(graph)
+    if len(model.training_info):
+        raise GenomeRejected("subgraph", "training graphs")
+    if len(model.functions):
+        raise GenomeRejected("custom_domain", "model-local functions")
+
+
+def _check_graph_safety(graph: GraphProto) -> None:
+    """External data first (the dangerous one), then nested graphs, then domains."""
+    for tensor in _tensors(graph):
+        if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
+            raise GenomeRejected("external_data", f"tensor {tensor.name[:40]!r}")
+    for node in _nodes(graph):
+        if any(attr.type in _GRAPH_ATTRS or attr.HasField("g") or len(attr.graphs)
+               for attr in node.attribute):
+            raise GenomeRejected("subgraph", f"{node.op_type[:40]} carries a graph")
+        if node.domain not in _ONNX_DOMAINS:
+            raise GenomeRejected("custom_domain", node.domain[:40])
+
+
+def _nodes(graph: GraphProto) -> Iterator[NodeProto]:
+    """Every node, in nested graphs too (a refusal stops the walk before depth matters)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _nodes(sub)
+
+
+def _tensors(graph: GraphProto) -> Iterator[TensorProto]:
+    """Every tensor a graph holds: initializers, sparse ones, attributes, subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sparse in ([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []) + \
+                    list(attr.sparse_tensors):
+                yield from (sparse.values, sparse.indices)
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub)
+
+
+def _check_opset(model: Any) -> None:
+    imports = [(op.domain, op.version) for op in model.opset_import]
+    if any(domain not in _ONNX_DOMAINS for domain, _ in imports):
+        raise GenomeRejected("custom_domain", "opset import of another domain")
+    if imports not in ([("", OPSET)], [("ai.onnx", OPSET)]) or model.ir_version != IR_VERSION:
+        raise GenomeRejected("opset", f"{imports[:3]} ir {model.ir_version}")
+    for node in model.graph.node:
+        if node.op_type not in ALLOWED_OPS:
+            raise GenomeRejected("operator", node.op_type[:40])
+
+
+def _check_elements(graph: GraphProto) -> None:
+    """Initializer sizes from their dims (capped), and data that matches the dims."""
+    if len(graph.sparse_initializer):
+        raise GenomeRejected("architecture", "sparse initializers")
+    total = 0
+    for tensor in graph.initializer:
+        if any(d < 0 for d in tensor.dims):
+            raise GenomeRejected("corrupt", f"negative dim in {tensor.name[:40]!r}")
+        count = int(np.prod(tensor.dims, dtype=object))
+        total += count
+        if count > MAX_TENSOR_ELEMENTS or total > MAX_ELEMENTS:
+            raise GenomeRejected("too_large", f"{tensor.name[:40]!r} has {count} elements")
+        if _stored_elements(tensor) != count:
+            raise GenomeRejected("corrupt", f"{tensor.name[:40]!r} data does not fit its dims")
+
+
+def _stored_elements(tensor: TensorProto) -> int:
+    if tensor.HasField("raw_data"):
+        size = _ITEM_BYTES.get(tensor.data_type, 0)
+        return len(tensor.raw_data) // size if size and len(tensor.raw_data) % size == 0 else -1
+    return max(len(tensor.float_data), len(tensor.int32_data), len(tensor.int64_data),
+               len(tensor.double_data))
+
+
+def _check_inferred_shapes(model: Any) -> None:
+    """Every value's inferred shape must be fully known and within the caps."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
+                                                     data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError,
+            ValueError) as exc:
+        raise GenomeRejected("architecture", f"shape inference: {str(exc)[:80]}") from exc
+    graph = inferred.graph
+    total = 0
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if not value.type.tensor_type.HasField("shape") or \
+                any(not d.HasField("dim_value") or d.dim_value < 0 for d in dims):
+            raise GenomeRejected("too_large", f"unbounded shape for {value.name[:40]!r}")
+        count = int(np.prod([d.dim_value for d in dims], dtype=object))
+        total += count
+        if count > MAX_TENSOR_ELEMENTS or total > MAX_ELEMENTS:
+            raise GenomeRejected("too_large", f"{value.name[:40]!r} infers {count} elements")
+
+
+def _value(value: Any) -> tuple[str, int, tuple[int, ...]]:
+    tensor_type = value.type.tensor_type
+    return (value.name, tensor_type.elem_type,
+            tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim))
+
+
+_EXPECTED_IO = ([(INPUT[0], TensorProto.FLOAT, INPUT[1])],
+                [(OUTPUT[0], TensorProto.FLOAT, OUTPUT[1])])
+_EXPECTED_INITS = {name: (TensorProto.FLOAT, shape) for name, shape in INITIALIZERS.items()}
+
+
+def _check_architecture(graph: GraphProto) -> None:
+    """Exactly `agents.genome`'s graph: inputs, outputs, initializers, nodes in order."""
+    io = ([_value(v) for v in graph.input], [_value(v) for v in graph.output])
+    inits = {t.name: (t.data_type, tuple(t.dims)) for t in graph.initializer}
+    nodes = [(n.op_type, tuple(n.input), tuple(n.output), n.name) for n in graph.node]
+    expected = [(op, ins, (out,), name) for op, ins, out, name in NODES]
+    if io != _EXPECTED_IO:
+        raise GenomeRejected("architecture", "inputs or outputs differ")
+    if inits != _EXPECTED_INITS or len(graph.initializer) != len(INITIALIZERS):
+        raise GenomeRejected("architecture", "initializers differ")
+    if nodes != expected or any(len(n.attribute) for n in graph.node) or len(graph.value_info):
+        raise GenomeRejected("architecture", "nodes differ")
+
+
+# -- onnxruntime, after the check ------------------------------------------
+
+
+def load(data: bytes) -> Any:
+    """An onnxruntime session for a checked genome (check runs here first)."""
+    check(data)
+    return _session(data)
+
+
+def _session(data: bytes) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    with tempfile.TemporaryDirectory(prefix="sporemind-genome-") as empty:
+        # From bytes, onnxruntime resolves external data against the working
+        # directory; point it at an empty folder in case a check ever misses one.
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", empty)
+        try:
+            return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's errors have no common base
+            raise GenomeRejected("load", str(exc)[:120]) from exc
+
+
+def run_with_deadline(session: Any, feeds: Mapping[str, np.ndarray], deadline_s: float
+                      ) -> list[np.ndarray]:
+    """Run `session`; past `deadline_s` a timer sets RunOptions.terminate.
+
+    Blocking: call it from a worker thread, never the event loop. onnxruntime
+    checks the flag between nodes, so one node's work must itself be bounded
+    (the guard's element caps see to that for genomes).
+    """
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.log_severity_level = 3
+    fired = threading.Event()
+
+    def terminate() -> None:
+        fired.set()
+        options.terminate = True
+
+    timer = threading.Timer(deadline_s, terminate)
+    timer.daemon = True
+    timer.start()
+    try:
+        return list(session.run(None, dict(feeds), options))
+    except Exception as exc:  # onnxruntime's errors have no common base
+        if fired.is_set():
+            raise GenomeRejected("timeout", f"over {deadline_s:g} s") from exc
+        raise GenomeRejected("run", str(exc)[:120]) from exc
+    finally:
+        timer.cancel()
+

@@ -10,13 +10,16 @@ and scores candidates by cos(r, c). The graph is a residual bottleneck::
 built with ``onnx.helper`` only. The skip connection is what lets a fresh
 agent "do no harm": a 128-wide bottleneck without it can only return the
 projection of q onto a 128-d subspace, whose ranking agrees with plain
-cosine by a correlation of about √(128/384) ≈ 0.58 on isotropic vectors.
+cosine by a correlation of about √(128/384) ≈ 0.58 on isotropic vectors
+(measured on MiniLM embeddings of real sentences: top-1 agreement 48%).
 With it, ``initial`` sets W2 and the biases to tiny noise, so r ≈ q and a
-new agent ranks like the encoder's cosine; mutation then moves W2.
+new agent ranks like the encoder's cosine (top-1 agreement 100%); mutation
+then moves it (Spearman against plain cosine on those embeddings: 0.99 at
+σ = 0.003, 0.93 at 0.01, 0.66 at 0.03).
 
 The genome is the ONNX bytes; their SHA-256 goes into the agent's signed
-``Lineage`` (below). ``from_onnx`` reads only bytes that ``agents.guard.check``
-accepted: it never sees a peer's model otherwise.
+``Lineage`` (below). ``from_onnx`` runs ``agents.guard.check`` first: a
+peer's model is never parsed for weights before it passed.
 """
 
 from __future__ import annotations
@@ -37,8 +40,13 @@ __all__ = [
     "AGENT_DOMAIN",
     "DIM",
     "HIDDEN",
+    "INITIALIZERS",
+    "INPUT",
     "IR_VERSION",
+    "MAX_LINEAGE_BYTES",
+    "NODES",
     "OPSET",
+    "OUTPUT",
     "Agent",
     "Lineage",
     "Weights",
@@ -100,21 +108,20 @@ class Weights:
         return self.w1, self.b1, self.w2, self.b2
 
     @classmethod
-    def initial(cls, rng: np.random.Generator, dim: int = DIM, hidden: int = HIDDEN
-                ) -> Weights:
+    def initial(cls, rng: np.random.Generator) -> Weights:
         """A fresh agent whose response is the query within ~1% (r ≈ q).
 
-        W1 is a random orthonormal projection (QR of a Gaussian), scaled by
-        ``0.5·√dim``; W2, b1 and b2 are N(0, 1e-4²). ``dim``/``hidden`` other
-        than 384/128 are for experiments only: the guard accepts 384/128.
+        W1 is a random orthonormal projection (QR of a Gaussian) scaled by
+        ``0.5·√384``; W2, b1 and b2 are N(0, 1e-4²). The sizes are fixed
+        (384, 128): the guard and the pool accept no other.
         """
-        basis, _ = np.linalg.qr(rng.standard_normal((dim, hidden)))
+        basis, _ = np.linalg.qr(rng.standard_normal((DIM, HIDDEN)))
         noise = _INIT_NOISE
         return cls(
             w1=(basis * _W1_GAIN).astype(np.float32),
-            b1=(noise * rng.standard_normal(hidden)).astype(np.float32),
-            w2=(noise * rng.standard_normal((hidden, dim))).astype(np.float32),
-            b2=(noise * rng.standard_normal(dim)).astype(np.float32),
+            b1=(noise * rng.standard_normal(HIDDEN)).astype(np.float32),
+            w2=(noise * rng.standard_normal((HIDDEN, DIM))).astype(np.float32),
+            b2=(noise * rng.standard_normal(DIM)).astype(np.float32),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -150,11 +157,11 @@ def to_onnx(weights: Weights) -> bytes:
 
 
 def from_onnx(data: bytes) -> Weights:
-    """Weights of a genome. Call only on bytes `agents.guard.check` accepted.
+    """Weights of a genome; raises GenomeRejected (a VerifyError) unless
+    `agents.guard.check` accepts it, which proves the exact architecture."""
+    from agents.guard import check  # the guard builds on this module
 
-    The guard proves the architecture; this re-checks the initializers it
-    reads (names, dtype, shapes), so a wrong call fails loudly, not subtly.
-    """
+    check(data)
     model = onnx.ModelProto()
     model.ParseFromString(data)
     found = {t.name: t for t in model.graph.initializer}

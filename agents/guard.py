@@ -63,8 +63,10 @@ _ITEM_BYTES: dict[int, int] = {TensorProto.FLOAT: 4, TensorProto.DOUBLE: 8, Tens
 class GenomeRejected(VerifyError):
     """A peer's genome failed a check; `.reason` names which (a counter key)."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"genome rejected ({reason}){': ' + detail if detail else ''}")
+    def __init__(self, reason: str, detail: object = "") -> None:
+        # Peer-chosen names may be long or, in proto2 strings, not even UTF-8.
+        shown = detail if isinstance(detail, str) else repr(detail)
+        super().__init__(f"genome rejected ({reason}){': ' + shown[:120] if shown else ''}")
         self.reason = reason
 
 
@@ -86,7 +88,7 @@ def _parse(data: bytes) -> Any:
     try:
         model.ParseFromString(data)
     except (DecodeError, RecursionError, ValueError) as exc:
-        raise GenomeRejected("corrupt", str(exc)[:80]) from exc
+        raise GenomeRejected("corrupt", str(exc)) from exc
     if not model.HasField("graph") or model.ir_version <= 0:
         raise GenomeRejected("corrupt", "no graph or IR version")
     return model
@@ -107,13 +109,13 @@ def _check_graph_safety(graph: GraphProto) -> None:
     """External data first (the dangerous one), then nested graphs, then domains."""
     for tensor in _tensors(graph):
         if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
-            raise GenomeRejected("external_data", f"tensor {tensor.name[:40]!r}")
+            raise GenomeRejected("external_data", f"tensor {tensor.name!r}")
     for node in _nodes(graph):
         if any(attr.type in _GRAPH_ATTRS or attr.HasField("g") or len(attr.graphs)
                for attr in node.attribute):
-            raise GenomeRejected("subgraph", f"{node.op_type[:40]} carries a graph")
+            raise GenomeRejected("subgraph", f"{node.op_type} carries a graph")
         if node.domain not in _ONNX_DOMAINS:
-            raise GenomeRejected("custom_domain", node.domain[:40])
+            raise GenomeRejected("custom_domain", node.domain)
 
 
 def _nodes(graph: GraphProto) -> Iterator[NodeProto]:
@@ -150,7 +152,7 @@ def _check_opset(model: Any) -> None:
         raise GenomeRejected("opset", f"{imports[:3]} ir {model.ir_version}")
     for node in model.graph.node:
         if node.op_type not in ALLOWED_OPS:
-            raise GenomeRejected("operator", node.op_type[:40])
+            raise GenomeRejected("operator", node.op_type)
 
 
 def _check_elements(graph: GraphProto) -> None:
@@ -160,13 +162,13 @@ def _check_elements(graph: GraphProto) -> None:
     total = 0
     for tensor in graph.initializer:
         if any(d < 0 for d in tensor.dims):
-            raise GenomeRejected("corrupt", f"negative dim in {tensor.name[:40]!r}")
+            raise GenomeRejected("corrupt", f"negative dim in {tensor.name!r}")
         count = int(np.prod(tensor.dims, dtype=object))
         total += count
         if count > MAX_TENSOR_ELEMENTS or total > MAX_ELEMENTS:
-            raise GenomeRejected("too_large", f"{tensor.name[:40]!r} has {count} elements")
+            raise GenomeRejected("too_large", f"{tensor.name!r} has {count} elements")
         if _stored_elements(tensor) != count:
-            raise GenomeRejected("corrupt", f"{tensor.name[:40]!r} data does not fit its dims")
+            raise GenomeRejected("corrupt", f"{tensor.name!r} data does not fit its dims")
 
 
 def _stored_elements(tensor: TensorProto) -> int:
@@ -184,18 +186,18 @@ def _check_inferred_shapes(model: Any) -> None:
                                                      data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError,
             ValueError) as exc:
-        raise GenomeRejected("architecture", f"shape inference: {str(exc)[:80]}") from exc
+        raise GenomeRejected("architecture", f"shape inference: {exc}") from exc
     graph = inferred.graph
     total = 0
     for value in [*graph.input, *graph.value_info, *graph.output]:
         dims = value.type.tensor_type.shape.dim
         if not value.type.tensor_type.HasField("shape") or \
                 any(not d.HasField("dim_value") or d.dim_value < 0 for d in dims):
-            raise GenomeRejected("too_large", f"unbounded shape for {value.name[:40]!r}")
+            raise GenomeRejected("too_large", f"unbounded shape for {value.name!r}")
         count = int(np.prod([d.dim_value for d in dims], dtype=object))
         total += count
         if count > MAX_TENSOR_ELEMENTS or total > MAX_ELEMENTS:
-            raise GenomeRejected("too_large", f"{value.name[:40]!r} infers {count} elements")
+            raise GenomeRejected("too_large", f"{value.name!r} infers {count} elements")
 
 
 def _value(value: Any) -> tuple[str, int, tuple[int, ...]]:
@@ -248,7 +250,7 @@ def _session(data: bytes) -> Any:
         try:
             return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime's errors have no common base
-            raise GenomeRejected("load", str(exc)[:120]) from exc
+            raise GenomeRejected("load", str(exc)) from exc
 
 
 def run_with_deadline(session: Any, feeds: Mapping[str, np.ndarray], deadline_s: float
@@ -277,7 +279,7 @@ def run_with_deadline(session: Any, feeds: Mapping[str, np.ndarray], deadline_s:
     except Exception as exc:  # onnxruntime's errors have no common base
         if fired.is_set():
             raise GenomeRejected("timeout", f"over {deadline_s:g} s") from exc
-        raise GenomeRejected("run", str(exc)[:120]) from exc
+        raise GenomeRejected("run", str(exc)) from exc
     finally:
         timer.cancel()
 

@@ -382,6 +382,26 @@ def _liveness(peer: dict[str, Any]) -> str:
     return f"seen {peer['last_seen_s']:.0f}s ago"
 
 
+@main.command()
+@json_option
+@click.pass_context
+def agents(ctx: click.Context, as_json: bool) -> None:
+    """The swarm's agents: id, generation, fitness, interactions, host, parent."""
+    data = client(ctx).get("/v1/agents")
+
+    def human() -> None:
+        click.echo(f"{'agent':14} {'gen':>3} {'fitness':>8} {'inter.':>6} {'host':14} "
+                   f"{'parent':14} state")
+        for a in sorted(data["registry"], key=lambda a: (-a["alive"], -a["fitness"])):
+            click.echo(f"{a['id'][:12]:14} {a['generation']:>3} {a['fitness']:>8.3f} "
+                       f"{a['interactions']:>6} {a['host'][:12]:14} {a['parent'][:12] or '-':14} "
+                       f"{'here' if a['here'] else ''}{'' if a['alive'] else ' dead'}")
+        for e in list(data["events"])[-5:]:
+            click.echo(f"event: {e['event']} {e['agent'][:12]} (generation {e['generation']})")
+
+    emit(as_json, data, human)
+
+
 @main.group("dht")
 def dht_group() -> None:
     """The swarm index."""

@@ -204,6 +204,24 @@ async def votes(request: web.Request) -> web.Response:
     return web.json_response(_spore(request).votes_for(_memory_id(request.match_info["id"])))
 
 
+async def agents(request: web.Request) -> web.Response:
+    """This spore's agents, the swarm's registry (with the lineage tree) and events."""
+    net = _spore(request).agents
+    if net is None:
+        raise BadRequest("this spore runs no agents")
+    here = [{"id": a.agent_id.hex(), "generation": a.lineage.generation,
+             "parent": a.lineage.parent.hex(), "fitness": round(a.fitness, 4),
+             "interactions": a.interactions, "created_ms": a.lineage.created_ms,
+             "creator": a.lineage.creator.hex()} for a in net.colony.agents.values()]
+    registry = net.registry()
+    children: dict[str, list[str]] = {}
+    for card in registry:
+        if card["parent"]:
+            children.setdefault(card["parent"], []).append(card["id"])
+    return web.json_response({"here": here, "registry": registry, "children": children,
+                              "events": list(net.colony.events), **net.status()})
+
+
 async def gossip(request: web.Request) -> web.Response:
     service = _spore(request).peers
     if service is None:
@@ -258,6 +276,7 @@ def make_app(spore: Spore, token: str | None) -> web.Application:
         web.post("/v1/dna", dna_update),
         web.get("/v1/votes/{id}", votes),
         web.get("/v1/gossip", gossip),
+        web.get("/v1/agents", agents),
         web.post("/v1/gossip/block", gossip_block),
         web.get("/v1/openapi.json", openapi),
     ])

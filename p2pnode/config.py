@@ -38,6 +38,8 @@ _TOML_KEYS = {
     ("dht", "rate_per_s"): "dht_rate_per_s",
     ("dht", "advertise"): "advertise_host",
     ("gossip", "interval_s"): "gossip_interval_s",
+    ("agents", "max"): "max_agents",
+    ("agents", "seed"): "seed_agents",
 }
 ENV_VARS = {
     "SPORE_HOST": "api_host",
@@ -54,6 +56,8 @@ ENV_VARS = {
     "SPORE_DHT_RATE": "dht_rate_per_s",
     "SPORE_ADVERTISE": "advertise_host",
     "SPORE_GOSSIP_INTERVAL": "gossip_interval_s",
+    "SPORE_MAX_AGENTS": "max_agents",
+    "SPORE_SEED_AGENTS": "seed_agents",
 }
 DEFAULT_DHT_PORT = 7151
 
@@ -77,6 +81,8 @@ class Config:
     dht_rate_per_s: float = 500.0
     advertise_host: str = ""  # the address peers reach us at ("": the DHT host, if not 0.0.0.0)
     gossip_interval_s: float = 5.0
+    max_agents: int = 16  # agents this spore hosts at most (the rest is spare capacity)
+    seed_agents: int = 4  # agents a new spore starts with
     journald: bool = False
     notify_socket: str | None = None
     watchdog_usec: int = 0
@@ -214,6 +220,9 @@ def _validated(cfg: Config) -> Config:
         raise ConfigError(f"max_contacts_per_ip {cfg.max_contacts_per_ip} is not in 1..4096")
     if not 0.05 <= cfg.gossip_interval_s <= 3600:
         raise ConfigError(f"gossip interval_s {cfg.gossip_interval_s} is not in 0.05..3600")
+    if not 1 <= cfg.seed_agents <= cfg.max_agents <= 256:
+        raise ConfigError(f"agents: need 1 <= seed ({cfg.seed_agents}) <= max "
+                          f"({cfg.max_agents}) <= 256")
     if cfg.advertise_host:
         try:
             ipaddress.ip_address(cfg.advertise_host)

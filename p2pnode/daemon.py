@@ -21,7 +21,9 @@ from aiohttp import web
 from agents import model_build
 from agents.encoder import EncoderError, file_sha256, load_encoder
 from p2pnode import dna as dna_mod
+from p2pnode.agentnet import AgentNet
 from p2pnode.api import make_app
+from p2pnode.colony import AGENTS_DB, Colony
 from p2pnode.config import Config
 from p2pnode.errors import SporeError, StateError
 from p2pnode.gossip import KIND_DNA, GossipStore
@@ -130,6 +132,12 @@ async def _serve_locked(cfg: Config) -> None:
             seeds=list(cfg.peers), interval_s=cfg.gossip_interval_s,
             contacts=lambda: [(c.ip, c.port) for c in swarm.dht.contacts()],
             on_accepted=spore.on_gossip)
+        colony = Colony(identity=identity, path=cfg.state_dir / AGENTS_DB,
+                        max_agents=cfg.max_agents, seed_agents=cfg.seed_agents)
+        agents = AgentNet(colony=colony, identity=identity, swarm=dna.swarm_id, store=gossip,
+                          compute=spore.on_compute, dna=lambda: spore.dna)
+        spore.agents = agents
+        await agents.start(peers)
         await peers.start(cfg.advertise_host or host)
         spore.peers = peers
         runner = web.AppRunner(make_app(spore, _api_token(cfg)), access_log=None,
@@ -144,6 +152,9 @@ async def _serve_locked(cfg: Config) -> None:
     finally:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(spore.drain(), DRAIN_S)
+        if spore.agents is not None:
+            await spore.agents.stop()
+            spore.agents.colony.close()
         if peers is not None:
             await peers.stop()
         await swarm.stop()

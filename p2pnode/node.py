@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from agents import consensus
 from agents.encoder import Encoder
-from crdt.votes import Counter, VoteKey, fitness, merge_votes, record_vote, tally
+from crdt.votes import Counter, VoteKey, fitness, record_vote, tally
 from dht import compact
 from dht.index import LocalIndex
 from dht.keys import bucket_key, hyperplanes, table_codes
@@ -35,12 +35,15 @@ from p2pnode.storage import AnswerRow, MemoryRow, Storage, StoredVote
 from p2pnode.swarm import Found, Swarm
 
 if TYPE_CHECKING:
+    from p2pnode.agentnet import AgentNet
     from p2pnode.peers import PeerService
 
 T = TypeVar("T")
 log = logging.getLogger("spore.node")
 Prepared = tuple[MemoryRecord, bytes, float]  # signed record, int8 embedding, its scale
 CANDIDATES = 32  # memories re-ranked per ask
+AGENT_CANDIDATES = 12  # the best local ones the agents score (with the swarm's)
+AGENT_WEIGHT = 0.5  # how much of the cosine the agents' consensus replaces
 MAX_SOURCES = 20
 
 
@@ -80,10 +83,8 @@ class Spore:
         self.peers: PeerService | None = None  # set by the daemon once serving
         # Every memory's votes as gossip converged them, by memory id (the
         # event loop's): ranks swarm answers, whoever holds them.
-        self._tallies: dict[bytes, dict[VoteKey, Counter]] = {}
-        if gossip is not None:
-            for _, item in gossip.with_prefix(KIND_VOTE):
-                self._tally_vote(decode_vote(item))
+        self._tallies: dict[bytes, _Votes] = {}
+        self.agents: AgentNet | None = None  # set by the daemon: the colony among peers
         self._background: set[asyncio.Task[Any]] = set()
         self.max_text_bytes = max_text_bytes
         self.clock = clock
@@ -97,9 +98,16 @@ class Spore:
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="spore-compute")
         self._db = ThreadPoolExecutor(1, thread_name_prefix="spore-db")
         self.counters = {"asks": 0, "teaches": 0, "votes": 0, "rejected": 0}
+        if gossip is not None:
+            for _, item in gossip.with_prefix(KIND_VOTE):
+                self._tally_vote(decode_vote(item))
 
     async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    async def on_compute(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn on the compute thread (the encoder's, the index's, the agents')."""
+        return await self._on(self._compute, fn, *args)
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -197,7 +205,7 @@ class Spore:
         ranked = asyncio.ensure_future(self._on(self._compute, self._rank, q, top))
 
         async def local_ids() -> set[bytes]:
-            rows, _, _, found = await ranked
+            rows, _, _, found, _, _ = await ranked
             return {found[r].id for r in rows[:top] if r in found}
 
         remote: list[Found] = []
@@ -206,27 +214,44 @@ class Spore:
                 remote = await self.swarm.find(q, local_ids(), top)
             finally:
                 await asyncio.wait([ranked])
-        rows, scores, conf, found = await ranked
+        rows, scores, conf, found, cosines, vectors = await ranked
         answer_id = secrets.token_hex(8)
-        local = [(float(s), found[r]) for r, s in zip(rows[:top], scores[:top], strict=True)
-                 if r in found]
-        sources = [_source(m, score) for score, m in local]
-        if self.swarm is not None:
+        here = [(r, float(sc)) for r, sc in zip(rows, scores, strict=False) if r in found]
+        cands = [_Cand(i, _source(found[r], sc), sc, vectors[r], cosines[r], r)
+                 for i, (r, sc) in enumerate(here)]
+        for f in remote:
             # Votes travel by gossip to every spore: a swarm answer is ranked
-            # with all of them, not only those its content record carried.
-            remote = [replace(f, up=max(f.up, up), down=max(f.down, down))
-                      for f in remote for up, down in [self.swarm_tally(f.record.id)]]
-            sources = _merge_sources(sources, remote, top)
-            if len(sources) > 1:
-                conf = consensus.confidence(sources[0]["score"], sources[1]["score"])
-        if sources and not sources[0].get("remote"):
-            # Not awaited: the db thread runs jobs in order, so a `rate` of this
-            # answer (queued later on the same thread) always finds it.
-            row = next(r for r in rows if r in found and found[r].id.hex() == sources[0]["id"])
-            self._db.submit(self._remember, answer_id, q, row, found[row].id)
-        elif sources:
-            rec = next(f.record for f in remote if f.record.id.hex() == sources[0]["id"])
-            self._db.submit(self._adopt, answer_id, q, rec)
+            # with all of them (and those on questions like this one).
+            votes = self._tallies.get(f.record.id)
+            region = votes.region_fitness(q) if votes is not None else 0.0
+            overall = votes.overall() if votes is not None else fitness(f.up, f.down)
+            score = float(consensus.combine(np.array([f.cosine]), np.array([overall]),
+                                            np.array([region])).scores[0])
+            cands.append(_Cand(len(cands), _remote_source(f.record, score), score,
+                               f.record.vector(), f.cosine, None, f.record))
+        verdict = None
+        if self.agents is not None and len(cands) > 1:
+            verdict = await self.agents.rank(q, np.stack([c.vec for c in cands]))
+            for c, say in zip(cands, verdict.consensus, strict=False):
+                # The agents' consensus stands in for part of the cosine: a
+                # fresh population agrees with the encoder, an evolved one moves it.
+                c.score += AGENT_WEIGHT * (float(say) - c.cos)
+                c.source["score"] = round(c.score, 4)
+                c.source["agents"] = round(float(say), 4)
+        cands.sort(key=lambda c: -c.score)
+        sources = [c.source for c in cands[:top]]
+        if len(cands) > 1:
+            conf = consensus.confidence(cands[0].score, cands[1].score)
+        if cands:
+            best = cands[0]
+            if best.row is not None:
+                # Not awaited: the db thread runs jobs in order, so a `rate` of this
+                # answer (queued later on the same thread) always finds it.
+                self._db.submit(self._remember, answer_id, q, best.row, found[best.row].id)
+            elif best.record is not None:
+                self._db.submit(self._adopt, answer_id, q, best.record)
+            if verdict is not None and self.agents is not None:
+                self.agents.remember(answer_id, q, best.vec, verdict, best.index)
         self.counters["asks"] += 1
         return {
             "answer_id": answer_id if sources else None,
@@ -255,9 +280,12 @@ class Spore:
         return np.asarray(self.encoder.embed([question])[0], dtype=np.float32)
 
     def _rank(self, q: np.ndarray, top: int
-              ) -> tuple[list[int], np.ndarray, float, dict[int, MemoryRow]]:
+              ) -> tuple[list[int], np.ndarray, float, dict[int, MemoryRow], dict[int, float],
+                         dict[int, np.ndarray]]:
+        """The local candidates, best first: rows, combined scores, confidence, and
+        for the best `max(top, AGENT_CANDIDATES)` their memory, cosine and vector."""
         if len(self.index) == 0:
-            return [], np.zeros(0, np.float32), 0.0, {}
+            return [], np.zeros(0, np.float32), 0.0, {}, {}, {}
         rows, cos = self.index.search(q, CANDIDATES)
         region = np.zeros(len(rows), np.float32)
         overall = np.zeros(len(rows), np.float32)
@@ -268,8 +296,12 @@ class Spore:
                 overall[i] = votes.overall()
         ranking = consensus.combine(cos, overall, region)
         ranked_rows = [int(rows[i]) for i in ranking.order]
-        found = self._reader.memories_by_rows(ranked_rows[:top])
-        return ranked_rows, ranking.scores, ranking.confidence, found
+        keep = max(top, AGENT_CANDIDATES if self.agents is not None else top)
+        found = self._reader.memories_by_rows(ranked_rows[:keep])
+        cosines = {int(rows[i]): float(cos[i]) for i in ranking.order[:keep]}
+        vectors = {r: self.index.embedding(r) for r in ranked_rows[:keep]}
+        return (ranked_rows[:keep], ranking.scores[:keep], ranking.confidence, found, cosines,
+                vectors)
 
     def _remember(self, answer_id: str, q: np.ndarray, row: int, memory_id: bytes) -> None:
         codes, scales = compact.to_int8(q[None, :])
@@ -290,7 +322,9 @@ class Spore:
         overall = await self._on(self._compute, self._cache_vote, answer.row, key, counter,
                                  answer.qvec)
         self.counters["votes"] += 1
+        agents = await self.agents.feedback(answer_id, up) if self.agents is not None else 0
         return {"memory_id": answer.memory.hex(), "vote": "up" if up else "down",
+                "agents_rated": agents,
                 "up": overall[0], "down": overall[1],
                 "fitness": round(fitness(*overall), 4)}
 
@@ -350,16 +384,19 @@ class Spore:
         return new.show()
 
     def _tally_vote(self, v: VoteRecord) -> None:
-        counters = self._tallies.setdefault(v.memory_id, {})
-        counters.update(merge_votes(counters, {(v.voter, v.region):
-                                               Counter(v.seq, v.up, v.down)}))
-
-    def swarm_tally(self, memory_id: bytes) -> tuple[int, int]:
-        return tally(self._tallies.get(memory_id, {}).values())
+        votes = self._tallies.setdefault(v.memory_id, _Votes())
+        key = (v.voter, v.region)
+        mine = votes.counters.get(key)
+        new = Counter(v.seq, v.up, v.down)
+        if mine is None or new > mine:
+            votes.counters[key] = new
+            codes, scale = compact.unpack(v.qvec, self.dim)
+            votes.questions[key] = codes.astype(np.float32) * scale
 
     def votes_for(self, memory_id: bytes) -> dict[str, Any]:
         """A memory's votes as this spore knows them (gossip converges them)."""
-        counters = self._tallies.get(memory_id, {})
+        votes = self._tallies.get(memory_id)
+        counters = votes.counters if votes is not None else {}
         up, down = tally(counters.values())
         return {"memory_id": memory_id.hex(), "voters": len(counters), "up": up, "down": down,
                 "fitness": round(fitness(up, down), 6)}
@@ -400,6 +437,7 @@ class Spore:
             "rss_mb": _rss_mb(),
             "dht": self.swarm.status() if self.swarm is not None else None,
             "gossip": self.peers.status() if self.peers is not None else None,
+            "agents": self.agents.status() if self.agents is not None else None,
         }
 
     async def drain(self) -> None:
@@ -422,19 +460,23 @@ def _source(r: MemoryRow, score: float) -> dict[str, Any]:
     return {**_memory_json(r), "score": round(score, 4)}
 
 
-def _merge_sources(local: list[dict[str, Any]], remote: list[Found],
-                   top: int) -> list[dict[str, Any]]:
-    """Local and swarm sources ranked together (swarm ones scored like local)."""
-    out = list(local)
-    for f in remote:
-        rec = f.record
-        score = float(consensus.combine(np.array([f.cosine]), np.array([fitness(f.up, f.down)]),
-                                        np.zeros(1)).scores[0])
-        out.append({"id": rec.id.hex(), "question": rec.question, "text": rec.answer,
-                    "origin": rec.origin, "author": rec.author.hex(),
-                    "created_ms": rec.created_ms, "score": round(score, 4), "remote": True})
-    out.sort(key=lambda s: -s["score"])
-    return out[:top]
+@dataclass
+class _Cand:
+    """One candidate answer while an ask is ranked (local row, or swarm record)."""
+
+    index: int  # its column in the agents' scores
+    source: dict[str, Any]
+    score: float
+    vec: np.ndarray
+    cos: float
+    row: int | None = None
+    record: MemoryRecord | None = None
+
+
+def _remote_source(rec: MemoryRecord, score: float) -> dict[str, Any]:
+    return {"id": rec.id.hex(), "question": rec.question, "text": rec.answer,
+            "origin": rec.origin, "author": rec.author.hex(), "created_ms": rec.created_ms,
+            "score": round(score, 4), "remote": True}
 
 
 def _rss_mb() -> float:

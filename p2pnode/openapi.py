@@ -66,6 +66,8 @@ OPENAPI: dict[str, Any] = {
             {"name": "id", "in": "path", "required": True,
              "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}])},
         "/v1/gossip": {"get": _op("gossip state: items, digest root, members, counters")},
+        "/v1/agents": {"get": _op("this spore's agents, the swarm's agent registry with the "
+                                  "lineage tree, recent births, divisions and deaths")},
         "/v1/gossip/block": {"post": _op("stop gossiping with these peers (a partition)", _obj(
             ["peers"], peers={"type": "array", "items": _STR}))},
         "/v1/dht/locate/{id}": {"get": _op("which spores hold a memory", params=[

@@ -60,6 +60,7 @@ UNSPECIFIED = ("0.0.0.0", "::")  # a card that says so is reached by the address
 REFUSAL_LOG_S = 60.0  # one log line per refused address and reason per minute
 
 OnAccepted = Callable[[list[Accepted]], Awaitable[None]]
+Route = Callable[[bytes, bytes], Awaitable[bytes]]  # (sender's public key, body) → reply
 
 
 def validators(swarm: bytes, current_dna: Callable[[], dna_mod.Dna]) -> dict[bytes, Validator]:
@@ -127,6 +128,7 @@ class PeerService:
         self.blocked: set[tuple[str, int]] = set()  # operator's partition (`/v1/gossip/block`)
         self.counters: dict[str, int] = {}
         self.refusals: dict[str, dict[str, Any]] = {}  # address → why we refused it
+        self.routes: dict[str, Route] = {}  # more signed routes (the agents': score, …)
         self._busy = asyncio.Semaphore(MAX_CONCURRENT)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -239,6 +241,12 @@ class PeerService:
             await self.on_accepted(stats.accepted)
         return True
 
+    async def request(self, host: str, port: int, route: str, body: bytes,
+                      timeout_s: float) -> bytes:
+        """One signed request to a peer's route, with a deadline (raises on failure)."""
+        return await asyncio.wait_for(self._call(self.members.know(host, port), route, body),
+                                      timeout_s)
+
     async def _call(self, member: Member, route: str, body: bytes) -> bytes:
         if self._session is None:
             raise SporeError("the peer service is not started")
@@ -271,7 +279,7 @@ class PeerService:
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         route = request.match_info["route"]
         peer = request.remote or "?"
-        if route not in ("sync", "delta"):
+        if route not in ("sync", "delta") and route not in self.routes:
             raise web.HTTPNotFound()
         if self._busy.locked():
             self.count("busy")
@@ -290,14 +298,17 @@ class PeerService:
             if self._blocked_key(key):
                 return self._refuse(peer, Refused("blocked", "partitioned by the operator"))
             self._heard_from(key)
+            accepted: list[Accepted] = []
             try:
                 if route == "sync":
                     reply = self.store.answer_sync(body)
-                    accepted: list[Accepted] = []
-                else:
+                elif route == "delta":
                     reply, accepted = self.store.answer_delta(body)
-            except sync.DecodeError as exc:
-                return self._refuse(peer, Refused("malformed", str(exc)), 400)
+                else:
+                    reply = await self.routes[route](key, body)
+            except (sync.DecodeError, VerifyError) as exc:
+                reason = getattr(exc, "reason", "malformed")
+                return self._refuse(peer, Refused(str(reason), str(exc)), 400)
             self.count(f"served_{route}")
             if accepted:
                 self.count("items_pulled", len(accepted))

@@ -182,7 +182,8 @@ def test_another_swarm_is_refused_on_both_sides(spores: list[Daemon],
         mine = _j(spores[0], "GET", "/v1/peers")
         assert any(r["reason"] == "another_swarm" for r in mine["refused"].values())
         assert _dht(outsider) not in {p["address"] for p in mine["peers"]}
-        assert _j(outsider, "GET", "/v1/gossip")["items"] == 2  # its DNA and card only
+        own = 2 + _j(outsider, "GET", "/v1/agents")["agents"]  # DNA, card, agents' cards
+        assert _j(outsider, "GET", "/v1/gossip")["items"] == own  # nothing of the swarm
     finally:
         outsider.stop()
 

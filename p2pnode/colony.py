@@ -1,0 +1,321 @@
+"""A spore's agents: they score, are judged, learn, divide and die (DESIGN.md §6).
+
+The colony owns this spore's agents (agents.genome) behind one batched
+onnxruntime session (agents.pool). Everything here that touches an agent
+runs on the spore's compute thread, one job at a time; the event loop only
+carries what comes out (cards to gossip, children to place, events).
+
+* **Scoring**: all agents score all candidates in one call; their consensus
+  is the fitness-weighted mean (agents.pool.combine).
+* **Feedback**: the asker credits each agent that took part by how much it
+  preferred the rated memory over the other candidates (a z-score in
+  [-1, 1]); a rating multiplies that by +1 (up) or -1 (down). Fitness decays
+  with the DNA's half-life. An agent that served well moves its specialty
+  toward the question and takes one small gradient step that brings its
+  response closer to the rated memory (away from it after a down vote).
+* **Division**: after `division_threshold` good ratings an agent divides:
+  the child is a mutated copy (N(0, σ²) on every weight, σ from the DNA; a
+  little noise on the specialty), counters reset, placed by the caller on
+  the live peer with the most spare capacity.
+* **Death**: over the cap, the least fit die; agents idle for `idle_ms` die
+  too (never the last one).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents import guard
+from agents.genome import (
+    DIM,
+    Agent,
+    Weights,
+    decode_lineage,
+    from_onnx,
+    mutate,
+    new_agent,
+    to_onnx,
+)
+from agents.pool import Pool, combine
+from dht import compact
+from p2pnode.errors import StateError, VerifyError
+from p2pnode.identity import Identity
+
+log = logging.getLogger("spore.agents")
+
+AGENTS_DB = "agents.sqlite3"
+LEARNING_RATE = 0.05
+SPECIALTY_NOISE = 0.01
+EVENTS = 256  # recent births, divisions and deaths kept for /v1/agents
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One pool run: agent ids, their fitness, and scores [A, C]."""
+
+    ids: tuple[bytes, ...]
+    fitness: np.ndarray
+    scores: np.ndarray
+
+    def consensus(self) -> np.ndarray:
+        return combine(self.scores, self.fitness) if self.ids else np.zeros(0, np.float32)
+
+
+def credits(scores: np.ndarray, chosen: int) -> np.ndarray:
+    """How much each agent (row) preferred candidate `chosen` over the others:
+    its score's z-score among that agent's scores, clipped to [-1, 1]."""
+    if scores.shape[1] < 2:
+        return np.zeros(scores.shape[0], dtype=np.float32)
+    mean = scores.mean(axis=1)
+    std = scores.std(axis=1) + 1e-6
+    out: np.ndarray = np.clip((scores[:, chosen] - mean) / std, -1.0, 1.0).astype(np.float32)
+    return out
+
+
+def learn(w: Weights, q: np.ndarray, memory: np.ndarray, sign: float,
+          rate: float = LEARNING_RATE) -> Weights:
+    """One step of the output layer along ±∇ cos(r(q), memory) (W2 and b2 only:
+    W1 stays the random projection every lineage shares)."""
+    h = np.tanh(q @ w.w1 + w.b1)
+    r = q + h @ w.w2 + w.b2
+    norm = float(np.linalg.norm(r)) + 1e-9
+    grad = memory / norm - float(r @ memory) * r / norm**3  # ∂cos/∂r
+    step = (sign * rate * grad).astype(np.float32)
+    return Weights(w.w1, w.b1, (w.w2 + np.outer(h, step)).astype(np.float32),
+                   (w.b2 + step).astype(np.float32))
+
+
+@dataclass
+class Birth:
+    """A child waiting for a host (the caller places it, or keeps it here)."""
+
+    agent: Agent
+    genome: bytes
+
+
+class Colony:
+    def __init__(self, *, identity: Identity, path: Path | None, max_agents: int = 16,
+                 seed_agents: int = 4, idle_ms: int = 7 * 86_400_000,
+                 rng: np.random.Generator | None = None) -> None:
+        self.identity, self.max_agents, self.idle_ms = identity, max_agents, idle_ms
+        self.seed_agents = seed_agents
+        self.rng = rng or np.random.default_rng()
+        self.agents: dict[bytes, Agent] = {}
+        self.good: dict[bytes, int] = {}  # good ratings since birth or the last division
+        self.last_used: dict[bytes, int] = {}
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS)
+        self.counters: dict[str, int] = {}
+        self.pool = Pool([])
+        self._lock = threading.Lock()  # the compute thread, and tests calling directly
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            self._open(path)
+
+    # --- persistence -----------------------------------------------------------------
+
+    def _open(self, path: Path) -> None:
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS agents(id BLOB PRIMARY KEY, lineage BLOB NOT NULL,"
+                " genome BLOB NOT NULL, specialty BLOB NOT NULL, interactions INTEGER NOT NULL,"
+                " fitness REAL NOT NULL, fitness_ms INTEGER NOT NULL, good INTEGER NOT NULL,"
+                " last_used_ms INTEGER NOT NULL)")
+            rows = self._db.execute("SELECT lineage, genome, specialty, interactions, fitness,"
+                                    " fitness_ms, good, last_used_ms FROM agents").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"cannot open the agents store {path}: {exc}") from exc
+        for lineage, genome, spec, interactions, fit, fit_ms, good, used in rows:
+            try:
+                lin = decode_lineage(lineage)
+                lin.check_genome(genome)
+                weights = from_onnx(genome)
+            except VerifyError as exc:  # our own file: a broken row is skipped, not fatal
+                log.error("skipping a stored agent: %s", exc)
+                continue
+            agent = Agent(lin, weights, np.frombuffer(spec, np.float32).copy(), interactions,
+                          fit, fit_ms)
+            self.agents[agent.agent_id] = agent
+            self.good[agent.agent_id], self.last_used[agent.agent_id] = good, used
+
+    def _save(self, agents: Sequence[Agent]) -> None:
+        if self._db is None or not agents:
+            return
+        rows = [(a.agent_id, a.lineage.wire, to_onnx(a.weights), a.specialty.tobytes(),
+                 a.interactions, a.fitness, a.fitness_ms, self.good.get(a.agent_id, 0),
+                 self.last_used.get(a.agent_id, 0)) for a in agents]
+        try:
+            self._db.executemany("INSERT OR REPLACE INTO agents VALUES (?,?,?,?,?,?,?,?,?)",
+                                 rows)
+        except sqlite3.DatabaseError as exc:
+            self.count("persist_errors")
+            log.error("agents store: %s", exc)
+
+    def _delete(self, agent_id: bytes) -> None:
+        if self._db is not None:
+            try:
+                self._db.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
+            except sqlite3.DatabaseError as exc:
+                log.error("agents store: %s", exc)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def event(self, kind: str, agent: Agent, now_ms: int, **more: Any) -> None:
+        entry = {"event": kind, "agent": agent.agent_id.hex(), "generation":
+                 agent.lineage.generation, "parent": agent.lineage.parent.hex(),
+                 "at_ms": now_ms, **more}
+        self.events.append(entry)
+        self.count(kind)
+        log.info("agent %s… %s (generation %d%s)", agent.agent_id.hex()[:12], kind,
+                 agent.lineage.generation,
+                 "".join(f", {k} {v}" for k, v in more.items()))
+
+    # --- life --------------------------------------------------------------------------
+
+    def start(self, now_ms: int, sigma: float) -> list[Agent]:
+        """Load what is stored; a new spore seeds its first agents. Returns the
+        agents whose cards should be (re)published."""
+        with self._lock:
+            if not self.agents:
+                base = Weights.initial(self.rng)
+                for i in range(self.seed_agents):
+                    weights = base if i == 0 else mutate(base, sigma, self.rng)
+                    agent = new_agent(self.identity, weights, created_ms=now_ms)
+                    self._add(agent, now_ms, "born")
+                self._save(list(self.agents.values()))
+            self.pool.rebuild(list(self.agents.values()))
+            return list(self.agents.values())
+
+    def _add(self, agent: Agent, now_ms: int, why: str, **more: Any) -> None:
+        self.agents[agent.agent_id] = agent
+        self.good[agent.agent_id] = 0
+        self.last_used[agent.agent_id] = now_ms
+        self.event(why, agent, now_ms, **more)
+
+    @property
+    def spare(self) -> int:
+        return max(0, self.max_agents - len(self.agents))
+
+    # --- scoring (compute thread) -----------------------------------------------------
+
+    def score(self, q: np.ndarray, cand: np.ndarray, now_ms: int) -> Scored:
+        pool = self.pool
+        members = pool.agents
+        scores = pool.scores(q, cand) if len(cand) else np.zeros((len(members), 0), np.float32)
+        for a in members:
+            self.last_used[a.agent_id] = now_ms
+        fit = np.asarray([a.fitness for a in members], dtype=np.float32)
+        return Scored(tuple(a.agent_id for a in members), fit, scores)
+
+    # --- feedback, learning, division, death (compute thread) -------------------------
+
+    def feedback(self, deltas: dict[bytes, float], q: np.ndarray, memory: np.ndarray,
+                 up: bool, now_ms: int, half_life_ms: int, threshold: int, sigma: float
+                 ) -> tuple[list[Agent], list[Birth], list[Agent]]:
+        """Apply a rating to the agents here that took part. Returns (agents
+        changed, children to place, agents that died)."""
+        with self._lock:
+            changed: list[Agent] = []
+            births: list[Birth] = []
+            for agent_id, delta in deltas.items():
+                agent = self.agents.get(agent_id)
+                if agent is None:
+                    self.count("feedback_unknown_agent")
+                    continue
+                agent.feedback(float(delta), now_ms, half_life_ms)
+                if delta > 0:
+                    agent.served_well(q)
+                    self.good[agent_id] = self.good.get(agent_id, 0) + 1
+                agent.weights = learn(agent.weights, q, memory, (1.0 if up else -1.0)
+                                      * min(1.0, abs(float(delta))))
+                changed.append(agent)
+                if self.good[agent_id] >= threshold and agent.fitness > 0:
+                    births.append(self._divide(agent, now_ms, sigma))
+            dead = self._cull(now_ms)
+            self._save(changed)
+            self.pool.rebuild(list(self.agents.values()))
+            self.count("feedback")
+            return changed, births, dead
+
+    def _divide(self, parent: Agent, now_ms: int, sigma: float) -> Birth:
+        self.good[parent.agent_id] = 0
+        weights = mutate(parent.weights, sigma, self.rng)
+        child = new_agent(self.identity, weights, created_ms=now_ms, parent=parent.lineage)
+        child.specialty = (parent.specialty + SPECIALTY_NOISE
+                           * self.rng.standard_normal(DIM)).astype(np.float32)
+        self.event("divided", parent, now_ms, child=child.agent_id.hex())
+        return Birth(child, to_onnx(weights))
+
+    def adopt(self, birth: Birth, now_ms: int, origin: str) -> bool:
+        """Take a child (ours, or a peer's after `check_guest`) into the pool."""
+        with self._lock:
+            if birth.agent.agent_id in self.agents:
+                return True
+            self._add(birth.agent, now_ms, "adopted" if origin != "here" else "born",
+                      origin=origin)
+            dead = self._cull(now_ms)
+            self._save([birth.agent])
+            self.pool.rebuild(list(self.agents.values()))
+            return birth.agent.agent_id not in {d.agent_id for d in dead}
+
+    def _cull(self, now_ms: int) -> list[Agent]:
+        """The long idle die, then the least fit until the pool fits its cap."""
+        dead = []
+        for agent_id, used in list(self.last_used.items()):
+            if len(self.agents) > 1 and now_ms - used > self.idle_ms and agent_id in self.agents:
+                dead.append(self._kill(agent_id, now_ms, "idle"))
+        while len(self.agents) > self.max_agents:
+            worst = min(self.agents.values(), key=lambda a: (a.fitness, a.lineage.created_ms))
+            dead.append(self._kill(worst.agent_id, now_ms, "least fit"))
+        return dead
+
+    def _kill(self, agent_id: bytes, now_ms: int, why: str) -> Agent:
+        agent = self.agents.pop(agent_id)
+        self.good.pop(agent_id, None)
+        self.last_used.pop(agent_id, None)
+        self._delete(agent_id)
+        self.event("died", agent, now_ms, cause=why, fitness=round(agent.fitness, 3))
+        return agent
+
+
+def check_guest(lineage_wire: bytes, genome: bytes, specialty: bytes) -> Birth:
+    """A peer's child, checked before anything of it runs here: the lineage is
+    signed, the genome passes the guard (size, operators, opset, no external
+    data, shapes, the one architecture) and is the one the lineage signed."""
+    lineage = decode_lineage(lineage_wire)
+    guard.check(genome)
+    lineage.check_genome(genome)
+    weights = from_onnx(genome)
+    spec = np.frombuffer(specialty, dtype=np.float16).astype(np.float32) \
+        if len(specialty) == 2 * DIM else np.zeros(DIM, np.float32)
+    return Birth(Agent(lineage, weights, spec), genome)
+
+
+def compact_specialty(v: np.ndarray) -> bytes:
+    codes, scales = compact.to_int8(np.asarray(v, np.float32)[None, :])
+    return compact.pack(codes[0], float(scales[0]))
+
+
+def specialty_vector(data: bytes, dim: int = DIM) -> np.ndarray:
+    codes, scale = compact.unpack(data, dim)
+    out: np.ndarray = codes.astype(np.float32) * scale
+    return out
+
+

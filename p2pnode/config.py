@@ -58,6 +58,7 @@ ENV_VARS = {
     "SPORE_GOSSIP_INTERVAL": "gossip_interval_s",
     "SPORE_MAX_AGENTS": "max_agents",
     "SPORE_SEED_AGENTS": "seed_agents",
+    "SPORE_CAPTURE_EGRESS": "capture_egress",
 }
 DEFAULT_DHT_PORT = 7151
 
@@ -83,6 +84,7 @@ class Config:
     gossip_interval_s: float = 5.0
     max_agents: int = 16  # agents this spore hosts at most (the rest is spare capacity)
     seed_agents: int = 4  # agents a new spore starts with
+    capture_egress: str = ""  # a file that gets a copy of all we send to peers (p2pnode.egress)
     journald: bool = False
     notify_socket: str | None = None
     watchdog_usec: int = 0

@@ -20,11 +20,13 @@ from aiohttp import web
 
 from agents import model_build
 from agents.encoder import EncoderError, file_sha256, load_encoder
+from dht.server import bind_udp
 from p2pnode import dna as dna_mod
 from p2pnode.agentnet import AgentNet
 from p2pnode.api import make_app
 from p2pnode.colony import AGENTS_DB, Colony
 from p2pnode.config import Config
+from p2pnode.egress import Egress, tapped_bind, trace_config
 from p2pnode.errors import SporeError, StateError
 from p2pnode.gossip import KIND_DNA, GossipStore
 from p2pnode.identity import Identity, load_or_create
@@ -111,11 +113,13 @@ async def _serve_locked(cfg: Config) -> None:
         raise StateError(str(exc)) from exc
     dna_mod.check_encoder(dna, encoder.model_sha256, encoder.dim)
     storage = Storage(cfg.state_dir / DB_FILE)
+    egress = Egress(Path(cfg.capture_egress)) if cfg.capture_egress else None
     swarm = Swarm(identity=identity, dna=dna, state_dir=cfg.state_dir, dim=encoder.dim,
                   settings=SwarmSettings(host=cfg.dht_host, port=cfg.dht_port, peers=cfg.peers,
                                          republish_s=cfg.republish_s,
                                          max_contacts_per_ip=cfg.max_contacts_per_ip,
-                                         rate_per_s=cfg.dht_rate_per_s))
+                                         rate_per_s=cfg.dht_rate_per_s),
+                  bind=bind_udp if egress is None else tapped_bind(bind_udp, egress))
     gossip = GossipStore(validators(dna.swarm_id, lambda: spore.dna),
                          cfg.state_dir / GOSSIP_DB)
     spore = Spore(identity=identity, dna=dna, storage=storage, encoder=encoder,
@@ -131,7 +135,8 @@ async def _serve_locked(cfg: Config) -> None:
             identity=identity, swarm=dna.swarm_id, store=gossip, host=host, port=port,
             seeds=list(cfg.peers), interval_s=cfg.gossip_interval_s,
             contacts=lambda: [(c.ip, c.port) for c in swarm.dht.contacts()],
-            on_accepted=spore.on_gossip)
+            on_accepted=spore.on_gossip,
+            trace=None if egress is None else trace_config(egress))
         colony = Colony(identity=identity, path=cfg.state_dir / AGENTS_DB,
                         max_agents=cfg.max_agents, seed_agents=cfg.seed_agents)
         agents = AgentNet(colony=colony, identity=identity, swarm=dna.swarm_id, store=gossip,
@@ -161,6 +166,8 @@ async def _serve_locked(cfg: Config) -> None:
         spore.close()
         storage.close()
         gossip.close()
+        if egress is not None:
+            egress.close()
         log.info("stopped")
 
 

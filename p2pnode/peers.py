@@ -116,7 +116,8 @@ class PeerService:
                  port: int, seeds: list[tuple[str, int]], interval_s: float,
                  contacts: Callable[[], list[tuple[str, int]]], on_accepted: OnAccepted,
                  capacity: Callable[[], int] = lambda: 0, timeout_s: float = 2.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 trace: aiohttp.TraceConfig | None = None) -> None:
         self.identity, self.swarm, self.store = identity, swarm, store
         self.host, self.port, self.interval_s, self.timeout_s = host, port, interval_s, timeout_s
         self.contacts, self.on_accepted, self.capacity = contacts, on_accepted, capacity
@@ -135,6 +136,7 @@ class PeerService:
         self._tasks: set[asyncio.Task[None]] = set()
         self.card_seq = 0
         self._learnt_root = b""
+        self._trace = trace
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -157,7 +159,8 @@ class PeerService:
             raise SporeError(f"cannot listen on TCP {self.host}:{self.port}: {exc}") from exc
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-            connector=aiohttp.TCPConnector(limit=MAX_CONCURRENT))
+            connector=aiohttp.TCPConnector(limit=MAX_CONCURRENT),
+            trace_configs=[self._trace] if self._trace is not None else None)
         self.publish_card(advertise_host)
 
     async def stop(self) -> None:

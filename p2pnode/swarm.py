@@ -24,7 +24,15 @@ from dht import codec
 from dht.guard import MAX_VALUE
 from dht.index import sketch_planes
 from dht.keys import bucket_key, bucket_keys, hyperplanes, table_codes
-from dht.server import DhtConfig, DhtError, NotEnoughReplicas, SporeDHT, ValueRules
+from dht.server import (
+    Bind,
+    DhtConfig,
+    DhtError,
+    NotEnoughReplicas,
+    SporeDHT,
+    ValueRules,
+    bind_udp,
+)
 from dht.values import ValueStore
 from p2pnode.dna import Dna
 from p2pnode.errors import SporeError, VerifyError
@@ -64,7 +72,8 @@ class Found:
 
 class Swarm:
     def __init__(self, *, identity: Identity, dna: Dna, state_dir: Path, dim: int,
-                 settings: SwarmSettings, now_ms: Callable[[], int] | None = None) -> None:
+                 settings: SwarmSettings, now_ms: Callable[[], int] | None = None,
+                 bind: Bind = bind_udp) -> None:
         self.identity, self.dna, self.settings = identity, dna, settings
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.store = ValueStore(state_dir / DHT_DB)
@@ -74,7 +83,8 @@ class Swarm:
                                              rate_per_s=settings.rate_per_s,
                                              rate_burst=2 * settings.rate_per_s,
                                              rpc_timeout_s=settings.rpc_timeout_s,
-                                             republish_interval_s=settings.republish_s))
+                                             republish_interval_s=settings.republish_s),
+                            bind=bind)
         self.planes = hyperplanes(dna.lsh, dim)
         # Index entries carry 384 sign bits of random projections (SimHash), not
         # of the raw coordinates: embedding axes are correlated, so raw signs

@@ -44,6 +44,7 @@ Prepared = tuple[MemoryRecord, bytes, float]  # signed record, int8 embedding, i
 CANDIDATES = 32  # memories re-ranked per ask
 AGENT_CANDIDATES = 12  # the best local ones the agents score (with the swarm's)
 AGENT_WEIGHT = 0.5  # how much of the cosine the agents' consensus replaces
+REJECTED_BELOW = -0.2  # region fitness at which a swarm memory is not fetched for q
 MAX_SOURCES = 20
 
 
@@ -211,7 +212,8 @@ class Spore:
         remote: list[Found] = []
         if self.swarm is not None:
             try:
-                remote = await self.swarm.find(q, local_ids(), top)
+                remote = await self.swarm.find(q, local_ids(), top,
+                                               rejected=lambda m: self._rejected(m, q))
             finally:
                 await asyncio.wait([ranked])
         rows, scores, conf, found, cosines, vectors = await ranked
@@ -392,6 +394,11 @@ class Spore:
             votes.counters[key] = new
             codes, scale = compact.unpack(v.qvec, self.dim)
             votes.questions[key] = codes.astype(np.float32) * scale
+
+    def _rejected(self, memory_id: bytes, q: np.ndarray) -> bool:
+        """Voted down for questions like q (by anyone: votes are gossiped)."""
+        votes = self._tallies.get(memory_id)
+        return votes is not None and votes.region_fitness(q) <= REJECTED_BELOW
 
     def votes_for(self, memory_id: bytes) -> dict[str, Any]:
         """A memory's votes as this spore knows them (gossip converges them)."""

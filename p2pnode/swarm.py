@@ -148,12 +148,14 @@ class Swarm:
             self.store.put(key, value, self.dht.node_id, self._now_ms())
 
     # finding --------------------------------------------------------------
-    async def find(self, q: np.ndarray, exclude: Awaitable[set[bytes]], limit: int
-                   ) -> list[Found]:
+    async def find(self, q: np.ndarray, exclude: Awaitable[set[bytes]], limit: int,
+                   rejected: Callable[[bytes], bool] | None = None) -> list[Found]:
         """Memories of the swarm near `q`, verified: the bucket keys are read
         (one datagram per holder), the candidates ranked by their sketches,
         and the content of the best `fetch_per_ask` not in `exclude` (awaited
-        only then: the local search runs meanwhile) fetched and verified."""
+        only then: the local search runs meanwhile) fetched and verified.
+        Memories people `rejected` for questions like this one are not fetched:
+        the budget goes to the next ones (after a down vote, try something else)."""
         if not self.dht.contacts():
             with contextlib.suppress(Exception):
                 await exclude
@@ -167,6 +169,10 @@ class Swarm:
         here = await exclude
         for memory_id in here & entries.keys():
             del entries[memory_id]
+        if rejected is not None:
+            for memory_id in [m for m in entries if rejected(m)]:
+                del entries[memory_id]
+                self.counters["skipped_rejected"] = self.counters.get("skipped_rejected", 0) + 1
         qbits = codec.embedding_bits(self.sketch @ q)
         best = sorted(entries.values(), key=lambda e: -codec.cosine_estimate(qbits, e.bits))
         best = best[: max(limit, self.settings.fetch_per_ask)]

@@ -49,6 +49,7 @@ from agents.pool import Pool, combine
 from dht import compact
 from p2pnode.errors import StateError, VerifyError
 from p2pnode.identity import Identity
+from p2pnode.storage import connect_wal
 
 log = logging.getLogger("spore.agents")
 
@@ -123,19 +124,16 @@ class Colony:
     # --- persistence -----------------------------------------------------------------
 
     def _open(self, path: Path) -> None:
+        self._db = connect_wal(
+            path, "CREATE TABLE IF NOT EXISTS agents(id BLOB PRIMARY KEY, lineage BLOB NOT NULL,"
+            " genome BLOB NOT NULL, specialty BLOB NOT NULL, interactions INTEGER NOT NULL,"
+            " fitness REAL NOT NULL, fitness_ms INTEGER NOT NULL, good INTEGER NOT NULL,"
+            " last_used_ms INTEGER NOT NULL)", what="the agents store")
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS agents(id BLOB PRIMARY KEY, lineage BLOB NOT NULL,"
-                " genome BLOB NOT NULL, specialty BLOB NOT NULL, interactions INTEGER NOT NULL,"
-                " fitness REAL NOT NULL, fitness_ms INTEGER NOT NULL, good INTEGER NOT NULL,"
-                " last_used_ms INTEGER NOT NULL)")
             rows = self._db.execute("SELECT lineage, genome, specialty, interactions, fitness,"
                                     " fitness_ms, good, last_used_ms FROM agents").fetchall()
         except sqlite3.DatabaseError as exc:
-            raise StateError(f"cannot open the agents store {path}: {exc}") from exc
+            raise StateError(f"cannot read the agents store {path}: {exc}") from exc
         for lineage, genome, spec, interactions, fit, fit_ms, good, used in rows:
             try:
                 lin = decode_lineage(lineage)

@@ -35,6 +35,7 @@ from typing import Any
 
 from crdt import sync
 from p2pnode.errors import StateError, VerifyError
+from p2pnode.storage import connect_wal
 
 log = logging.getLogger("spore.gossip")
 
@@ -79,15 +80,13 @@ class GossipStore:
             self._open(path)
 
     def _open(self, path: Path) -> None:
+        self._db = connect_wal(path, "CREATE TABLE IF NOT EXISTS items(key BLOB PRIMARY KEY,"
+                               " stamp INTEGER NOT NULL, item BLOB NOT NULL)",
+                               what="the gossip store (move it aside: peers send it again)")
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS items("
-                             "key BLOB PRIMARY KEY, stamp INTEGER NOT NULL, item BLOB NOT NULL)")
             rows = self._db.execute("SELECT key, stamp, item FROM items").fetchall()
         except sqlite3.DatabaseError as exc:
-            raise StateError(f"cannot open the gossip store {path}: {exc}; move it aside "
+            raise StateError(f"cannot read the gossip store {path}: {exc}; move it aside "
                              "(peers send it again)") from exc
         for key, stamp, item in rows:  # our own file: validated when it came in
             self.items[key] = (stamp, item)

@@ -124,6 +124,21 @@ class Reader:
         self._con.close()
 
 
+def connect_wal(path: Path, schema: str, synchronous: str = "NORMAL",
+                what: str = "the database") -> sqlite3.Connection:
+    """An autocommit SQLite connection in WAL mode with `schema` applied; a
+    broken file is a StateError that names it."""
+    try:
+        con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute(f"PRAGMA synchronous={synchronous}")
+        con.execute("PRAGMA busy_timeout=5000")
+        con.executescript(schema)
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"cannot open {what} {path}: {exc}") from exc
+    return con
+
+
 class Storage:
     """The spore's database. Not thread-safe: one worker thread owns it."""
 
@@ -133,15 +148,7 @@ class Storage:
         self._fast = self._connect("NORMAL")
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
-        try:
-            con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute(f"PRAGMA synchronous={synchronous}")
-            con.execute("PRAGMA busy_timeout=5000")
-            con.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"cannot open the database {self.path}: {exc}") from exc
-        return con
+        return connect_wal(self.path, _SCHEMA, synchronous)
 
     @contextmanager
     def _tx(self, con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:

@@ -95,6 +95,17 @@ class Daemon:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
 
+    def json(self, method: str, path: str, body: Any = None) -> Any:
+        """An API call that must succeed (200 or 201): its JSON."""
+        code, out = self.http(method, path, body)
+        assert code in (200, 201), (method, path, code, out)
+        return out
+
+    @property
+    def dht(self) -> str:
+        """host:port of its DHT (UDP) and peer HTTP (TCP)."""
+        return f"127.0.0.1:{self.env['SPORE_DHT_PORT']}"
+
     def healthy(self) -> bool:
         try:
             with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
@@ -138,6 +149,25 @@ def make_daemon(tmp: Path) -> Daemon:
     env.update(SPORE_STATE_DIR=str(state), SPORE_CONFIG_DIR=str(conf), SPORE_PORT=str(port),
                SPORE_DHT_HOST="127.0.0.1", SPORE_DHT_PORT=str(free_udp_port()))
     return Daemon(state, conf, port, env)
+
+
+def start_swarm(spores: list[Daemon]) -> None:
+    """Start the first spore (it founds the swarm), then the others on its DNA,
+    joining through it; returns when all serve."""
+    spores[0].start()
+    dna = (spores[0].state_dir / "dna.bin").read_bytes()
+    for d in spores[1:]:
+        d.state_dir.mkdir(parents=True, exist_ok=True)
+        (d.state_dir / "dna.bin").write_bytes(dna)
+        d.start("--peer", spores[0].dht, wait=False)
+    for d in spores[1:]:
+        wait_for(d.healthy, 120, f"spore on {d.port}")
+
+
+def stop_all(spores: list[Daemon]) -> None:
+    for d in spores:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()
 
 
 @pytest.fixture

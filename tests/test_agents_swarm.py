@@ -23,7 +23,7 @@ from agents.genome import make_lineage
 from p2pnode.egress import read
 from p2pnode.identity import Identity
 from p2pnode.peerauth import sign_request
-from tests.conftest import Daemon, make_daemon, wait_for
+from tests.conftest import Daemon, make_daemon, start_swarm, stop_all, wait_for
 from tests.test_genome_guard import external_in_initializer
 
 FACTS = [
@@ -32,16 +32,6 @@ FACTS = [
     ("What manages the printers?", "CUPS manages the printers and their print queues."),
 ]
 QUESTION = "Where can I read the messages of the kernel?"
-
-
-def _j(d: Daemon, method: str, path: str, body: Any = None) -> Any:
-    code, out = d.http(method, path, body)
-    assert code in (200, 201), (path, out)
-    return out
-
-
-def _dht(d: Daemon) -> str:
-    return f"127.0.0.1:{d.env['SPORE_DHT_PORT']}"
 
 
 @pytest.fixture(scope="module")
@@ -54,26 +44,19 @@ def spores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Daemon]]:
     # The asker hosts no more than its 4 seed agents: its children go elsewhere.
     out[1].env.update(SPORE_MAX_AGENTS="4",
                       SPORE_CAPTURE_EGRESS=str(out[1].state_dir.parent / "egress.bin"))
-    out[0].start()
-    dna = (out[0].state_dir / "dna.bin").read_bytes()
-    for d in out[1:]:
-        d.state_dir.mkdir(parents=True, exist_ok=True)
-        (d.state_dir / "dna.bin").write_bytes(dna)
-        d.start("--peer", _dht(out[0]))
-    _j(out[0], "POST", "/v1/dna", {"set": {"division_threshold": 2}})
-    wait_for(lambda: all(_j(d, "GET", "/v1/dna")["division_threshold"] == 2 for d in out), 30,
+    start_swarm(out)
+    out[0].json("POST", "/v1/dna", {"set": {"division_threshold": 2}})
+    wait_for(lambda: all(d.json("GET", "/v1/dna")["division_threshold"] == 2 for d in out), 30,
              "the low division threshold everywhere")
     for d in out:  # every spore knows them: each ask has several candidates here
         for q, a in FACTS:
-            _j(d, "POST", "/v1/teach", {"text": a, "question": q})
+            d.json("POST", "/v1/teach", {"text": a, "question": q})
     yield out
-    for d in out:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop()
+    stop_all(out)
 
 
 def _here(d: Daemon) -> list[dict[str, Any]]:
-    return _j(d, "GET", "/v1/agents")["here"]  # type: ignore[no-any-return]
+    return d.json("GET", "/v1/agents")["here"]  # type: ignore[no-any-return]
 
 
 def test_a_division_places_the_child_on_another_spore(spores: list[Daemon]) -> None:
@@ -81,9 +64,9 @@ def test_a_division_places_the_child_on_another_spore(spores: list[Daemon]) -> N
     parents = {a["id"] for a in _here(asker)}
     assert len(parents) == 4
     for _ in range(2):  # division threshold 2: two good ratings
-        got = _j(asker, "POST", "/v1/ask", {"question": QUESTION, "top": 3})
+        got = asker.json("POST", "/v1/ask", {"question": QUESTION, "top": 3})
         assert got["answer"] == FACTS[0][1] and "agents" in got["sources"][0]
-        rated = _j(asker, "POST", "/v1/rate", {"answer_id": got["answer_id"], "vote": "up"})
+        rated = asker.json("POST", "/v1/rate", {"answer_id": got["answer_id"], "vote": "up"})
         assert rated["agents_rated"] >= 4
 
     def children() -> list[tuple[int, dict[str, Any]]]:
@@ -93,14 +76,14 @@ def test_a_division_places_the_child_on_another_spore(spores: list[Daemon]) -> N
     wait_for(lambda: bool(children()), 30, "a child adopted by another spore")
     host, child = children()[0]
     assert child["generation"] == 1
-    events = _j(spores[host], "GET", "/v1/agents")["events"]
+    events = spores[host].json("GET", "/v1/agents")["events"]
     assert any(e["event"] == "adopted" and e["agent"] == child["id"] for e in events)
     # The host runs it: its pool scores with the child among its agents.
-    got = _j(spores[host], "POST", "/v1/ask", {"question": QUESTION, "top": 3})
+    got = spores[host].json("POST", "/v1/ask", {"question": QUESTION, "top": 3})
     assert "agents" in got["sources"][0]
-    registry = _j(asker, "GET", "/v1/agents")["registry"]
+    registry = asker.json("GET", "/v1/agents")["registry"]
     wait_for(lambda: any(a["id"] == child["id"] for a in
-                         _j(asker, "GET", "/v1/agents")["registry"]), 30,
+                         asker.json("GET", "/v1/agents")["registry"]), 30,
              "the child in the asker's registry")
     assert all(a["generation"] == 0 for a in registry if a["id"] in parents)
 
@@ -109,16 +92,16 @@ def test_feedback_reaches_agents_hosted_elsewhere(spores: list[Daemon]) -> None:
     asker, specialist_host = spores[2], spores[1]  # spore 1's agents learnt this question
 
     def received() -> int:
-        status = _j(specialist_host, "GET", "/v1/status")
+        status = specialist_host.json("GET", "/v1/status")
         return int(status["agents"]["counters"].get("feedback_received", 0))
 
     before = received()
     deadline = time.monotonic() + 30
     while received() == before and time.monotonic() < deadline:
-        got = _j(asker, "POST", "/v1/ask", {"question": QUESTION, "top": 3})
-        _j(asker, "POST", "/v1/rate", {"answer_id": got["answer_id"], "vote": "up"})
+        got = asker.json("POST", "/v1/ask", {"question": QUESTION, "top": 3})
+        asker.json("POST", "/v1/rate", {"answer_id": got["answer_id"], "vote": "up"})
     assert received() > before
-    counters = _j(asker, "GET", "/v1/status")["agents"]["counters"]
+    counters = asker.json("GET", "/v1/status")["agents"]["counters"]
     assert counters.get("remote_scorers", 0) > 0 and counters.get("feedback_sent", 0) > 0
 
 
@@ -140,19 +123,19 @@ def test_the_question_text_never_leaves_the_asking_spore(spores: list[Daemon]) -
 
 def test_a_hostile_genome_is_refused_and_the_spore_keeps_serving(spores: list[Daemon]) -> None:
     host = spores[0]
-    swarm = bytes.fromhex(_j(host, "GET", "/v1/status")["swarm_id"])
+    swarm = bytes.fromhex(host.json("GET", "/v1/status")["swarm_id"])
     stranger = Identity.from_seed(b"hostile tester")
     genome = external_in_initializer().SerializeToString()
     lineage = make_lineage(stranger, genome=genome, created_ms=int(time.time() * 1000))
     body = msgpack.packb([lineage.wire, genome, b""], use_bin_type=True)
     headers = sign_request(stranger, swarm, "POST", "/peer/v1/adopt", body,
                            int(time.time() * 1000), os.urandom(16))
-    req = urllib.request.Request(f"http://{_dht(host)}/peer/v1/adopt", data=body,
+    req = urllib.request.Request(f"http://{host.dht}/peer/v1/adopt", data=body,
                                  method="POST", headers=headers)
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(req, timeout=10)
     assert refused.value.code == 400
-    status = _j(host, "GET", "/v1/status")
+    status = host.json("GET", "/v1/status")
     assert status["agents"]["counters"].get("genome_rejected_external_data", 0) >= 1
     assert status["gossip"]["counters"].get("refused_external_data", 0) >= 1
-    assert _j(host, "POST", "/v1/ask", {"question": QUESTION, "top": 1})["answer"]
+    assert host.json("POST", "/v1/ask", {"question": QUESTION, "top": 1})["answer"]

@@ -21,21 +21,11 @@ import pytest
 
 from p2pnode.identity import Identity
 from p2pnode.peerauth import sign_request
-from tests.conftest import Daemon, make_daemon, wait_for
+from tests.conftest import Daemon, make_daemon, start_swarm, stop_all, wait_for
 
 SPORES = 10
 INTERVAL_S = 0.25
 FACT = ("Which tool shows the kernel log?", "journalctl -k shows the kernel ring buffer.")
-
-
-def _j(d: Daemon, method: str, path: str, body: Any = None) -> Any:
-    code, out = d.http(method, path, body)
-    assert code in (200, 201), (path, out)
-    return out
-
-
-def _dht(d: Daemon) -> str:
-    return f"127.0.0.1:{d.env['SPORE_DHT_PORT']}"
 
 
 @pytest.fixture(scope="module")
@@ -45,53 +35,44 @@ def spores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Daemon]]:
         d = make_daemon(tmp_path_factory.mktemp(f"g{i}"))
         d.env.update(SPORE_GOSSIP_INTERVAL=str(INTERVAL_S), SPORE_MAX_CONTACTS_PER_IP="64")
         out.append(d)
-    out[0].start()
-    dna = (out[0].state_dir / "dna.bin").read_bytes()
-    for d in out[1:]:
-        d.state_dir.mkdir(parents=True, exist_ok=True)
-        (d.state_dir / "dna.bin").write_bytes(dna)
-        d.start("--peer", _dht(out[0]), wait=False)
-    for d in out[1:]:
-        wait_for(d.healthy, 120, f"spore on {d.port}")
+    start_swarm(out)
     yield out
-    for d in out:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop()
+    stop_all(out)
 
 
 def _roots(spores: list[Daemon]) -> set[str]:
-    return {_j(d, "GET", "/v1/gossip")["root"] for d in spores}
+    return {d.json("GET", "/v1/gossip")["root"] for d in spores}
 
 
 def test_peers_and_dna_converge(spores: list[Daemon]) -> None:
     wait_for(lambda: len(_roots(spores)) == 1, 60, "one gossip root everywhere")
     for d in spores:
-        members = _j(d, "GET", "/v1/peers")["gossip"]
+        members = d.json("GET", "/v1/peers")["gossip"]
         alive = {f"{m['host']}:{m['port']}" for m in members if m["state"] == "alive"}
-        others = {_dht(o) for o in spores if o is not d}
+        others = {o.dht for o in spores if o is not d}
         assert others <= {f"{m['host']}:{m['port']}" for m in members}
         assert alive, members
-    assert len({_j(d, "GET", "/v1/dna")["hash"] for d in spores}) == 1
+    assert len({d.json("GET", "/v1/dna")["hash"] for d in spores}) == 1
 
 
 def _vote(d: Daemon, up: bool) -> str:
-    got = _j(d, "POST", "/v1/ask", {"question": FACT[0], "top": 1})
+    got = d.json("POST", "/v1/ask", {"question": FACT[0], "top": 1})
     assert got["answer"] == FACT[1], got
-    _j(d, "POST", "/v1/rate", {"answer_id": got["answer_id"], "vote": "up" if up else "down"})
+    d.json("POST", "/v1/rate", {"answer_id": got["answer_id"], "vote": "up" if up else "down"})
     return str(got["sources"][0]["id"])
 
 
 def _fitness(spores: list[Daemon], memory: str) -> list[tuple[int, int, int]]:
     out = []
     for d in spores:
-        v = _j(d, "GET", f"/v1/votes/{memory}")
+        v = d.json("GET", f"/v1/votes/{memory}")
         out.append((v["voters"], v["up"], v["down"]))
     return out
 
 
 def test_votes_converge_through_a_partition(spores: list[Daemon]) -> None:
-    _j(spores[3], "POST", "/v1/teach", {"text": FACT[1], "question": FACT[0]})
-    wait_for(lambda: all(_j(d, "POST", "/v1/ask", {"question": FACT[0], "top": 1})["answer"]
+    spores[3].json("POST", "/v1/teach", {"text": FACT[1], "question": FACT[0]})
+    wait_for(lambda: all(d.json("POST", "/v1/ask", {"question": FACT[0], "top": 1})["answer"]
                          == FACT[1] for d in spores), 60, "the fact answerable everywhere")
     memory = _vote(spores[1], True)
     wait_for(lambda: set(_fitness(spores, memory)) == {(1, 1, 0)}, 30, "the first vote")
@@ -99,7 +80,7 @@ def test_votes_converge_through_a_partition(spores: list[Daemon]) -> None:
     left, right = spores[:5], spores[5:]
     for side, other in ((left, right), (right, left)):
         for d in side:
-            _j(d, "POST", "/v1/gossip/block", {"peers": [_dht(o) for o in other]})
+            d.json("POST", "/v1/gossip/block", {"peers": [o.dht for o in other]})
     for d in left[1:4]:  # spores 1 (its second vote), 2 and 3
         _vote(d, True)
     for d in right[:3]:
@@ -110,11 +91,11 @@ def test_votes_converge_through_a_partition(spores: list[Daemon]) -> None:
 
     healed = time.monotonic()
     for d in spores:
-        _j(d, "POST", "/v1/gossip/block", {"peers": []})
+        d.json("POST", "/v1/gossip/block", {"peers": []})
     wait_for(lambda: set(_fitness(spores, memory)) == {(6, 4, 3)}, 30, "healed fitness")
     wait_for(lambda: len(_roots(spores)) == 1, 30, "one root after healing")
     assert time.monotonic() - healed < 30
-    fits = {_j(d, "GET", f"/v1/votes/{memory}")["fitness"] for d in spores}
+    fits = {d.json("GET", f"/v1/votes/{memory}")["fitness"] for d in spores}
     assert len(fits) == 1
 
 
@@ -126,17 +107,17 @@ def test_a_restarted_spore_catches_up_on_what_it_missed(spores: list[Daemon]) ->
         live = spores[:8] + spores[9:]
         wait_for(lambda: set(_fitness(live, memory)) == {(6, 5, 3)}, 30, "the new vote")
     finally:
-        down.start("--peer", _dht(spores[0]))
+        down.start("--peer", spores[0].dht)
     assert _fitness([down], memory) == [(6, 4, 3)]  # its own store survived the restart
     wait_for(lambda: _fitness([down], memory) == [(6, 5, 3)], 30, "the restarted spore")
 
 
 def test_a_founders_dna_update_reaches_every_spore(spores: list[Daemon]) -> None:
-    new = _j(spores[0], "POST", "/v1/dna", {"set": {"division_threshold": 42}})
+    new = spores[0].json("POST", "/v1/dna", {"set": {"division_threshold": 42}})
     assert new["version"] == 2 and new["division_threshold"] == 42
-    wait_for(lambda: all(_j(d, "GET", "/v1/dna")["version"] == 2 for d in spores), 30,
+    wait_for(lambda: all(d.json("GET", "/v1/dna")["version"] == 2 for d in spores), 30,
              "DNA version 2 everywhere")
-    assert {_j(d, "GET", "/v1/dna")["division_threshold"] for d in spores} == {42}
+    assert {d.json("GET", "/v1/dna")["division_threshold"] for d in spores} == {42}
     assert (spores[5].state_dir / "dna.bin").read_bytes() == (
         spores[0].state_dir / "dna.bin").read_bytes()
     code, body = spores[4].http("POST", "/v1/dna", {"set": {"division_threshold": 7}})
@@ -144,8 +125,8 @@ def test_a_founders_dna_update_reaches_every_spore(spores: list[Daemon]) -> None
 
 
 def _member_state(d: Daemon, of: Daemon) -> str | None:
-    for m in _j(d, "GET", "/v1/peers")["gossip"]:
-        if f"{m['host']}:{m['port']}" == _dht(of):
+    for m in d.json("GET", "/v1/peers")["gossip"]:
+        if f"{m['host']}:{m['port']}" == of.dht:
             return str(m["state"])
     return None
 
@@ -164,7 +145,7 @@ def test_a_silent_peer_is_dropped_and_readmitted_when_it_returns(spores: list[Da
 
 
 def _counters(d: Daemon) -> dict[str, int]:
-    return _j(d, "GET", "/v1/gossip")["counters"]  # type: ignore[no-any-return]
+    return d.json("GET", "/v1/gossip")["counters"]  # type: ignore[no-any-return]
 
 
 def test_another_swarm_is_refused_on_both_sides(spores: list[Daemon],
@@ -172,24 +153,24 @@ def test_another_swarm_is_refused_on_both_sides(spores: list[Daemon],
                                                 ) -> None:
     outsider = make_daemon(tmp_path_factory.mktemp("outsider"))
     outsider.env.update(SPORE_GOSSIP_INTERVAL=str(INTERVAL_S))
-    outsider.start("--peer", _dht(spores[0]))
+    outsider.start("--peer", spores[0].dht)
     try:
         wait_for(lambda: _counters(spores[0]).get("refused_another_swarm", 0) > 0, 30,
                  "the founder refusing the outsider's gossip")
-        refused = _j(outsider, "GET", "/v1/peers")["gossip"]
+        refused = outsider.json("GET", "/v1/peers")["gossip"]
         assert any(m["state"] == "refused" and m["reason"] == "another_swarm"
                    for m in refused), refused
-        mine = _j(spores[0], "GET", "/v1/peers")
+        mine = spores[0].json("GET", "/v1/peers")
         assert any(r["reason"] == "another_swarm" for r in mine["refused"].values())
-        assert _dht(outsider) not in {p["address"] for p in mine["peers"]}
-        own = 2 + _j(outsider, "GET", "/v1/agents")["agents"]  # DNA, card, agents' cards
-        assert _j(outsider, "GET", "/v1/gossip")["items"] == own  # nothing of the swarm
+        assert outsider.dht not in {p["address"] for p in mine["peers"]}
+        own = 2 + outsider.json("GET", "/v1/agents")["agents"]  # DNA, card, agents' cards
+        assert outsider.json("GET", "/v1/gossip")["items"] == own  # nothing of the swarm
     finally:
         outsider.stop()
 
 
 def _raw(d: Daemon, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(f"http://{_dht(d)}/peer/v1/sync", data=body, method="POST",
+    req = urllib.request.Request(f"http://{d.dht}/peer/v1/sync", data=body, method="POST",
                                  headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -200,7 +181,7 @@ def _raw(d: Daemon, headers: dict[str, str], body: bytes) -> tuple[int, dict[str
 
 def test_replayed_and_forged_requests_are_refused_and_counted(spores: list[Daemon]) -> None:
     d = spores[2]
-    swarm = bytes.fromhex(_j(d, "GET", "/v1/status")["swarm_id"])
+    swarm = bytes.fromhex(d.json("GET", "/v1/status")["swarm_id"])
     before = _counters(d)
     from crdt import sync
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Daemon, make_daemon, wait_for
+from tests.conftest import Daemon, make_daemon, start_swarm, stop_all, wait_for
 
 SPORES = 16
 REPUBLISH_S = 3.0
@@ -42,20 +42,9 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Daemon]]:
         d = make_daemon(tmp_path_factory.mktemp(f"spore{i}"))
         d.env.update(SPORE_REPUBLISH_S=str(REPUBLISH_S), SPORE_MAX_CONTACTS_PER_IP="64")
         spores.append(d)
-    first = spores[0]
-    first.start()
-    # Every spore joins the swarm founded by the first one: same DNA file.
-    dna = (first.state_dir / "dna.bin").read_bytes()
-    for d in spores[1:]:
-        d.state_dir.mkdir(parents=True, exist_ok=True)
-        (d.state_dir / "dna.bin").write_bytes(dna)
-        d.start("--peer", f"127.0.0.1:{first.env['SPORE_DHT_PORT']}", wait=False)
-    for d in spores[1:]:
-        wait_for(d.healthy, 120, f"spore on {d.port}")
+    start_swarm(spores)  # every spore joins the swarm founded by the first one
     yield spores
-    for d in spores:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop()
+    stop_all(spores)
 
 
 def _holders(d: Daemon, memory_id: str) -> int:

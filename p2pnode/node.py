@@ -45,6 +45,7 @@ CANDIDATES = 32  # memories re-ranked per ask
 AGENT_CANDIDATES = 12  # the best local ones the agents score (with the swarm's)
 AGENT_WEIGHT = 0.5  # how much of the cosine the agents' consensus replaces
 REJECTED_BELOW = -0.2  # region fitness at which a swarm memory is not fetched for q
+RECALLED_ABOVE, RECALLED_MAX = 0.2, 4  # rated up for questions like q: fetched anyway
 MAX_SOURCES = 20
 
 
@@ -85,6 +86,7 @@ class Spore:
         # Every memory's votes as gossip converged them, by memory id (the
         # event loop's): ranks swarm answers, whoever holds them.
         self._tallies: dict[bytes, _Votes] = {}
+        self._regions = _RegionIndex(encoder.dim)
         self.agents: AgentNet | None = None  # set by the daemon: the colony among peers
         self._background: set[asyncio.Task[Any]] = set()
         self.max_text_bytes = max_text_bytes
@@ -212,8 +214,10 @@ class Spore:
         remote: list[Found] = []
         if self.swarm is not None:
             try:
-                remote = await self.swarm.find(q, local_ids(), top,
-                                               rejected=lambda m: self._rejected(m, q))
+                regions = self._regions.fitness(q)  # what people said near q, per memory
+                remote = await self.swarm.find(
+                    q, local_ids(), top, recalled=self._recalled(regions),
+                    rejected=lambda m: regions.get(m, 0.0) <= REJECTED_BELOW)
             finally:
                 await asyncio.wait([ranked])
         rows, scores, conf, found, cosines, vectors = await ranked
@@ -394,11 +398,15 @@ class Spore:
             votes.counters[key] = new
             codes, scale = compact.unpack(v.qvec, self.dim)
             votes.questions[key] = codes.astype(np.float32) * scale
+            self._regions.put(v.memory_id, key, votes.questions[key], new)
 
-    def _rejected(self, memory_id: bytes, q: np.ndarray) -> bool:
-        """Voted down for questions like q (by anyone: votes are gossiped)."""
-        votes = self._tallies.get(memory_id)
-        return votes is not None and votes.region_fitness(q) <= REJECTED_BELOW
+    @staticmethod
+    def _recalled(regions: dict[bytes, float]) -> list[bytes]:
+        """Memories rated up for questions like this one, anywhere in the swarm
+        (votes are gossiped with their question's embedding): every spore can
+        bring back what one spore learnt, even where its LSH buckets would not."""
+        ups = sorted(((f, m) for m, f in regions.items() if f >= RECALLED_ABOVE), reverse=True)
+        return [m for _, m in ups[:RECALLED_MAX]]
 
     def votes_for(self, memory_id: bytes) -> dict[str, Any]:
         """A memory's votes as this spore knows them (gossip converges them)."""
@@ -465,6 +473,45 @@ def _memory_json(r: MemoryRow) -> dict[str, Any]:
 
 def _source(r: MemoryRow, score: float) -> dict[str, Any]:
     return {**_memory_json(r), "score": round(score, 4)}
+
+
+class _RegionIndex:
+    """Every gossiped vote's question embedding in one matrix: what people said
+    about each memory for questions like q, in one product per ask."""
+
+    def __init__(self, dim: int) -> None:
+        self._row: dict[tuple[bytes, VoteKey], int] = {}
+        self._memory: list[bytes] = []
+        self._q = np.zeros((0, dim), np.float32)
+        self._counts = np.zeros((0, 2), np.float32)  # up, down
+
+    def put(self, memory_id: bytes, key: VoteKey, q: np.ndarray, c: Counter) -> None:
+        row = self._row.get((memory_id, key))
+        if row is None:
+            row = self._row[(memory_id, key)] = len(self._memory)
+            self._memory.append(memory_id)
+            if row >= len(self._q):  # grow by doubling
+                grow = max(64, len(self._q))
+                self._q = np.concatenate([self._q, np.zeros((grow, self._q.shape[1]),
+                                                             np.float32)])
+                self._counts = np.concatenate([self._counts, np.zeros((grow, 2), np.float32)])
+        self._q[row] = q
+        self._counts[row] = (c.up, c.down)
+
+    def fitness(self, q: np.ndarray) -> dict[bytes, float]:
+        """Region fitness (consensus.region_weights, votes.fitness) per memory
+        that has votes on questions like q."""
+        n = len(self._memory)
+        if n == 0:
+            return {}
+        w = consensus.region_weights(q, self._q[:n])
+        rows = np.nonzero(w > 0)[0]
+        sums: dict[bytes, list[float]] = {}
+        for r in rows:
+            acc = sums.setdefault(self._memory[r], [0.0, 0.0])
+            acc[0] += float(w[r] * self._counts[r, 0])
+            acc[1] += float(w[r] * self._counts[r, 1])
+        return {m: fitness(up, down) for m, (up, down) in sums.items()}
 
 
 @dataclass

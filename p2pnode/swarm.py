@@ -149,13 +149,16 @@ class Swarm:
 
     # finding --------------------------------------------------------------
     async def find(self, q: np.ndarray, exclude: Awaitable[set[bytes]], limit: int,
-                   rejected: Callable[[bytes], bool] | None = None) -> list[Found]:
+                   rejected: Callable[[bytes], bool] | None = None,
+                   recalled: Sequence[bytes] = ()) -> list[Found]:
         """Memories of the swarm near `q`, verified: the bucket keys are read
         (one datagram per holder), the candidates ranked by their sketches,
         and the content of the best `fetch_per_ask` not in `exclude` (awaited
         only then: the local search runs meanwhile) fetched and verified.
         Memories people `rejected` for questions like this one are not fetched:
-        the budget goes to the next ones (after a down vote, try something else)."""
+        the budget goes to the next ones (after a down vote, try something else);
+        the `recalled` ones (rated up for questions like it, anywhere in the
+        swarm) are fetched too, whether or not the buckets led to them."""
         if not self.dht.contacts():
             with contextlib.suppress(Exception):
                 await exclude
@@ -176,8 +179,12 @@ class Swarm:
         qbits = codec.embedding_bits(self.sketch @ q)
         best = sorted(entries.values(), key=lambda e: -codec.cosine_estimate(qbits, e.bits))
         best = best[: max(limit, self.settings.fetch_per_ask)]
-        contents = await self._get_many([e.memory_id for e in best])
-        found = [self._content(e, contents.get(e.memory_id), q) for e in best]
+        extra = [m for m in recalled if m not in here and m not in {e.memory_id for e in best}]
+        contents = await self._get_many([e.memory_id for e in best] + extra)
+        found = [self._content(e.memory_id, contents.get(e.memory_id), q, e.author)
+                 for e in best]
+        found += [self._content(m, contents.get(m), q) for m in extra]
+        self.counters["recalled"] = self.counters.get("recalled", 0) + len(extra)
         out = [f for f in found if f is not None]
         self.counters["remote_found"] += len(out)
         return out
@@ -189,17 +196,19 @@ class Swarm:
             log.debug("DHT get of %d keys: %s", len(keys), exc)
             return {}
 
-    def _content(self, entry: codec.IndexEntry, data: bytes | None, q: np.ndarray
-                 ) -> Found | None:
+    def _content(self, memory_id: bytes, data: bytes | None, q: np.ndarray,
+                 author: bytes | None = None) -> Found | None:
+        """A fetched content value, verified: its key, signature and swarm (and
+        the author its index entry named)."""
         if data is None:
             return None
         try:
-            content = codec.decode_content(data, entry.memory_id)
+            content = codec.decode_content(data, memory_id)
         except VerifyError:
             self.counters["remote_rejected"] += 1
             return None
         rec = content.memory
-        if rec.author != entry.author or rec.dna_hash != self.dna.swarm_id:
+        if (author is not None and rec.author != author) or rec.dna_hash != self.dna.swarm_id:
             self.counters["remote_rejected"] += 1
             return None
         up, down = content.tally()

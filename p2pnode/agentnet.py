@@ -323,6 +323,8 @@ class AgentNet:
         self.publish_cards(changed, dead)
         for birth in births:
             self._spawn(self.place(birth))
+        if self.peers is not None:
+            self.peers.capacity_changed()
 
     # --- placement -------------------------------------------------------------------
 
@@ -355,10 +357,11 @@ class AgentNet:
                 self.count("placement_failed")
                 log.warning("placing agent %s… on %s:%d failed: %s",
                             birth.agent.agent_id.hex()[:12], target[0], target[1], exc)
-        kept = await self.compute(self.colony.adopt, birth, self._now_ms(), "here")
+        kept, dead = await self.compute(self.colony.adopt, birth, self._now_ms(), "here")
         self.count("children_kept")
-        if kept:
-            self.publish_cards([birth.agent])
+        self.publish_cards([birth.agent] if kept else [], dead)
+        if self.peers is not None:
+            self.peers.capacity_changed()
 
     async def _serve_adopt(self, sender: bytes, body: bytes) -> bytes:
         try:
@@ -373,11 +376,14 @@ class AgentNet:
             self.count(f"genome_rejected_{getattr(exc, 'reason', 'lineage')}")
             log.warning("refused a peer's agent: %s", exc)
             raise
-        if not await self.compute(self.colony.adopt, birth, self._now_ms(),
-                                  node_id(sender).hex()[:16]):
+        kept, dead = await self.compute(self.colony.adopt, birth, self._now_ms(),
+                                        node_id(sender).hex()[:16])
+        self.publish_cards([birth.agent] if kept else [], dead)
+        if not kept:
             raise VerifyError("no room for the agent")
-        self.publish_cards([birth.agent])
         self.count("guests_adopted")
+        if self.peers is not None:
+            self.peers.capacity_changed()
         return b""
 
     def status(self) -> dict[str, Any]:

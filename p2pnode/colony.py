@@ -54,7 +54,7 @@ from p2pnode.storage import connect_wal
 log = logging.getLogger("spore.agents")
 
 AGENTS_DB = "agents.sqlite3"
-LEARNING_RATE = 0.05
+LEARNING_RATE = 0.01  # per rating: hundreds of ratings must not carry an agent far
 SPECIALTY_NOISE = 0.01
 EVENTS = 256  # recent births, divisions and deaths kept for /v1/agents
 
@@ -68,7 +68,13 @@ class Scored:
     scores: np.ndarray
 
     def consensus(self) -> np.ndarray:
-        return combine(self.scores, self.fitness) if self.ids else np.zeros(0, np.float32)
+        """The fitness-weighted mean of the agents' scores. Fitness is unbounded
+        (credits add up), so it is taken relative to its spread: the fittest
+        agents count more, but one old agent never silences all the others."""
+        if not self.ids:
+            return np.zeros(0, np.float32)
+        spread = float(np.std(self.fitness)) if len(self.fitness) > 1 else 0.0
+        return combine(self.scores, self.fitness, temperature=max(1.0, spread))
 
 
 def credits(scores: np.ndarray, chosen: int) -> np.ndarray:
@@ -261,17 +267,18 @@ class Colony:
         self.event("divided", parent, now_ms, child=child.agent_id.hex())
         return Birth(child, to_onnx(weights))
 
-    def adopt(self, birth: Birth, now_ms: int, origin: str) -> bool:
-        """Take a child (ours, or a peer's after `check_guest`) into the pool."""
+    def adopt(self, birth: Birth, now_ms: int, origin: str) -> tuple[bool, list[Agent]]:
+        """Take a child (ours, or a peer's after `check_guest`) into the pool;
+        returns whether it stayed, and who died to make room."""
         with self._lock:
             if birth.agent.agent_id in self.agents:
-                return True
+                return True, []
             self._add(birth.agent, now_ms, "adopted" if origin != "here" else "born",
                       origin=origin)
             dead = self._cull(now_ms)
             self._save([birth.agent])
             self.pool.rebuild(list(self.agents.values()))
-            return birth.agent.agent_id not in {d.agent_id for d in dead}
+            return birth.agent.agent_id not in {d.agent_id for d in dead}, dead
 
     def _cull(self, now_ms: int) -> list[Agent]:
         """The long idle die, then the least fit until the pool fits its cap."""

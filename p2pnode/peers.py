@@ -137,6 +137,7 @@ class PeerService:
         self.card_seq = 0
         self._learnt_root = b""
         self._trace = trace
+        self._advertise, self._card_capacity = "", -1
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -171,12 +172,20 @@ class PeerService:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def publish_card(self, advertise_host: str) -> None:
+    def publish_card(self, advertise_host: str | None = None) -> None:
         """Our signed peer card, with a seq that grows (wall clock ms, or +1)."""
+        if advertise_host is not None:
+            self._advertise = advertise_host
         self.card_seq = max(self.card_seq + 1, int(time.time() * 1000))
-        card = make_peer(self.identity, swarm=self.swarm, host=advertise_host, port=self.port,
-                         capacity=self.capacity(), seq=self.card_seq)
+        self._card_capacity = self.capacity()
+        card = make_peer(self.identity, swarm=self.swarm, host=self._advertise, port=self.port,
+                         capacity=self._card_capacity, seq=self.card_seq)
         self.store.offer({KIND_PEER + card.node_id: card.wire})
+
+    def capacity_changed(self) -> None:
+        """Publish a new card when the spare capacity it advertises is out of date."""
+        if self._advertise and self.capacity() != self._card_capacity:
+            self.publish_card()
 
     async def run(self) -> None:
         """The gossip loop (cancel to stop): a round starts every interval, whether

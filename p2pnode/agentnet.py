@@ -62,6 +62,10 @@ MAX_GENOME = 1 << 20
 Compute = Callable[..., Awaitable[Any]]  # runs fn(*args) on the compute thread
 
 
+class NoRoom(VerifyError):
+    reason = "no_room"
+
+
 @dataclass
 class Verdict:
     """The agents' say on one ask: consensus per candidate and who took part."""
@@ -380,7 +384,7 @@ class AgentNet:
                                         node_id(sender).hex()[:16])
         self.publish_cards([birth.agent] if kept else [], dead)
         if not kept:
-            raise VerifyError("no room for the agent")
+            raise NoRoom("no room for the agent here")
         self.count("guests_adopted")
         if self.peers is not None:
             self.peers.capacity_changed()

@@ -264,6 +264,8 @@ class Colony:
         child = new_agent(self.identity, weights, created_ms=now_ms, parent=parent.lineage)
         child.specialty = (parent.specialty + SPECIALTY_NOISE
                            * self.rng.standard_normal(DIM)).astype(np.float32)
+        # Half its parent's standing: a newborn in a full pool is not the first to die.
+        child.fitness = parent.fitness / 2
         self.event("divided", parent, now_ms, child=child.agent_id.hex())
         return Birth(child, to_onnx(weights))
 
@@ -276,9 +278,11 @@ class Colony:
             self._add(birth.agent, now_ms, "adopted" if origin != "here" else "born",
                       origin=origin)
             dead = self._cull(now_ms)
-            self._save([birth.agent])
+            kept = birth.agent.agent_id in self.agents
+            if kept:
+                self._save([birth.agent])
             self.pool.rebuild(list(self.agents.values()))
-            return birth.agent.agent_id not in {d.agent_id for d in dead}, dead
+            return kept, dead
 
     def _cull(self, now_ms: int) -> list[Agent]:
         """The long idle die, then the least fit until the pool fits its cap."""

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ Prepared = tuple[MemoryRecord, bytes, float]  # signed record, int8 embedding, i
 CANDIDATES = 32  # memories re-ranked per ask
 AGENT_CANDIDATES = 12  # the best local ones the agents score (with the swarm's)
 AGENT_WEIGHT = 0.5  # how much of the cosine the agents' consensus replaces
+AGENT_TRIAL = 20  # up votes before the agents' say depends on their record
 REJECTED_BELOW = -0.2  # region fitness at which a swarm memory is not fetched for q
 RECALLED_ABOVE, RECALLED_MAX = 0.2, 4  # rated up for questions like q: fetched anyway
 MAX_SOURCES = 20
@@ -88,6 +90,10 @@ class Spore:
         self._tallies: dict[bytes, _Votes] = {}
         self._regions = _RegionIndex(encoder.dim)
         self.agents: AgentNet | None = None  # set by the daemon: the colony among peers
+        # Per rated answer: (agents' top-1 id, cosine's top-1 id); and who was
+        # right on the last up votes, for the agents' say (_agent_weight).
+        self._duels: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._agent_record: deque[tuple[bool, bool]] = deque(maxlen=200)
         self._background: set[asyncio.Task[Any]] = set()
         self.max_text_bytes = max_text_bytes
         self.clock = clock
@@ -209,7 +215,7 @@ class Spore:
 
         async def local_ids() -> set[bytes]:
             rows, _, _, found, _, _ = await ranked
-            return {found[r].id for r in rows[:top] if r in found}
+            return {found[r].id for r in rows if r in found}
 
         remote: list[Found] = []
         if self.swarm is not None:
@@ -238,10 +244,13 @@ class Spore:
         verdict = None
         if self.agents is not None and len(cands) > 1:
             verdict = await self.agents.rank(q, np.stack([c.vec for c in cands]))
+            weight = self._agent_weight()
+            duel = (cands[int(np.argmax(verdict.consensus))].source["id"],
+                    max(cands, key=lambda c: c.cos).source["id"])
             for c, say in zip(cands, verdict.consensus, strict=False):
                 # The agents' consensus stands in for part of the cosine: a
                 # fresh population agrees with the encoder, an evolved one moves it.
-                c.score += AGENT_WEIGHT * (float(say) - c.cos)
+                c.score += weight * (float(say) - c.cos)
                 c.source["score"] = round(c.score, 4)
                 c.source["agents"] = round(float(say), 4)
         cands.sort(key=lambda c: -c.score)
@@ -258,6 +267,9 @@ class Spore:
                 self._db.submit(self._adopt, answer_id, q, best.record)
             if verdict is not None and self.agents is not None:
                 self.agents.remember(answer_id, q, best.vec, verdict, best.index)
+                self._duels[answer_id] = duel
+                while len(self._duels) > 4096:
+                    self._duels.popitem(last=False)
         self.counters["asks"] += 1
         return {
             "answer_id": answer_id if sources else None,
@@ -278,6 +290,12 @@ class Spore:
         if new:
             self._compute.submit(self.index.add_compact, np.asarray([row], np.int64), codes,
                                  scales)
+            # Votes that came by gossip before we held it now rank it here too.
+            votes = self.storage.all_votes(mid)
+            if votes:
+                self._compute.submit(self._load_compute, np.zeros(0, np.int64),
+                                     np.zeros((0, self.dim), np.int8), np.zeros(0, np.float32),
+                                     votes)
 
     def _region(self, q: np.ndarray) -> bytes:
         return bucket_key(self.lsh.seed, 0, int(table_codes(q, self.planes)[0]))
@@ -329,6 +347,10 @@ class Spore:
                                  answer.qvec)
         self.counters["votes"] += 1
         agents = await self.agents.feedback(answer_id, up) if self.agents is not None else 0
+        duel = self._duels.pop(answer_id, None)
+        if up and duel is not None:  # the right answer is known: who had it first?
+            self._agent_record.append((duel[0] == answer.memory.hex(),
+                                       duel[1] == answer.memory.hex()))
         return {"memory_id": answer.memory.hex(), "vote": "up" if up else "down",
                 "agents_rated": agents,
                 "up": overall[0], "down": overall[1],
@@ -400,6 +422,17 @@ class Spore:
             votes.questions[key] = codes.astype(np.float32) * scale
             self._regions.put(v.memory_id, key, votes.questions[key], new)
 
+    def _agent_weight(self) -> float:
+        """The agents' say in the ranking: full while they rank the answers
+        people rated up first at least as often as the plain cosine does (over
+        the last ratings here), a tenth of it while they do worse — learning
+        must not cost the questions nobody rated."""
+        if len(self._agent_record) < AGENT_TRIAL:
+            return AGENT_WEIGHT
+        agents = sum(a for a, _ in self._agent_record)
+        cosine = sum(c for _, c in self._agent_record)
+        return AGENT_WEIGHT if agents >= cosine else AGENT_WEIGHT / 10
+
     @staticmethod
     def _recalled(regions: dict[bytes, float]) -> list[bytes]:
         """Memories rated up for questions like this one, anywhere in the swarm
@@ -452,7 +485,11 @@ class Spore:
             "rss_mb": _rss_mb(),
             "dht": self.swarm.status() if self.swarm is not None else None,
             "gossip": self.peers.status() if self.peers is not None else None,
-            "agents": self.agents.status() if self.agents is not None else None,
+            "agents": None if self.agents is None else {
+                **self.agents.status(), "weight": self._agent_weight(),
+                "record": {"agents_right": sum(a for a, _ in self._agent_record),
+                           "cosine_right": sum(c for _, c in self._agent_record),
+                           "of": len(self._agent_record)}},
         }
 
     async def drain(self) -> None:

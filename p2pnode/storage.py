@@ -248,10 +248,12 @@ class Storage:
             )
             return cur.rowcount > 0
 
-    def all_votes(self) -> list[StoredVote]:
-        cur = self._durable.execute(
-            "SELECT m.row, v.memory, v.voter, v.region, v.seq, v.up, v.down, v.qvec"
-            " FROM votes v JOIN memories m ON m.id = v.memory")
+    def all_votes(self, memory_id: bytes | None = None) -> list[StoredVote]:
+        """The votes on memories held here (on one, if `memory_id` is given)."""
+        sql = ("SELECT m.row, v.memory, v.voter, v.region, v.seq, v.up, v.down, v.qvec"
+               " FROM votes v JOIN memories m ON m.id = v.memory")
+        cur = (self._durable.execute(sql) if memory_id is None
+               else self._durable.execute(sql + " WHERE v.memory = ?", (memory_id,)))
         return [StoredVote(row, m, v, r, Counter(s, u, d), q)
                 for row, m, v, r, s, u, d, q in cur]
 

@@ -1,18 +1,20 @@
 """Consensus: turn candidate scores and memory fitness into a ranking (pure).
 
-The agents of a later issue add their scores here; today the ranking is the
-encoder's cosine, moved by what people said about each memory — most of all
-what they said about it for questions like this one (its *region*), a little
-for what they said overall.
+The ranking is the encoder's cosine, moved by what people said about each
+memory — most of all what they said about it for questions like this one (its
+*region*), a little for what they said overall — and by the agents' consensus
+as far as their record has earned them a say (`earned_weight`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Ranking", "combine", "confidence", "region_weights"]
+__all__ = ["PRIOR", "Calibration", "Ranking", "combine", "confidence", "earned_weight",
+           "fit_calibration", "region_weights"]
 
 # How far a rating moves a memory: one down vote on the same question costs
 # 0.4 * 0.33 ≈ 0.13 of cosine, enough to let the runner-up through in most
@@ -62,11 +64,71 @@ def combine(
 # margin over the runner-up, fitted by `scripts/bench/faq.py --calibrate` on
 # the Debian FAQ (120 questions; Brier 0.225 against 0.250 for a constant).
 # The margin carries most of the signal; the README has the reliability table.
+# It is the prior: each spore refits it on its own ratings (`fit_calibration`).
 _CAL_BIAS = -0.75
 _CAL_TOP = 0.61
 _CAL_MARGIN = 5.17
+CAL_PRIOR_STRENGTH = 10.0  # ratings' worth of belief in the prior, per coefficient
+CAL_LIMIT = 40.0  # no coefficient moves beyond this (a stream of one outcome)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """P(top answer is right) = σ(bias + top·score + margin·(score − runner-up))."""
+
+    bias: float = _CAL_BIAS
+    top: float = _CAL_TOP
+    margin: float = _CAL_MARGIN
+
+    def __call__(self, top: float, runner_up: float) -> float:
+        z = self.bias + self.top * top + self.margin * (top - runner_up)
+        return float(1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0))))
+
+    def vector(self) -> np.ndarray:
+        return np.array([self.bias, self.top, self.margin], dtype=np.float64)
+
+
+PRIOR = Calibration()
 
 
 def confidence(top: float, runner_up: float) -> float:
-    z = _CAL_BIAS + _CAL_TOP * top + _CAL_MARGIN * (top - runner_up)
-    return float(1.0 / (1.0 + np.exp(-z)))
+    return PRIOR(top, runner_up)
+
+
+def fit_calibration(samples: Sequence[tuple[float, float, bool]],
+                    prior: Calibration = PRIOR, strength: float = CAL_PRIOR_STRENGTH,
+                    steps: int = 12) -> Calibration:
+    """Refit the calibration on rated answers (top score, runner-up score, rated
+    up): logistic regression with a Gaussian prior centred on `prior` (a MAP
+    estimate by Newton steps), so a few ratings move it a little and many
+    ratings decide. People rate the answer they got: an up vote says the top
+    answer was right, a down vote that it was not — exactly what the
+    confidence claims to predict."""
+    if not samples:
+        return prior
+    data = np.asarray([(1.0, t, t - r) for t, r, _ in samples], dtype=np.float64)
+    if not np.isfinite(data).all():
+        raise ValueError("calibration samples must be finite")
+    y = np.asarray([float(up) for _, _, up in samples])
+    w0 = prior.vector()
+    w = w0.copy()
+    eye = np.eye(3) * strength
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-np.clip(data @ w, -60.0, 60.0)))
+        grad = data.T @ (p - y) + strength * (w - w0)
+        hess = (data * (p * (1.0 - p))[:, None]).T @ data + eye
+        step = np.linalg.solve(hess, grad)
+        w = np.clip(w - step, -CAL_LIMIT, CAL_LIMIT)
+        if float(np.abs(step).max()) < 1e-6:
+            break
+    return Calibration(float(w[0]), float(w[1]), float(w[2]))
+
+def earned_weight(record: Sequence[tuple[bool, bool]], trial: int, full: float) -> float:
+    """The agents' say, from their record of (agents' pick right, cosine's
+    pick right) on rated-up answers: none before `trial` of them, `full` while
+    the agents were right strictly more often than the cosine, else none."""
+    if len(record) < trial:
+        return 0.0
+    agents = sum(a for a, _ in record)
+    cosine = sum(c for _, c in record)
+    return full if agents > cosine else 0.0

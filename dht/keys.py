@@ -246,17 +246,20 @@ def bucket_key(seed: bytes, table: int, code: int) -> bytes:
     return hashlib.sha256(KEY_PREFIX + seed + struct.pack(">II", table, code)).digest()
 
 
-def bucket_keys(emb: F32, params: LshParams, planes: F32) -> list[bytes]:
+def bucket_keys(emb: F32, params: LshParams, planes: F32, limit: int | None = None
+                ) -> list[bytes]:
     """All keys a query visits, interleaved by cost across tables.
 
     First the home bucket of every table (table order), then every probe of
     every table sorted by cost (ties: table, then per-table rank). So a caller
     that can only afford the first N keys gets the N most promising buckets.
-    Length is tables × (1 + min(probes, 2**bits − 1)).
+    Length is tables × (1 + min(probes, 2**bits − 1)), or `limit` if smaller
+    (only the keys returned are hashed).
     """
     codes, costs = probe_plan(emb, planes, params.probes)
     tables, width = codes.shape
     rank = np.tile(np.arange(width), tables)
     order = np.lexsort((rank, np.repeat(np.arange(tables), width), costs.ravel(), rank > 0))
-    keys = [bucket_key(params.seed, int(i) // width, int(codes.flat[i])) for i in order]
+    keys = [bucket_key(params.seed, int(i) // width, int(codes.flat[i]))
+            for i in order[:limit]]
     return keys

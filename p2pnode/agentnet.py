@@ -52,6 +52,7 @@ T = TypeVar("T")
 
 SPECIALISTS = 2  # peers asked to score
 SPECIALIST_MIN = 0.5  # cosine of a peer agent's specialty to the question, to be asked
+CARDS_REFRESH_S = 2.0  # the specialists' cards are read again at most this often
 SCORE_DEADLINE_S = 0.25
 FEEDBACK_DEADLINE_S = 2.0
 ADOPT_DEADLINE_S = 5.0
@@ -74,6 +75,16 @@ class Verdict:
     rows: list[tuple[bytes | None, bytes]] = field(default_factory=list)  # (host, agent)
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     remote_hosts: int = 0
+
+
+@dataclass(frozen=True)
+class _Cards:
+    """The other spores' live agents' specialties, unit length, one row each."""
+
+    root: bytes  # gossip root they were read at
+    built: float  # time.monotonic() then
+    hosts: list[bytes]
+    matrix: np.ndarray
 
 
 @dataclass
@@ -107,7 +118,7 @@ class AgentNet:
         self.counters: dict[str, int] = {}
         self._answers: OrderedDict[str, _Answer] = OrderedDict()
         self._card_seq = 0
-        self._cards: tuple[bytes, dict[bytes, list[tuple[bytes, np.ndarray]]]] = (b"", {})
+        self._cards = _Cards(b"", -CARDS_REFRESH_S, [], np.zeros((0, 0), np.float32))
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def count(self, name: str, n: int = 1) -> None:
@@ -171,23 +182,31 @@ class AgentNet:
     # --- scoring ---------------------------------------------------------------------
 
     def _specialists(self, q: np.ndarray) -> list[bytes]:
-        """Hosts (public keys) whose live agents are the closest specialists for q."""
-        root = self.gossip.digest().root
-        if root != self._cards[0]:
-            by_host: dict[bytes, list[tuple[bytes, np.ndarray]]] = {}
+        """Hosts (public keys) whose live agents are the closest specialists for q:
+        one matrix product over the others' cards (rebuilt when gossip changed,
+        at most every CARDS_REFRESH_S: votes change it on every rating)."""
+        root, now = self.gossip.digest().root, time.monotonic()
+        if root != self._cards.root and now - self._cards.built >= CARDS_REFRESH_S:
+            hosts: list[bytes] = []
+            vecs: list[np.ndarray] = []
             for _, item in self.gossip.with_prefix(KIND_AGENT):
                 card = decode_agent_card(item)
                 if card.alive and card.host != self.identity.public_key:
-                    by_host.setdefault(card.host, []).append(
-                        (card.agent_id, specialty_vector(card.specialty)))
-            self._cards = (root, by_host)
-        best = []
-        for host, agents in self._cards[1].items():
-            sims = [float(v @ q) / (float(np.linalg.norm(v)) + 1e-9) for _, v in agents]
-            if sims and max(sims) >= SPECIALIST_MIN:
-                best.append((max(sims), host))
-        best.sort(reverse=True)
-        return [h for _, h in best[:SPECIALISTS]]
+                    v = specialty_vector(card.specialty)
+                    hosts.append(card.host)
+                    vecs.append(v / (float(np.linalg.norm(v)) + 1e-9))
+            matrix = np.stack(vecs).astype(np.float32) if vecs else np.zeros((0, len(q)),
+                                                                              np.float32)
+            self._cards = _Cards(root, now, hosts, matrix)
+        cards = self._cards
+        if not cards.hosts:
+            return []
+        sims = cards.matrix @ q.astype(np.float32)
+        best: dict[bytes, float] = {}
+        for i in np.flatnonzero(sims >= SPECIALIST_MIN):
+            host = cards.hosts[int(i)]
+            best[host] = max(best.get(host, -1.0), float(sims[i]))
+        return sorted(best, key=lambda h: -best[h])[:SPECIALISTS]
 
     def _address(self, host: bytes) -> tuple[str, int] | None:
         item = self.gossip.get(KIND_PEER + node_id(host))

@@ -27,6 +27,8 @@ from dht import compact
 from dht.index import LocalIndex
 from dht.keys import bucket_key, hyperplanes, table_codes
 from p2pnode import dna as dna_mod
+from p2pnode.calibrator import FILE as CAL_FILE
+from p2pnode.calibrator import Calibrator
 from p2pnode.dna import Dna
 from p2pnode.errors import BadRequest, NotFound, TooLarge
 from p2pnode.gossip import KIND_DNA, KIND_VOTE, Accepted, GossipStore, vote_key
@@ -36,7 +38,7 @@ from p2pnode.storage import AnswerRow, MemoryRow, Storage, StoredVote
 from p2pnode.swarm import Found, Swarm
 
 if TYPE_CHECKING:
-    from p2pnode.agentnet import AgentNet
+    from p2pnode.agentnet import AgentNet, Verdict
     from p2pnode.peers import PeerService
 
 T = TypeVar("T")
@@ -44,8 +46,8 @@ log = logging.getLogger("spore.node")
 Prepared = tuple[MemoryRecord, bytes, float]  # signed record, int8 embedding, its scale
 CANDIDATES = 32  # memories re-ranked per ask
 AGENT_CANDIDATES = 12  # the best local ones the agents score (with the swarm's)
-AGENT_WEIGHT = 0.5  # how much of the cosine the agents' consensus replaces
-AGENT_TRIAL = 20  # up votes before the agents' say depends on their record
+AGENT_WEIGHT = 0.5  # how much of the cosine the agents' consensus replaces, once earned
+AGENT_TRIAL = 20  # up votes the agents are judged on before they may have a say
 REJECTED_BELOW = -0.2  # region fitness at which a swarm memory is not fetched for q
 RECALLED_ABOVE, RECALLED_MAX = 0.2, 4  # rated up for questions like q: fetched anyway
 MAX_SOURCES = 20
@@ -94,6 +96,8 @@ class Spore:
         # right on the last up votes, for the agents' say (_agent_weight).
         self._duels: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._agent_record: deque[tuple[bool, bool]] = deque(maxlen=200)
+        self._shadows: dict[str, asyncio.Task[None]] = {}  # answers the agents still rank
+        self.calibration = Calibrator(None if state_dir is None else state_dir / CAL_FILE)
         self._background: set[asyncio.Task[Any]] = set()
         self.max_text_bytes = max_text_bytes
         self.clock = clock
@@ -126,6 +130,7 @@ class Spore:
         rows, matrix, scales = await self._on(self._db, self.storage.index_rows, self.dim)
         votes = await self._on(self._db, self.storage.all_votes)
         await self._on(self._compute, self._load_compute, rows, matrix, scales, votes)
+        await self._on(self._db, self.calibration.load)
 
     def _load_compute(self, rows: np.ndarray, matrix: np.ndarray, scales: np.ndarray,
                       votes: list[StoredVote]) -> None:
@@ -241,22 +246,27 @@ class Spore:
                                             np.array([region])).scores[0])
             cands.append(_Cand(len(cands), _remote_source(f.record, score), score,
                                f.record.vector(), f.cosine, None, f.record))
-        verdict = None
+        verdict, weight, shadow = None, 0.0, None
         if self.agents is not None and len(cands) > 1:
-            verdict = await self.agents.rank(q, np.stack([c.vec for c in cands]))
             weight = self._agent_weight()
-            duel = (cands[int(np.argmax(verdict.consensus))].source["id"],
-                    max(cands, key=lambda c: c.cos).source["id"])
-            for c, say in zip(cands, verdict.consensus, strict=False):
-                # The agents' consensus stands in for part of the cosine: a
-                # fresh population agrees with the encoder, an evolved one moves it.
-                c.score += weight * (float(say) - c.cos)
-                c.source["score"] = round(c.score, 4)
-                c.source["agents"] = round(float(say), 4)
+            vecs = np.stack([c.vec for c in cands])
+            if weight > 0:
+                verdict = await self.agents.rank(q, vecs)
+                for c, say in zip(cands, verdict.consensus, strict=False):
+                    # The agents' consensus stands in for part of the cosine, as
+                    # far as their record has earned it (see _agent_weight).
+                    c.score += weight * (float(say) - c.cos)
+                    c.source["score"] = round(c.score, 4)
+                    c.source["agents"] = round(float(say), 4)
+            else:  # no say yet: they rank in the shadow, off the answer's path
+                shadow = asyncio.ensure_future(self.agents.rank(q, vecs))
+        ids = [c.source["id"] for c in cands]  # in the order the agents scored them
+        by_cosine = max(cands, key=lambda c: c.cos).source["id"] if cands else ""
         cands.sort(key=lambda c: -c.score)
         sources = [c.source for c in cands[:top]]
-        if len(cands) > 1:
-            conf = consensus.confidence(cands[0].score, cands[1].score)
+        if cands:  # ratings of this answer refit the calibration (p2pnode.calibrator)
+            conf = self.calibration.said(answer_id, cands[0].score,
+                                         cands[1].score if len(cands) > 1 else 0.0)
         if cands:
             best = cands[0]
             if best.row is not None:
@@ -265,19 +275,40 @@ class Spore:
                 self._db.submit(self._remember, answer_id, q, best.row, found[best.row].id)
             elif best.record is not None:
                 self._db.submit(self._adopt, answer_id, q, best.record)
-            if verdict is not None and self.agents is not None:
-                self.agents.remember(answer_id, q, best.vec, verdict, best.index)
-                self._duels[answer_id] = duel
-                while len(self._duels) > 4096:
-                    self._duels.popitem(last=False)
+            if verdict is not None:
+                self._judged(answer_id, q, best, ids, by_cosine, verdict)
+            elif shadow is not None:
+                self._shadows[answer_id] = task = asyncio.ensure_future(
+                    self._judge_later(answer_id, q, best, ids, by_cosine, shadow))
+                task.add_done_callback(lambda _t: self._shadows.pop(answer_id, None))
         self.counters["asks"] += 1
         return {
             "answer_id": answer_id if sources else None,
             "answer": sources[0]["text"] if sources else None,
             "confidence": round(conf, 4) if sources else 0.0,
             "sources": sources,
+            "agents_weight": weight,
             "memories_searched": len(self.index),
         }
+
+    def _judged(self, answer_id: str, q: np.ndarray, best: _Cand, ids: list[str],
+                by_cosine: str, verdict: Verdict) -> None:
+        """Remember who took part in an answer (their credit, for its rating)
+        and the agents' pick against the cosine's (for their record)."""
+        assert self.agents is not None
+        self.agents.remember(answer_id, q, best.vec, verdict, best.index)
+        self._duels[answer_id] = (ids[int(np.argmax(verdict.consensus))], by_cosine)
+        while len(self._duels) > 4096:
+            self._duels.popitem(last=False)
+
+    async def _judge_later(self, answer_id: str, q: np.ndarray, best: _Cand, ids: list[str],
+                           by_cosine: str, shadow: asyncio.Future[Verdict]) -> None:
+        try:
+            verdict = await shadow
+        except Exception as exc:  # a shadow ranking that failed costs its record only
+            log.warning("agents' shadow ranking failed: %s", exc)
+            return
+        self._judged(answer_id, q, best, ids, by_cosine, verdict)
 
     def _adopt(self, answer_id: str, q: np.ndarray, rec: MemoryRecord) -> None:
         """Keep a verified memory found in the swarm that answered here, so it
@@ -346,6 +377,12 @@ class Spore:
         overall = await self._on(self._compute, self._cache_vote, answer.row, key, counter,
                                  answer.qvec)
         self.counters["votes"] += 1
+        if self.calibration.rated(answer_id, up):
+            self.calibration.refit()
+            self._db.submit(self.calibration.save, self.calibration.snapshot())
+        pending = self._shadows.get(answer_id)
+        if pending is not None:  # the agents' shadow ranking of it is still running
+            await asyncio.wait([pending])
         agents = await self.agents.feedback(answer_id, up) if self.agents is not None else 0
         duel = self._duels.pop(answer_id, None)
         if up and duel is not None:  # the right answer is known: who had it first?
@@ -423,15 +460,14 @@ class Spore:
             self._regions.put(v.memory_id, key, votes.questions[key], new)
 
     def _agent_weight(self) -> float:
-        """The agents' say in the ranking: full while they rank the answers
-        people rated up first at least as often as the plain cosine does (over
-        the last ratings here), a tenth of it while they do worse — learning
-        must not cost the questions nobody rated."""
-        if len(self._agent_record) < AGENT_TRIAL:
-            return AGENT_WEIGHT
-        agents = sum(a for a, _ in self._agent_record)
-        cosine = sum(c for _, c in self._agent_record)
-        return AGENT_WEIGHT if agents >= cosine else AGENT_WEIGHT / 10
+        """The agents' say in the ranking, earned: none until they have been
+        judged on AGENT_TRIAL up votes here, and none while they rank the
+        answers people rated up first no more often than the plain cosine does
+        (over the last ratings). Meanwhile they rank in the shadow: their pick
+        is recorded against the cosine's, so the record keeps growing. A fresh
+        population is the encoder plus noise (its scores sit 0.01-0.03 off the
+        cosine), and noise must not cost the questions nobody rated."""
+        return consensus.earned_weight(self._agent_record, AGENT_TRIAL, AGENT_WEIGHT)
 
     @staticmethod
     def _recalled(regions: dict[bytes, float]) -> list[bytes]:
@@ -485,6 +521,7 @@ class Spore:
             "rss_mb": _rss_mb(),
             "dht": self.swarm.status() if self.swarm is not None else None,
             "gossip": self.peers.status() if self.peers is not None else None,
+            "calibration": self.calibration.status(),
             "agents": None if self.agents is None else {
                 **self.agents.status(), "weight": self._agent_weight(),
                 "record": {"agents_right": sum(a for a, _ in self._agent_record),

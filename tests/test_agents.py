@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents import guard
+from agents.consensus import earned_weight
 from agents.genome import (
     AGENT_DOMAIN,
     DIM,
@@ -265,6 +266,15 @@ def test_combine_weights_fitter_agents_more() -> None:
                                atol=1e-6)
     weights = agent_weights([0.0, 1.0, 5.0])
     assert weights.sum() == pytest.approx(1.0) and (np.diff(weights) > 0).all()
+
+
+def test_agents_earn_their_say_on_their_record() -> None:
+    won, lost, tie = (True, False), (False, True), (True, True)
+    assert earned_weight([], 20, 0.5) == 0.0
+    assert earned_weight([won] * 19, 20, 0.5) == 0.0  # still on trial
+    assert earned_weight([won] * 11 + [lost] * 9, 20, 0.5) == 0.5
+    assert earned_weight([tie] * 20, 20, 0.5) == 0.0  # as good is not better
+    assert earned_weight([won] * 9 + [lost] * 11, 20, 0.5) == 0.0
 
 
 def test_combine_refuses_nonsense() -> None:

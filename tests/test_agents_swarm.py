@@ -65,9 +65,13 @@ def test_a_division_places_the_child_on_another_spore(spores: list[Daemon]) -> N
     assert len(parents) == 4
     for _ in range(2):  # division threshold 2: two good ratings
         got = asker.json("POST", "/v1/ask", {"question": QUESTION, "top": 3})
-        assert got["answer"] == FACTS[0][1] and "agents" in got["sources"][0]
+        # No say before their record earns it: they rank in the shadow.
+        assert got["answer"] == FACTS[0][1] and got["agents_weight"] == 0.0
         rated = asker.json("POST", "/v1/rate", {"answer_id": got["answer_id"], "vote": "up"})
         assert rated["agents_rated"] >= 4
+    status = asker.json("GET", "/v1/status")
+    assert status["agents"]["record"]["of"] >= 2  # judged in the shadow all the same
+    assert status["calibration"]["samples"] >= 2  # each rating is an outcome of a confidence
 
     def children() -> list[tuple[int, dict[str, Any]]]:
         return [(i, a) for i, d in enumerate(spores) if i != 1 for a in _here(d)
@@ -78,9 +82,13 @@ def test_a_division_places_the_child_on_another_spore(spores: list[Daemon]) -> N
     assert child["generation"] == 1
     events = spores[host].json("GET", "/v1/agents")["events"]
     assert any(e["event"] == "adopted" and e["agent"] == child["id"] for e in events)
-    # The host runs it: its pool scores with the child among its agents.
+    # The host runs it: its pool scores with the child among its agents, and
+    # the child is credited with the rating of that answer.
     got = spores[host].json("POST", "/v1/ask", {"question": QUESTION, "top": 3})
-    assert "agents" in got["sources"][0]
+    rated = spores[host].json("POST", "/v1/rate", {"answer_id": got["answer_id"], "vote": "up"})
+    assert rated["agents_rated"] >= 1
+    mine = {a["id"]: a for a in _here(spores[host])}
+    assert mine[child["id"]]["interactions"] > child["interactions"]
     registry = asker.json("GET", "/v1/agents")["registry"]
     wait_for(lambda: any(a["id"] == child["id"] for a in
                          asker.json("GET", "/v1/agents")["registry"]), 30,

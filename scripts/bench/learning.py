@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import shutil
 import tempfile
@@ -35,7 +36,6 @@ from faq import tfidf_rank
 
 from agents.encoder import load_encoder
 from p2pnode.ingest import chunk_text
-from p2pnode.node import AGENT_WEIGHT
 
 # Every spore is on 127.0.0.1: one source IP for the per-IP limits. Errors
 # only: placement refusals are counted (census) rather than logged by the hundred.
@@ -70,6 +70,7 @@ class Ask:
     agents_moved: int
     ask_ms: float
     rate_ms: float
+    confidence: float = 0.0  # what the spore said P(top-1 right) was
     at_s: float = 0.0  # from the stream's start
 
 
@@ -146,7 +147,8 @@ def moved(secs: list[str], before: list[float], after: list[float], right: str) 
     return int(secs[int(np.argmax(after))] == right) - int(secs[int(np.argmax(before))] == right)
 
 
-def attribution(corpus: Corpus, qi: int, sources: list[dict[str, Any]]) -> tuple[int, int]:
+def attribution(corpus: Corpus, qi: int, sources: list[dict[str, Any]], weight: float
+                ) -> tuple[int, int]:
     """Undo the agents' term (score += w * (say - cos)), then the votes', with
     our own embeddings for the cosine (the spore's index is int8: ~1e-3 off)."""
     if not sources:
@@ -155,7 +157,7 @@ def attribution(corpus: Corpus, qi: int, sources: list[dict[str, Any]]) -> tuple
     secs = [s["origin"].split("@")[0] for s in sources]
     cos = [float(corpus.qv[qi] @ corpus.cv[int(s["origin"].split("@")[1])]) for s in sources]
     final = [float(s["score"]) for s in sources]
-    voted = [f - AGENT_WEIGHT * (s["agents"] - c) if "agents" in s else f
+    voted = [f - weight * (s["agents"] - c) if "agents" in s else f
              for f, s, c in zip(final, sources, cos, strict=True)]
     return moved(secs, cos, voted, sec), moved(secs, voted, final, sec)
 
@@ -175,8 +177,8 @@ def ask(spore: Spore, corpus: Corpus, qi: int, rate: bool) -> Ask:
                                         "vote": "up" if ok else "down"})
         rate_ms = (time.perf_counter() - t) * 1000
     return Ask(qi, -1, ok, sec in secs, sources[0]["origin"] if sources else "",
-               *attribution(corpus, qi, sources),
-               ask_ms, rate_ms)
+               *attribution(corpus, qi, sources, float(got.get("agents_weight", 0.0))),
+               ask_ms, rate_ms, float(got["confidence"]))
 
 
 def zipf_stream(rng: np.random.Generator, pool: list[int], asks: int, exponent: float,
@@ -272,6 +274,30 @@ def most_asked(asks: list[Ask], corpus: Corpus, window: int, n: int = 8) -> list
                     "in_sources": share([a.in_top5 for a in mine]),
                     "spores_right": len({a.spore for a in mine if a.satisfied})})
     return out
+
+
+CAL_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def calibration(asks: list[Ask]) -> dict[str, Any]:
+    """Is the confidence a probability? Brier score against the constant that
+    knew the share right in hindsight, expected calibration error, and the
+    reliability table (asks per confidence bin, share right, mean confidence)."""
+    conf = np.asarray([a.confidence for a in asks])
+    right = np.asarray([a.satisfied for a in asks], dtype=float)
+    if not len(asks):
+        return {"brier": 0.0, "brier_constant": 0.0, "ece": 0.0, "bins": []}
+    bins, ece = [], 0.0
+    for lo, hi in itertools.pairwise(CAL_BINS):
+        mask = (conf >= lo) & ((conf < hi) | (hi == CAL_BINS[-1]))
+        if mask.any():
+            gap = abs(float(right[mask].mean()) - float(conf[mask].mean()))
+            ece += gap * int(mask.sum()) / len(asks)
+            bins.append({"from": lo, "to": hi, "asks": int(mask.sum()),
+                         "right": float(right[mask].mean()), "said": float(conf[mask].mean())})
+    return {"brier": float(np.mean((conf - right) ** 2)),
+            "brier_constant": float(np.mean((right.mean() - right) ** 2)),
+            "ece": ece, "bins": bins}
 
 
 def diagnose(asks: list[Ask], corpus: Corpus, window: int) -> dict[str, Any]:
@@ -378,6 +404,8 @@ def summarize(corpus: Corpus, sat: dict[str, Any], harm: dict[str, Any] | None,
                          for k, v in lines.items()},
         "goal_met": share(lines["swarm"][-w:]) >= GOAL,
         "harm": harm, "series": sat["series"],
+        "calibration": {"all": calibration(asks), "first": calibration(asks[:w]),
+                        "last": calibration(asks[-w:])},
         "latency_ms": {f"{k[:-3]}_p{p}": percentile(v, p) for k, v in ms.items()
                        for p in (50, 99)},
         "diagnosis": {**diagnose(asks, corpus, w), "votes": sat["votes"],
@@ -400,6 +428,17 @@ def show_harm(h: dict[str, Any], w: int) -> None:
           f"turned right, {h['turned_wrong']} turned wrong); after - plain encoder: "
           f"{h['after_top1'] - h['plain_top1']:+.1%} top-1, "
           f"{h['after_top5'] - h['plain_top5']:+.1%} top-5")
+
+
+def show_calibration(c: dict[str, Any], w: int) -> None:
+    print("confidence (the spore's P(top-1 right)) against what the ratings said:")
+    for key, name in (("all", "all asks"), ("first", f"first {w}"), ("last", f"last {w}")):
+        x = c[key]
+        print(f"  {name:10} Brier {x['brier']:.3f} (constant {x['brier_constant']:.3f}), "
+              f"ECE {x['ece']:.3f}")
+    print("  reliability, all asks: " + "; ".join(
+        f"{b['from']:.1f}-{b['to']:.1f}: {b['asks']} asks, said {b['said']:.0%}, right "
+        f"{b['right']:.0%}" for b in c["all"]["bins"]))
 
 
 def show_diagnosis(d: dict[str, Any], w: int) -> None:
@@ -452,6 +491,7 @@ def show(r: dict[str, Any]) -> None:
           f", adoptions {p1.get('adopted', 0)} (children placed on another spore; "
           f"{p1.get('placement_failed', 0)} placements refused), mean fitness "
           f"{p0['mean_fitness']:.2f} -> {p1['mean_fitness']:.2f}")
+    show_calibration(r["calibration"], w)
     lat = r["latency_ms"]
     print(f"latency: ask p50 {lat['ask_p50']:.1f} ms, p99 {lat['ask_p99']:.1f} ms; rate p50 "
           f"{lat['rate_p50']:.1f} ms, p99 {lat['rate_p99']:.1f} ms")

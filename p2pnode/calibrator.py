@@ -1,0 +1,108 @@
+"""The spore's confidence, kept honest by the people who rate its answers.
+
+An answer's confidence claims P(its top answer is right). Every rating of an
+answer is the outcome of that claim (up: right, down: not), so each spore
+refits its calibration (`agents.consensus.fit_calibration`, a logistic
+regression pulled toward the prior fitted on the Debian FAQ) on its last
+SAMPLES rated answers, every REFIT_EVERY ratings. Votes and agents move the
+scores as the swarm learns; the calibration follows them.
+
+The rated samples are kept in `calibration.json` in the state directory (a few
+dozen KB). A file that cannot be read is set aside as `calibration.json.bad`
+with a warning, and the spore starts again from the prior: nothing else
+depends on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import OrderedDict, deque
+from pathlib import Path
+from typing import Any
+
+from agents.consensus import PRIOR, Calibration, fit_calibration
+
+log = logging.getLogger("spore.calibration")
+
+FILE = "calibration.json"
+SAMPLES = 1000  # rated answers the calibration is fitted on (the newest)
+REFIT_EVERY = 10  # ratings between refits
+PENDING = 4096  # answers whose scores are remembered until rated
+
+
+class Calibrator:
+    """Not thread-safe: the event loop owns it (a refit is a 3-parameter fit)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.current: Calibration = PRIOR
+        self.samples: deque[tuple[float, float, bool]] = deque(maxlen=SAMPLES)
+        self._pending: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._since_fit = 0
+        self.refits = 0
+
+    def load(self) -> None:
+        if self.path is None or not self.path.exists():
+            return
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            samples = [(float(t), float(r), bool(up)) for t, r, up in raw["samples"]]
+            if not all(math.isfinite(t) and math.isfinite(r) for t, r, _ in samples):
+                raise ValueError("a sample is not finite")
+            self.samples.extend(samples[-SAMPLES:])
+            self.current = fit_calibration(list(self.samples))
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            bad = self.path.with_name(self.path.name + ".bad")
+            log.warning("%s is unreadable (%s); kept as %s, confidence starts again from "
+                        "the prior", self.path, exc, bad.name)
+            os.replace(self.path, bad)
+            self.samples.clear()
+            self.current = PRIOR
+
+    def said(self, answer_id: str, top: float, runner_up: float) -> float:
+        """The confidence of an answer; its scores are kept until it is rated."""
+        self._pending[answer_id] = (top, runner_up)
+        while len(self._pending) > PENDING:
+            self._pending.popitem(last=False)
+        return self.current(top, runner_up)
+
+    def rated(self, answer_id: str, up: bool) -> bool:
+        """Take an answer's first rating as an outcome; True when a refit is due."""
+        scores = self._pending.pop(answer_id, None)
+        if scores is None:
+            return False
+        self.samples.append((*scores, up))
+        self._since_fit += 1
+        return self._since_fit >= REFIT_EVERY
+
+    def refit(self) -> None:
+        self.current = fit_calibration(list(self.samples))
+        self._since_fit = 0
+        self.refits += 1
+
+    def snapshot(self) -> bytes:
+        return json.dumps({"samples": [[round(t, 6), round(r, 6), up]
+                                       for t, r, up in self.samples]}).encode()
+
+    def save(self, data: bytes) -> None:
+        """Write a snapshot (db thread): whole or not at all."""
+        if self.path is None:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.path, exc.strerror)
+
+    def status(self) -> dict[str, Any]:
+        c = self.current
+        return {"bias": round(c.bias, 4), "top": round(c.top, 4), "margin": round(c.margin, 4),
+                "samples": len(self.samples), "refits": self.refits,
+                "right": sum(up for _, _, up in self.samples)}

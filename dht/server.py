@@ -167,17 +167,27 @@ def _cover(holders: dict[bytes, list[Node]], width: int) -> list[tuple[Node, lis
     for key32, nodes in holders.items():
         for node in nodes:
             candidates.setdefault(node.id, (node, []))[1].append(key32)
+    # How many keys still short each candidate holds, kept up to date.
+    short = {node_id: len(ks) for node_id, (_, ks) in candidates.items()}
+    by_key: dict[bytes, list[bytes]] = {}
+    for node_id, (_, ks) in candidates.items():
+        for k in ks:
+            by_key.setdefault(k, []).append(node_id)
     plan: list[tuple[Node, list[bytes]]] = []
-    while candidates:
-        node_id, (node, ks) = max(candidates.items(),
-                                  key=lambda item: sum(need[k] > 0 for k in item[1][1]))
-        useful = [k for k in ks if need[k] > 0]
-        if not useful:
+    while short:
+        node_id = max(short, key=short.__getitem__)  # ties: the first met
+        if short[node_id] == 0:
             break
+        node, ks = candidates[node_id]
+        useful = [k for k in ks if need[k] > 0]
         plan.append((node, useful))
+        del short[node_id]
         for k in useful:
             need[k] -= 1
-        del candidates[node_id]
+            if need[k] == 0:
+                for other in by_key[k]:
+                    if other in short:
+                        short[other] -= 1
     return plan
 
 
@@ -394,9 +404,12 @@ class SporeDHT(Server):  # type: ignore[misc]
             if not plan:
                 break
             await self._ask_plan(plan, answered)
+            asked: dict[bytes, set[bytes]] = {}
+            for node, ks in plan:
+                for key32 in ks:
+                    asked.setdefault(key32, set()).add(node.id)
             for key32 in list(todo):
-                asked = {n.id for n, ks in plan if key32 in ks}
-                rest = [n for n in todo[key32] if n.id not in asked]
+                rest = [n for n in todo[key32] if n.id not in asked.get(key32, ())]
                 values = answered.get(key32, [])
                 if rest and not any(v is not None for v in values):
                     todo[key32] = rest

@@ -47,6 +47,7 @@ Prepared = tuple[MemoryRecord, bytes, float]  # signed record, int8 embedding, i
 CANDIDATES = 32  # memories re-ranked per ask
 AGENT_CANDIDATES = 12  # the best local ones the agents score (with the swarm's)
 AGENT_WEIGHT = 0.5  # how much of the cosine the agents' consensus replaces, once earned
+KINDS = (("familiar", True), ("novel", False))  # of questions, for the agents' record
 AGENT_TRIAL = 20  # up votes the agents are judged on before they may have a say
 REJECTED_BELOW = -0.2  # region fitness at which a swarm memory is not fetched for q
 RECALLED_ABOVE, RECALLED_MAX = 0.2, 4  # rated up for questions like q: fetched anyway
@@ -94,8 +95,11 @@ class Spore:
         self.agents: AgentNet | None = None  # set by the daemon: the colony among peers
         # Per rated answer: (agents' top-1 id, cosine's top-1 id); and who was
         # right on the last up votes, for the agents' say (_agent_weight).
-        self._duels: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._agent_record: deque[tuple[bool, bool]] = deque(maxlen=200)
+        self._duels: OrderedDict[str, tuple[str, str, bool]] = OrderedDict()
+        # Two records: on questions like ones people rated (familiar) and on
+        # the others (novel); the agents' say on each kind is earned on it.
+        self._agent_record: dict[bool, deque[tuple[bool, bool]]] = {
+            True: deque(maxlen=200), False: deque(maxlen=200)}
         self._shadows: dict[str, asyncio.Task[None]] = {}  # answers the agents still rank
         self.calibration = Calibrator(None if state_dir is None else state_dir / CAL_FILE)
         self._background: set[asyncio.Task[Any]] = set()
@@ -223,9 +227,10 @@ class Spore:
             return {found[r].id for r in rows if r in found}
 
         remote: list[Found] = []
+        regions = self._regions.fitness(q)  # what people said near q, per memory
+        familiar = bool(regions)  # people rated answers to questions like this one
         if self.swarm is not None:
             try:
-                regions = self._regions.fitness(q)  # what people said near q, per memory
                 remote = await self.swarm.find(
                     q, local_ids(), top, recalled=self._recalled(regions),
                     rejected=lambda m: regions.get(m, 0.0) <= REJECTED_BELOW)
@@ -248,7 +253,7 @@ class Spore:
                                f.record.vector(), f.cosine, None, f.record))
         verdict, weight, shadow = None, 0.0, None
         if self.agents is not None and len(cands) > 1:
-            weight = self._agent_weight()
+            weight = self._agent_weight(familiar)
             vecs = np.stack([c.vec for c in cands])
             if weight > 0:
                 verdict = await self.agents.rank(q, vecs)
@@ -276,10 +281,10 @@ class Spore:
             elif best.record is not None:
                 self._db.submit(self._adopt, answer_id, q, best.record)
             if verdict is not None:
-                self._judged(answer_id, q, best, ids, by_cosine, verdict)
+                self._judged(answer_id, q, best, ids, by_cosine, familiar, verdict)
             elif shadow is not None:
                 self._shadows[answer_id] = task = asyncio.ensure_future(
-                    self._judge_later(answer_id, q, best, ids, by_cosine, shadow))
+                    self._judge_later(answer_id, q, best, ids, by_cosine, familiar, shadow))
                 task.add_done_callback(lambda _t: self._shadows.pop(answer_id, None))
         self.counters["asks"] += 1
         return {
@@ -292,23 +297,24 @@ class Spore:
         }
 
     def _judged(self, answer_id: str, q: np.ndarray, best: _Cand, ids: list[str],
-                by_cosine: str, verdict: Verdict) -> None:
+                by_cosine: str, familiar: bool, verdict: Verdict) -> None:
         """Remember who took part in an answer (their credit, for its rating)
         and the agents' pick against the cosine's (for their record)."""
         assert self.agents is not None
         self.agents.remember(answer_id, q, best.vec, verdict, best.index)
-        self._duels[answer_id] = (ids[int(np.argmax(verdict.consensus))], by_cosine)
+        self._duels[answer_id] = (ids[int(np.argmax(verdict.consensus))], by_cosine, familiar)
         while len(self._duels) > 4096:
             self._duels.popitem(last=False)
 
     async def _judge_later(self, answer_id: str, q: np.ndarray, best: _Cand, ids: list[str],
-                           by_cosine: str, shadow: asyncio.Future[Verdict]) -> None:
+                           by_cosine: str, familiar: bool, shadow: asyncio.Future[Verdict]
+                           ) -> None:
         try:
             verdict = await shadow
         except Exception as exc:  # a shadow ranking that failed costs its record only
             log.warning("agents' shadow ranking failed: %s", exc)
             return
-        self._judged(answer_id, q, best, ids, by_cosine, verdict)
+        self._judged(answer_id, q, best, ids, by_cosine, familiar, verdict)
 
     def _adopt(self, answer_id: str, q: np.ndarray, rec: MemoryRecord) -> None:
         """Keep a verified memory found in the swarm that answered here, so it
@@ -386,8 +392,8 @@ class Spore:
         agents = await self.agents.feedback(answer_id, up) if self.agents is not None else 0
         duel = self._duels.pop(answer_id, None)
         if up and duel is not None:  # the right answer is known: who had it first?
-            self._agent_record.append((duel[0] == answer.memory.hex(),
-                                       duel[1] == answer.memory.hex()))
+            self._agent_record[duel[2]].append((duel[0] == answer.memory.hex(),
+                                                duel[1] == answer.memory.hex()))
         return {"memory_id": answer.memory.hex(), "vote": "up" if up else "down",
                 "agents_rated": agents,
                 "up": overall[0], "down": overall[1],
@@ -459,15 +465,21 @@ class Spore:
             votes.questions[key] = codes.astype(np.float32) * scale
             self._regions.put(v.memory_id, key, votes.questions[key], new)
 
-    def _agent_weight(self) -> float:
+    def _agent_weight(self, familiar: bool) -> float:
         """The agents' say in the ranking, earned: none until they have been
         judged on AGENT_TRIAL up votes here, and none while they rank the
         answers people rated up first no more often than the plain cosine does
         (over the last ratings). Meanwhile they rank in the shadow: their pick
         is recorded against the cosine's, so the record keeps growing. A fresh
         population is the encoder plus noise (its scores sit 0.01-0.03 off the
-        cosine), and noise must not cost the questions nobody rated."""
-        return consensus.earned_weight(self._agent_record, AGENT_TRIAL, AGENT_WEIGHT)
+        cosine), and noise must not cost the questions nobody rated.
+
+        Questions like ones people rated (`familiar`) and the others are judged
+        apart: agents that learnt the rated questions beat the cosine there,
+        and that says nothing of questions nobody rated (on the FAQ, a say won
+        on the first kind turned 4 of 60 unseen questions wrong)."""
+        return consensus.earned_weight(self._agent_record[familiar], AGENT_TRIAL,
+                                       AGENT_WEIGHT)
 
     @staticmethod
     def _recalled(regions: dict[bytes, float]) -> list[bytes]:
@@ -523,10 +535,11 @@ class Spore:
             "gossip": self.peers.status() if self.peers is not None else None,
             "calibration": self.calibration.status(),
             "agents": None if self.agents is None else {
-                **self.agents.status(), "weight": self._agent_weight(),
-                "record": {"agents_right": sum(a for a, _ in self._agent_record),
-                           "cosine_right": sum(c for _, c in self._agent_record),
-                           "of": len(self._agent_record)}},
+                **self.agents.status(),
+                "weight": {kind: self._agent_weight(k) for kind, k in KINDS},
+                "record": {kind: {"agents_right": sum(a for a, _ in self._agent_record[k]),
+                                  "cosine_right": sum(c for _, c in self._agent_record[k]),
+                                  "of": len(self._agent_record[k])} for kind, k in KINDS}},
         }
 
     async def drain(self) -> None:

@@ -70,7 +70,8 @@ def test_a_division_places_the_child_on_another_spore(spores: list[Daemon]) -> N
         rated = asker.json("POST", "/v1/rate", {"answer_id": got["answer_id"], "vote": "up"})
         assert rated["agents_rated"] >= 4
     status = asker.json("GET", "/v1/status")
-    assert status["agents"]["record"]["of"] >= 2  # judged in the shadow all the same
+    record = status["agents"]["record"]  # judged in the shadow all the same: the first
+    assert record["novel"]["of"] == 1 and record["familiar"]["of"] == 1  # ask, then a rated one
     assert status["calibration"]["samples"] >= 2  # each rating is an outcome of a confidence
 
     def children() -> list[tuple[int, dict[str, Any]]]:
@@ -136,13 +137,19 @@ def test_a_hostile_genome_is_refused_and_the_spore_keeps_serving(spores: list[Da
     genome = external_in_initializer().SerializeToString()
     lineage = make_lineage(stranger, genome=genome, created_ms=int(time.time() * 1000))
     body = msgpack.packb([lineage.wire, genome, b""], use_bin_type=True)
-    headers = sign_request(stranger, swarm, "POST", "/peer/v1/adopt", body,
-                           int(time.time() * 1000), os.urandom(16))
-    req = urllib.request.Request(f"http://{host.dht}/peer/v1/adopt", data=body,
-                                 method="POST", headers=headers)
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(req, timeout=10)
-    assert refused.value.code == 400
+    code = 503
+    for _ in range(20):  # 503: the peer port is serving its 8 at once; come again
+        headers = sign_request(stranger, swarm, "POST", "/peer/v1/adopt", body,
+                               int(time.time() * 1000), os.urandom(16))
+        req = urllib.request.Request(f"http://{host.dht}/peer/v1/adopt", data=body,
+                                     method="POST", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=10)
+        code = refused.value.code
+        if code != 503:
+            break
+        time.sleep(0.1)
+    assert code == 400
     status = host.json("GET", "/v1/status")
     assert status["agents"]["counters"].get("genome_rejected_external_data", 0) >= 1
     assert status["gossip"]["counters"].get("refused_external_data", 0) >= 1

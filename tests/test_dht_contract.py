@@ -318,3 +318,43 @@ def test_values_that_do_not_fit_one_reply_are_fetched_alone(net: Net) -> None:
             await stop_all(nodes)
 
     run(body)
+
+
+def _naive_cover(holders: dict[bytes, list[Node]], width: int) -> list[tuple[bytes, list[bytes]]]:
+    """The greedy cover written plainly: recount every candidate every step."""
+    need = {k: min(width, len(h)) for k, h in holders.items()}
+    cands: dict[bytes, list[bytes]] = {}
+    for k, nodes in holders.items():
+        for n in nodes:
+            cands.setdefault(n.id, []).append(k)
+    plan = []
+    while cands:
+        nid = max(cands, key=lambda i: sum(need[k] > 0 for k in cands[i]))
+        useful = [k for k in cands[nid] if need[k] > 0]
+        if not useful:
+            break
+        plan.append((nid, useful))
+        for k in useful:
+            need[k] -= 1
+        del cands[nid]
+    return plan
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_cover_matches_the_plain_greedy(seed: int) -> None:
+    import random
+
+    from dht.server import _cover
+
+    rng = random.Random(seed)
+    nodes = [Node(bytes([i]) * 20, "127.0.0.1", 9000 + i) for i in range(rng.randint(1, 12))]
+    holders = {bytes([k]) * 32: rng.sample(nodes, rng.randint(1, min(3, len(nodes))))
+               for k in range(rng.randint(1, 48))}
+    for width in (1, 2, 3):
+        got = [(n.id, ks) for n, ks in _cover(holders, width)]
+        assert got == _naive_cover(holders, width)
+        asked: dict[bytes, int] = {}
+        for _, ks in got:
+            for k in ks:
+                asked[k] = asked.get(k, 0) + 1
+        assert asked == {k: min(width, len(h)) for k, h in holders.items()}

@@ -11,7 +11,7 @@ swarm asks half B of the questions, never rated, before and after a rated
 stream over half A); the population over time (and a PNG); a diagnosis.
 
     .venv/bin/python scripts/bench/learning.py [--spores 8] [--asks 2000]
-        [--quick] [--skip-harm] [--png /tmp/learning.png] [--json]
+        [--quick] [--skip-harm | --harm-only] [--png /tmp/learning.png] [--json]
 """
 
 from __future__ import annotations
@@ -202,11 +202,10 @@ def run_stream(spores: list[Spore], corpus: Corpus, stream: list[tuple[int, int]
 
 
 def sweep(spores: list[Spore], corpus: Corpus, qs: list[int], where: list[int]
-          ) -> tuple[float, float, list[bool]]:
-    """Ask each question once (never rated): top-1, top-5 and per-question top-1."""
+          ) -> tuple[float, float, list[Ask]]:
+    """Ask each question once (never rated): top-1, top-5 and every ask."""
     got = [ask(spores[s], corpus, q, rate=False) for q, s in zip(qs, where, strict=True)]
-    return share([a.satisfied for a in got]), share([a.in_top5 for a in got]), \
-        [a.satisfied for a in got]
+    return share([a.satisfied for a in got]), share([a.in_top5 for a in got]), got
 
 
 def votes_spread(spores: list[Spore], cast: int) -> dict[str, Any]:
@@ -334,7 +333,8 @@ def satisfaction_run(tmp: Path, corpus: Corpus, args: argparse.Namespace,
         stream_s = time.perf_counter() - t
         votes = votes_spread(spores, sum(1 for a in asks if a.rate_ms > 0))
         where = [int(s) for s in rng.integers(args.spores, size=nq)]
-        top1, top5, per_q = sweep(spores, corpus, list(range(nq)), where)
+        top1, top5, swept = sweep(spores, corpus, list(range(nq)), where)
+    per_q = [a.satisfied for a in swept]
     asked = {a.question for a in asks}
     return {"publish_s": publish_s, "stream_s": stream_s, "asks": asks, "series": series,
             "stream": stream, "votes": votes, "sweep_top1": top1, "sweep_top5": top5,
@@ -352,9 +352,11 @@ def harm_run(tmp: Path, corpus: Corpus, args: argparse.Namespace,
     stream = zipf_stream(rng, a_half, args.harm_asks, args.zipf, args.spores)
     with swarm(tmp / "harm", args.spores) as spores:
         teach(spores, corpus.chunks)
-        b1, b5, before = sweep(spores, corpus, b_half, where)
+        b1, b5, before_asks = sweep(spores, corpus, b_half, where)
         asks, _ = run_stream(spores, corpus, stream, poll_every=len(stream))
-        a1, a5, after = sweep(spores, corpus, b_half, where)
+        a1, a5, after_asks = sweep(spores, corpus, b_half, where)
+    before = [a.satisfied for a in before_asks]
+    after = [a.satisfied for a in after_asks]
     secs = [(q, corpus.questions[q][0]) for q in b_half]
     base = {f"{name}_top{k}": share([s in ranks[q][:k] for q, s in secs])
             for name, ranks in (("plain", corpus.plain), ("tfidf", corpus.tfidf)) for k in (1, 5)}
@@ -363,6 +365,12 @@ def harm_run(tmp: Path, corpus: Corpus, args: argparse.Namespace,
             "before_top1": b1, "before_top5": b5, "after_top1": a1, "after_top5": a5,
             "turned_right": sum(not x and y for x, y in zip(before, after, strict=True)),
             "turned_wrong": sum(x and not y for x, y in zip(before, after, strict=True)),
+            # Among the 5 sources of the unseen asks after the stream: did the
+            # votes or the agents change the top-1 (+1 to the right one, -1 away)?
+            "after_votes_moved": [a.votes_moved for a in after_asks if a.votes_moved],
+            "after_agents_moved": [a.agents_moved for a in after_asks if a.agents_moved],
+            "changed_top1": sum(x.top1 != y.top1 for x, y in
+                                zip(before_asks, after_asks, strict=True)),
             **base}
 
 
@@ -428,6 +436,9 @@ def show_harm(h: dict[str, Any], w: int) -> None:
           f"turned right, {h['turned_wrong']} turned wrong); after - plain encoder: "
           f"{h['after_top1'] - h['plain_top1']:+.1%} top-1, "
           f"{h['after_top5'] - h['plain_top5']:+.1%} top-5")
+    print(f"  top-1 changed for {h['changed_top1']} unseen questions; among their 5 sources the "
+          f"votes moved it {h['after_votes_moved']}, the agents {h['after_agents_moved']} "
+          "(+1 to the right one, -1 away)")
 
 
 def show_calibration(c: dict[str, Any], w: int) -> None:
@@ -510,6 +521,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="600 asks, 300 on half A")
     ap.add_argument("--skip-harm", action="store_true")
+    ap.add_argument("--harm-only", action="store_true")
     ap.add_argument("--png", type=Path, default=Path(tempfile.gettempdir()) / "learning.png")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -521,6 +533,10 @@ def main() -> None:
     corpus = load_corpus()
     tmp = Path(tempfile.mkdtemp())
     try:
+        if args.harm_only:
+            harm = harm_run(tmp, corpus, args, rng)
+            show_harm(harm, args.window)
+            return
         sat = satisfaction_run(tmp, corpus, args, rng)
         harm = None if args.skip_harm else harm_run(tmp, corpus, args, rng)
     finally:

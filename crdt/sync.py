@@ -148,11 +148,23 @@ class Digest:
 
 def summarize(hashes: Mapping[bytes, bytes]) -> Digest:
     """The full digest of a map ``key -> item_hash``."""
-    members: list[list[bytes]] = [[] for _ in range(FANOUT)]
+    members: list[dict[bytes, bytes]] = [{} for _ in range(FANOUT)]
     for key, hashed in hashes.items():
-        members[bucket_of(key)].append(_entry(key, hashed))
-    buckets = tuple(_h(b"".join(sorted(m)), b"sporemind/bucket") for m in members)
-    return Digest(_h(b"".join(buckets), b"sporemind/root"), buckets)
+        members[bucket_of(key)][key] = hashed
+    return digest_of([bucket_hash(m) for m in members])
+
+
+def bucket_hash(members: Mapping[bytes, bytes]) -> bytes:
+    """The hash of one bucket's ``key -> item_hash`` entries (a replica that
+    keeps its map split by bucket recomputes only the buckets that changed)."""
+    return _h(b"".join(sorted(_entry(k, h) for k, h in members.items())), b"sporemind/bucket")
+
+
+def digest_of(buckets: Sequence[bytes]) -> Digest:
+    """The digest over `FANOUT` bucket hashes."""
+    if len(buckets) != FANOUT:
+        raise ValueError(f"a digest has {FANOUT} buckets, got {len(buckets)}")
+    return Digest(_h(b"".join(buckets), b"sporemind/root"), tuple(buckets))
 
 
 def brief(digest: Digest) -> Digest:

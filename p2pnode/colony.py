@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ import numpy as np
 from agents import guard
 from agents.genome import (
     DIM,
+    INITIALIZERS,
     Agent,
     Weights,
     decode_lineage,
@@ -56,6 +58,7 @@ log = logging.getLogger("spore.agents")
 AGENTS_DB = "agents.sqlite3"
 LEARNING_RATE = 0.01  # per rating: hundreds of ratings must not carry an agent far
 SPECIALTY_NOISE = 0.01
+LEARNED_FLUSH_S = 60.0  # an agent's learnt weights are written at most this often
 EVENTS = 256  # recent births, divisions and deaths kept for /v1/agents
 
 
@@ -109,6 +112,25 @@ class Birth:
     genome: bytes
 
 
+def _pack_weights(w: Weights) -> bytes:
+    return b"".join(np.ascontiguousarray(a, dtype="<f4").tobytes() for a in w.arrays())
+
+
+def _unpack_weights(data: bytes) -> Weights:
+    """Weights from `_pack_weights`; ValueError when the bytes do not fit."""
+    sizes = [int(np.prod(shape)) for shape in INITIALIZERS.values()]
+    if len(data) != 4 * sum(sizes):
+        raise ValueError(f"learnt weights of {len(data)} bytes, expected {4 * sum(sizes)}")
+    flat = np.frombuffer(data, dtype="<f4").astype(np.float32)
+    if not np.isfinite(flat).all():
+        raise ValueError("learnt weights are not finite")
+    parts, at = [], 0
+    for size, shape in zip(sizes, INITIALIZERS.values(), strict=True):
+        parts.append(flat[at:at + size].reshape(shape).copy())
+        at += size
+    return Weights(*parts)
+
+
 class Colony:
     def __init__(self, *, identity: Identity, path: Path | None, max_agents: int = 16,
                  seed_agents: int = 4, idle_ms: int = 7 * 86_400_000,
@@ -122,6 +144,7 @@ class Colony:
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS)
         self.counters: dict[str, int] = {}
         self.pool = Pool([])
+        self._dirty: dict[bytes, float] = {}  # agents whose learnt weights are not stored yet
         self._lock = threading.Lock()  # the compute thread, and tests calling directly
         self._db: sqlite3.Connection | None = None
         if path is not None:
@@ -136,11 +159,15 @@ class Colony:
             " fitness REAL NOT NULL, fitness_ms INTEGER NOT NULL, good INTEGER NOT NULL,"
             " last_used_ms INTEGER NOT NULL)", what="the agents store")
         try:
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(agents)")}
+            if "learned" not in columns:  # stores from before learning was kept apart
+                self._db.execute("ALTER TABLE agents ADD COLUMN learned BLOB")
             rows = self._db.execute("SELECT lineage, genome, specialty, interactions, fitness,"
-                                    " fitness_ms, good, last_used_ms FROM agents").fetchall()
+                                    " fitness_ms, good, last_used_ms, learned FROM agents"
+                                    ).fetchall()
         except sqlite3.DatabaseError as exc:
             raise StateError(f"cannot read the agents store {path}: {exc}") from exc
-        for lineage, genome, spec, interactions, fit, fit_ms, good, used in rows:
+        for lineage, genome, spec, interactions, fit, fit_ms, good, used, learned in rows:
             try:
                 lin = decode_lineage(lineage)
                 lin.check_genome(genome)
@@ -148,20 +175,56 @@ class Colony:
             except VerifyError as exc:  # our own file: a broken row is skipped, not fatal
                 log.error("skipping a stored agent: %s", exc)
                 continue
+            if learned is not None:
+                try:
+                    weights = _unpack_weights(learned)
+                except ValueError as exc:  # the signed genome is still there
+                    log.warning("agent %s…: %s; back to its birth weights", lin.agent_id.hex()[:12],
+                                exc)
             agent = Agent(lin, weights, np.frombuffer(spec, np.float32).copy(), interactions,
                           fit, fit_ms)
             self.agents[agent.agent_id] = agent
             self.good[agent.agent_id], self.last_used[agent.agent_id] = good, used
 
-    def _save(self, agents: Sequence[Agent]) -> None:
+    def _insert(self, agents: Sequence[Agent], genomes: Sequence[bytes] | None = None) -> None:
+        """A new agent's row: its genome as its lineage signed it (birth weights)."""
         if self._db is None or not agents:
             return
-        rows = [(a.agent_id, a.lineage.wire, to_onnx(a.weights), a.specialty.tobytes(),
-                 a.interactions, a.fitness, a.fitness_ms, self.good.get(a.agent_id, 0),
-                 self.last_used.get(a.agent_id, 0)) for a in agents]
+        genomes = genomes or [to_onnx(a.weights) for a in agents]
+        rows = [(a.agent_id, a.lineage.wire, g, a.specialty.tobytes(), a.interactions,
+                 a.fitness, a.fitness_ms, self.good.get(a.agent_id, 0),
+                 self.last_used.get(a.agent_id, 0), None)
+                for a, g in zip(agents, genomes, strict=True)]
+        self._write("INSERT OR REPLACE INTO agents VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def _update(self, agents: Sequence[Agent], now: float) -> None:
+        """Standing after a rating; the learnt weights (400 KB an agent) at most
+        every LEARNED_FLUSH_S an agent, and all of them at close: a crash loses
+        at most that much learning, never an agent (the signed genome stays)."""
+        if self._db is None or not agents:
+            return
+        for a in agents:
+            self._dirty.setdefault(a.agent_id, now)
+        self._write("UPDATE agents SET specialty=?, interactions=?, fitness=?, fitness_ms=?,"
+                    " good=?, last_used_ms=? WHERE id=?",
+                    [(a.specialty.tobytes(), a.interactions, a.fitness, a.fitness_ms,
+                      self.good.get(a.agent_id, 0), self.last_used.get(a.agent_id, 0),
+                      a.agent_id) for a in agents])
+        self._flush_learned(now - LEARNED_FLUSH_S)
+
+    def _flush_learned(self, older_than: float) -> None:
+        due = [i for i, since in self._dirty.items() if since <= older_than]
+        rows = [(_pack_weights(self.agents[i].weights), i) for i in due if i in self.agents]
+        for i in due:
+            del self._dirty[i]
+        if rows:
+            self._write("UPDATE agents SET learned=? WHERE id=?", rows)
+            self.count("learned_flushed", len(rows))
+
+    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        assert self._db is not None
         try:
-            self._db.executemany("INSERT OR REPLACE INTO agents VALUES (?,?,?,?,?,?,?,?,?)",
-                                 rows)
+            self._db.executemany(sql, rows)
         except sqlite3.DatabaseError as exc:
             self.count("persist_errors")
             log.error("agents store: %s", exc)
@@ -175,6 +238,8 @@ class Colony:
 
     def close(self) -> None:
         if self._db is not None:
+            with self._lock:
+                self._flush_learned(float("inf"))
             self._db.close()
             self._db = None
 
@@ -203,7 +268,7 @@ class Colony:
                     weights = base if i == 0 else mutate(base, sigma, self.rng)
                     agent = new_agent(self.identity, weights, created_ms=now_ms)
                     self._add(agent, now_ms, "born")
-                self._save(list(self.agents.values()))
+                self._insert(list(self.agents.values()))
             self.pool.rebuild(list(self.agents.values()))
             return list(self.agents.values())
 
@@ -253,7 +318,7 @@ class Colony:
                 if self.good[agent_id] >= threshold and agent.fitness > 0:
                     births.append(self._divide(agent, now_ms, sigma))
             dead = self._cull(now_ms)
-            self._save(changed)
+            self._update(changed, time.monotonic())
             self.pool.rebuild(list(self.agents.values()))
             self.count("feedback")
             return changed, births, dead
@@ -280,7 +345,7 @@ class Colony:
             dead = self._cull(now_ms)
             kept = birth.agent.agent_id in self.agents
             if kept:
-                self._save([birth.agent])
+                self._insert([birth.agent], [birth.genome])
             self.pool.rebuild(list(self.agents.values()))
             return kept, dead
 

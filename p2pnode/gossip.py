@@ -75,6 +75,10 @@ class GossipStore:
         self.hashes: dict[bytes, bytes] = {}
         self.counters: dict[str, int] = {}
         self._digest: sync.Digest | None = None
+        # The map split by sync bucket, each bucket's hash cached until it changes:
+        # a new item costs one bucket's hash, a listing reads only its buckets.
+        self._members: list[dict[bytes, bytes]] = [{} for _ in range(sync.FANOUT)]
+        self._bucket_hashes: list[bytes | None] = [None] * sync.FANOUT
         self._db: sqlite3.Connection | None = None
         if path is not None:
             self._open(path)
@@ -90,7 +94,21 @@ class GossipStore:
                              "(peers send it again)") from exc
         for key, stamp, item in rows:  # our own file: validated when it came in
             self.items[key] = (stamp, item)
-            self.hashes[key] = sync.item_hash(item)
+            self._set_hash(key, sync.item_hash(item))
+
+    def _set_hash(self, key: bytes, hashed: bytes) -> None:
+        bucket = sync.bucket_of(key)
+        self.hashes[key] = self._members[bucket][key] = hashed
+        self._bucket_hashes[bucket] = None
+        self._digest = None
+
+    def reindex(self) -> None:
+        """Split `hashes` by bucket again (after it was assigned wholesale)."""
+        self._members = [{} for _ in range(sync.FANOUT)]
+        self._bucket_hashes = [None] * sync.FANOUT
+        self._digest = None
+        for key, hashed in self.hashes.items():
+            self._members[sync.bucket_of(key)][key] = hashed
 
     def close(self) -> None:
         if self._db is not None:
@@ -111,7 +129,10 @@ class GossipStore:
 
     def digest(self) -> sync.Digest:
         if self._digest is None:
-            self._digest = sync.summarize(self.hashes)
+            for i, cached in enumerate(self._bucket_hashes):
+                if cached is None:
+                    self._bucket_hashes[i] = sync.bucket_hash(self._members[i])
+            self._digest = sync.digest_of([h for h in self._bucket_hashes if h is not None])
         return self._digest
 
     # --- writing -------------------------------------------------------------------
@@ -137,10 +158,9 @@ class GossipStore:
             if old is not None and old >= (stamp, item):
                 continue
             self.items[key] = (stamp, item)
-            self.hashes[key] = sync.item_hash(item)
+            self._set_hash(key, sync.item_hash(item))
             changed.append(Accepted(key, stamp, record))
         if changed:
-            self._digest = None
             self.count("accepted", len(changed))
             self._persist(changed)
         return changed
@@ -172,7 +192,7 @@ class GossipStore:
         buckets: list[int] = []
         listed: dict[bytes, bytes] = {}
         for bucket in differ:
-            more = sync.listing(self.hashes, [bucket])
+            more = self._members[bucket]
             if buckets and len(listed) + len(more) > sync.MAX_LISTING:
                 self.count("listing_paged")
                 break

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -291,3 +292,34 @@ def test_genome_and_pool_import_without_onnxruntime() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
+
+
+def test_learnt_agents_survive_a_restart_with_what_they_learnt(tmp_path: Path) -> None:
+    import sqlite3
+
+    from p2pnode.colony import Colony
+    from p2pnode.identity import Identity
+
+    me = Identity.from_seed(b"colony keeper")
+    path = tmp_path / "agents.sqlite3"
+    colony = Colony(identity=me, path=path, rng=np.random.default_rng(3))
+    colony.start(1_000, 0.005)
+    q = unit(np.random.default_rng(4).standard_normal(384).astype(np.float32))
+    m = unit(np.random.default_rng(5).standard_normal(384).astype(np.float32))
+    colony.feedback({a: 0.5 for a in colony.agents}, q, m, True, 2_000, 10**9, 20, 0.005)
+    learnt = {i: a.weights.w2.copy() for i, a in colony.agents.items()}
+    colony.close()  # flushes the learnt weights
+
+    again = Colony(identity=me, path=path)
+    assert set(again.agents) == set(learnt)  # none skipped: the signed genome still checks
+    for i, a in again.agents.items():
+        assert np.array_equal(a.weights.w2, learnt[i])
+        assert a.interactions == 1
+    again.close()
+
+    with sqlite3.connect(path) as db:  # a torn learnt blob: back to the birth weights
+        db.execute("UPDATE agents SET learned = x'00'")
+    third = Colony(identity=me, path=path)
+    assert set(third.agents) == set(learnt)
+    assert not any(np.array_equal(a.weights.w2, learnt[i]) for i, a in third.agents.items())
+    third.close()

@@ -11,6 +11,7 @@ import os
 import random
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from crdt import sync
@@ -193,6 +194,22 @@ def test_one_round_makes_two_replicas_equal_both_ways() -> None:
     assert a.digest() == b.digest() and a.items == b.items
     again = asyncio.run(exchange(a, _direct(b)))
     assert again.same and again.sent == again.received == 0
+
+
+def test_the_bucketed_digest_is_the_plain_one_at_every_step() -> None:
+    s = store()
+    voters = [Identity.from_seed(b"voter %d" % i) for i in range(40)]
+    memory = os.urandom(32)
+    for i, voter in enumerate(voters):
+        s.offer(dict([vote(voter, memory, 1 + i % 3)]))
+        assert s.digest() == sync.summarize(s.hashes)
+    for voter in voters[:10]:  # newer seqs replace items in place
+        s.offer(dict([vote(voter, memory, 9)]))
+        assert s.digest() == sync.summarize(s.hashes)
+    fresh = store().digest()
+    buckets, listing = msgpack.unpackb(s.answer_sync(sync.encode_digest(fresh)))
+    assert buckets == sync.differing(s.digest(), fresh)
+    assert sync.decode_listing(listing) == sync.listing(s.hashes, buckets)
 
 
 def test_equal_replicas_settle_in_one_small_message_however_many_items() -> None:

@@ -76,6 +76,7 @@ def converged_swarm(n: int, extra_memories: int = 0) -> list[GossipStore]:
     for _ in range(n):
         store = GossipStore(validators(dna.swarm_id, lambda: dna))
         store.items, store.hashes = dict(template.items), dict(template.hashes)
+        store.reindex()
         stores.append(store)
     return stores
 

@@ -371,6 +371,13 @@ def harm_run(tmp: Path, corpus: Corpus, args: argparse.Namespace,
             "after_agents_moved": [a.agents_moved for a in after_asks if a.agents_moved],
             "changed_top1": sum(x.top1 != y.top1 for x, y in
                                 zip(before_asks, after_asks, strict=True)),
+            "turned_wrong_detail": [
+                {"question": corpus.questions[q][1][:60], "before": x.top1, "after": y.top1,
+                 "cos_before": float(corpus.qv[q] @ corpus.cv[int(x.top1.split("@")[1])]),
+                 "cos_after": float(corpus.qv[q] @ corpus.cv[int(y.top1.split("@")[1])]),
+                 "nearest_rated": float(max(corpus.qv[q] @ corpus.qv[a] for a in a_half))}
+                for q, x, y in zip(b_half, before_asks, after_asks, strict=True)
+                if x.satisfied and not y.satisfied],
             **base}
 
 
@@ -439,6 +446,10 @@ def show_harm(h: dict[str, Any], w: int) -> None:
     print(f"  top-1 changed for {h['changed_top1']} unseen questions; among their 5 sources the "
           f"votes moved it {h['after_votes_moved']}, the agents {h['after_agents_moved']} "
           "(+1 to the right one, -1 away)")
+    for d in h["turned_wrong_detail"]:
+        print(f"    turned wrong: {d['question']!r}: {d['before']} (cos {d['cos_before']:.3f}) -> "
+              f"{d['after']} (cos {d['cos_after']:.3f}); nearest rated question at cos "
+              f"{d['nearest_rated']:.2f}")
 
 
 def show_calibration(c: dict[str, Any], w: int) -> None:

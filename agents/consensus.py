@@ -19,8 +19,9 @@ __all__ = ["PRIOR", "Calibration", "Ranking", "combine", "confidence", "earned_w
 # How far a rating moves a memory: one down vote on the same question costs
 # 0.4 * 0.33 ≈ 0.13 of cosine, enough to let the runner-up through in most
 # cases. Votes on other questions (the memory's overall fitness) only break
-# near-ties: at 0.01 they flipped as many never-rated FAQ questions wrong as
-# right, all of them ties within 0.001 of cosine (learning.py, seeds 1 and 2).
+# near-ties: at 0.01 they turned 3 never-rated FAQ questions wrong and 1 right
+# (learning.py, seeds 1 and 2); the two turned wrong that were shown were
+# ties within 0.001 of cosine.
 REGION_WEIGHT = 0.4
 OVERALL_WEIGHT = 0.002
 # A vote's question counts for this question from this cosine upward. On the

@@ -52,6 +52,7 @@ T = TypeVar("T")
 
 SPECIALISTS = 2  # peers asked to score
 SPECIALIST_MIN = 0.5  # cosine of a peer agent's specialty to the question, to be asked
+CARD_UPDATE_S = 10.0  # an agent's card is re-sent at most this often for a new standing
 CARDS_REFRESH_S = 2.0  # the specialists' cards are read again at most this often
 SCORE_DEADLINE_S = 0.25
 FEEDBACK_DEADLINE_S = 2.0
@@ -120,6 +121,8 @@ class AgentNet:
         self._card_seq = 0
         self._cards = _Cards(b"", -CARDS_REFRESH_S, [], np.zeros((0, 0), np.float32))
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stale: dict[bytes, Agent] = {}  # cards whose update waits (publish_cards)
+        self._card_sent: dict[bytes, float] = {}  # agent id -> time.monotonic() of its card
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -139,6 +142,7 @@ class AgentNet:
         _, _, sigma = self._rules()
         agents = await self.compute(self.colony.start, self._now_ms(), sigma)
         self.publish_cards(agents)
+        self._spawn(self._flush_cards())
         if peers is not None:
             peers.capacity = lambda: self.colony.spare
             peers.routes.update(score=self._serve_score, feedback=self._serve_feedback,
@@ -154,8 +158,25 @@ class AgentNet:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def publish_cards(self, agents: list[Agent], dead: list[Agent] | None = None) -> None:
-        """Our agents' registry cards (dead ones as tombstones) into gossip."""
+    def publish_cards(self, agents: list[Agent], dead: list[Agent] | None = None, *,
+                      updates: bool = False) -> None:
+        """Our agents' registry cards (dead ones as tombstones) into gossip.
+        `updates` (a rating changed their standing): an agent's card goes out
+        again at most every CARD_UPDATE_S; the rest wait in `_stale` for the
+        flush loop. Every card is signed and checked by every spore, and a
+        rating changes a dozen of them."""
+        now = time.monotonic()
+        if updates:
+            for a in agents:
+                self._stale[a.agent_id] = a
+            agents = [a for a in self._stale.values()
+                      if now - self._card_sent.get(a.agent_id, -CARD_UPDATE_S) >= CARD_UPDATE_S]
+        for a in agents:
+            self._stale.pop(a.agent_id, None)
+            self._card_sent[a.agent_id] = now
+        for a in dead or []:
+            self._stale.pop(a.agent_id, None)
+            self._card_sent.pop(a.agent_id, None)
         items = {}
         for agent, alive in [(a, True) for a in agents] + [(a, False) for a in dead or []]:
             self._card_seq = max(self._card_seq + 1, self._now_ms())
@@ -167,6 +188,13 @@ class AgentNet:
             items[agent_key(self.identity.public_key, agent.agent_id)] = card.wire
         if items:
             self.gossip.offer(items)
+
+    async def _flush_cards(self) -> None:
+        while True:
+            await asyncio.sleep(CARD_UPDATE_S)
+            live = [a for i, a in self._stale.items() if i in self.colony.agents]
+            self._stale.clear()
+            self.publish_cards(live)
 
     def registry(self) -> list[dict[str, Any]]:
         """Every agent card the gossiped map holds (the swarm's population)."""
@@ -343,7 +371,7 @@ class AgentNet:
         changed, births, dead = await self.compute(
             self.colony.feedback, deltas, q, memory, up, self._now_ms(), half_life, threshold,
             sigma)
-        self.publish_cards(changed, dead)
+        self.publish_cards(changed, dead, updates=True)
         for birth in births:
             self._spawn(self.place(birth))
         if self.peers is not None:

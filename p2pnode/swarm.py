@@ -56,11 +56,14 @@ class SwarmSettings:
     rate_per_s: float = 500.0  # requests per second from one source IP
     rpc_timeout_s: float = 1.5
     # Bucket keys looked up per question (home keys first), and remote
-    # candidates whose content is fetched. At 24 and 8 the swarm's top-1 was the
-    # full scan's for 90-93 % of the FAQ questions, at 48 and 12 for 97 %
-    # (scripts/bench/swarm.py reports both figures).
+    # candidates whose content is fetched. At 24 and 8 the swarm's FAQ top-1 /
+    # top-5 were 43-49 / 69-74 % against the single spore's 50.8 / 80.8 %; at
+    # 48 and 12, 50.0-50.8 / 77.5-80.0 %, for ~2 ms more (scripts/bench/swarm.py).
     lookups_per_ask: int = 48
     fetch_per_ask: int = 12
+    # With at most this many contacts every probe key is read: what costs is
+    # datagrams, one per holder for all its keys, and there are few holders.
+    small_swarm: int = 16
     read_width: int = 1  # replicas an ask reads first (the others only for what they lack)
 
 
@@ -167,7 +170,9 @@ class Swarm:
             with contextlib.suppress(Exception):
                 await exclude
             return []  # alone: the local index has everything there is
-        keys = bucket_keys(q, self.dna.lsh, self.planes, self.settings.lookups_per_ask)
+        budget = None if len(self.dht.contacts()) <= self.settings.small_swarm \
+            else self.settings.lookups_per_ask
+        keys = bucket_keys(q, self.dna.lsh, self.planes, budget)
         values = await self._get_many(keys)
         entries: dict[bytes, codec.IndexEntry] = {}
         for value in values.values():

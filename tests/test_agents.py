@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -323,3 +324,49 @@ def test_learnt_agents_survive_a_restart_with_what_they_learnt(tmp_path: Path) -
     assert set(third.agents) == set(learnt)
     assert not any(np.array_equal(a.weights.w2, learnt[i]) for i, a in third.agents.items())
     third.close()
+
+
+def test_card_updates_are_rate_limited_births_and_deaths_are_not() -> None:
+    import asyncio
+
+    from p2pnode import agentnet
+    from p2pnode import dna as dna_mod
+    from p2pnode.colony import Colony
+    from p2pnode.gossip import KIND_AGENT, GossipStore
+    from p2pnode.identity import Identity
+    from p2pnode.peers import validators
+    from p2pnode.records import decode_agent_card
+
+    me = Identity.from_seed(b"card keeper")
+    dna = dna_mod.found(me, swarm="cards", encoder_name="e", encoder_sha256="00" * 32, dim=384,
+                        created_ms=1)
+    gossip = GossipStore(validators(dna.swarm_id, lambda: dna))
+    colony = Colony(identity=me, path=None, seed_agents=2, rng=np.random.default_rng(1))
+
+    async def inline(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    net = agentnet.AgentNet(colony=colony, identity=me, swarm=dna.swarm_id, store=gossip,
+                            compute=inline, dna=lambda: dna)
+
+    def fitness_on_cards() -> dict[bytes, float]:
+        cards = [decode_agent_card(item) for _, item in gossip.with_prefix(KIND_AGENT)]
+        return {c.agent_id: c.fitness for c in cards if c.alive}
+
+    async def scenario() -> None:
+        await net.start(None)
+        first = fitness_on_cards()
+        assert len(first) == 2  # births go out at once
+        agents = list(colony.agents.values())
+        for a in agents:
+            a.fitness = 5.0
+        net.publish_cards(agents, updates=True)  # just sent: the update waits
+        assert fitness_on_cards() == first
+        net._card_sent = {i: t - agentnet.CARD_UPDATE_S for i, t in net._card_sent.items()}
+        net.publish_cards([], updates=True)  # due now: the waiting updates go out
+        assert set(fitness_on_cards().values()) == {5.0}
+        net.publish_cards([], [agents[0]])  # a death goes out at once
+        assert set(fitness_on_cards()) == {agents[1].agent_id}
+        await net.stop()
+
+    asyncio.run(scenario())

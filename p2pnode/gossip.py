@@ -74,6 +74,7 @@ class GossipStore:
         self.items: dict[bytes, tuple[int, bytes]] = {}
         self.hashes: dict[bytes, bytes] = {}
         self.counters: dict[str, int] = {}
+        self.on_change: Callable[[], None] | None = None  # called when an offer changed it
         self._digest: sync.Digest | None = None
         # The map split by sync bucket, each bucket's hash cached until it changes:
         # a new item costs one bucket's hash, a listing reads only its buckets.
@@ -161,6 +162,8 @@ class GossipStore:
             self._set_hash(key, sync.item_hash(item))
             changed.append(Accepted(key, stamp, record))
         if changed:
+            if self.on_change is not None:
+                self.on_change()
             self.count("accepted", len(changed))
             self._persist(changed)
         return changed

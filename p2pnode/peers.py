@@ -205,9 +205,11 @@ class PeerService:
         last = -math.inf
         try:
             while True:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancel that races with the event (the daemon then never stops).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._news.wait(),
-                                           self.interval_s * self.rng.uniform(0.75, 1.25))
+                    async with asyncio.timeout(self.interval_s * self.rng.uniform(0.75, 1.25)):
+                        await self._news.wait()
                     self.count("rounds_for_news")
                 self._news.clear()
                 # a burst of news is one round per gap, not one per item

@@ -10,6 +10,7 @@ import asyncio
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -270,3 +271,28 @@ def test_a_fresh_replica_catches_up_on_thousands_of_items_page_by_page() -> None
         assert rounds <= 40, f"not converged after {rounds - 1} rounds"
         asyncio.run(exchange(b, _direct(a)))
     assert rounds >= 5000 // 256 and a.counters.get("listing_paged", 0) >= 1
+
+
+def test_the_gossip_loop_stops_when_cancelled_amid_news() -> None:
+    """A cancel racing with news must end the loop (a daemon that swallowed it
+    never stopped)."""
+    from p2pnode.peers import PeerService
+
+    async def nothing(_: list[Any]) -> None:
+        return None
+
+    async def scenario() -> None:
+        svc = PeerService(identity=Identity.from_seed(b"loop"), swarm=DNA.swarm_id,
+                          store=store(), host="127.0.0.1", port=9, seeds=[], interval_s=0.01,
+                          contacts=list, on_accepted=nothing)
+        for i in range(100):
+            task = asyncio.ensure_future(svc.run())
+            for _ in range(i % 7):
+                await asyncio.sleep(0)
+            svc.store.on_change()  # news, as the cancel arrives
+            task.cancel()
+            svc.store.on_change()
+            done, _ = await asyncio.wait([task], timeout=2)
+            assert done and task.cancelled()
+
+    asyncio.run(scenario())

@@ -77,27 +77,50 @@ def test_taught_anywhere_answered_everywhere(swarm: list[Daemon]) -> None:
     assert not misses, misses
 
 
+def _copies(swarm: list[Daemon], keys: list[str], memory: dict) -> set[int]:  # type: ignore[type-arg]
+    """Indexes in `swarm` of the spores that keep `memory`: its author and its DHT holders."""
+    code, body = swarm[0].http("GET", f"/v1/dht/locate/{memory['id']}")
+    assert code == 200, body
+    by_dht = {s.dht: i for i, s in enumerate(swarm)}
+    return {by_dht[h["address"]] for h in body["holders"]} | {keys.index(memory["author"])}
+
+
+def _victims(rng: random.Random, count: int, copies: list[set[int]], spares: range) -> list[int]:
+    """`count` spores to kill, never every copy of one memory: the promise is
+    that a memory survives the loss of any 2 of its 3 holders while its
+    author or the third lives, not the loss of all of them."""
+    victims: list[int] = []
+    for i in rng.sample(list(spares), len(spares)):
+        if len(victims) < count and all(c - {*victims, i} for c in copies):
+            victims.append(i)
+    assert len(victims) == count, "no third of the swarm can die without a memory's every copy"
+    return victims
+
+
 def test_survives_kill_9_of_a_third(swarm: list[Daemon]) -> None:
-    rng = random.Random(11)
-    victims = rng.sample(swarm[1:], SPORES // 3)
+    facts = {q for q, _ in FACTS}
+    listed = swarm[0].cli_json("memories", "--limit", "1000")["memories"]
+    mine = [m for m in listed if m["question"] in facts]
+    assert len(mine) == len(FACTS)
+    keys = [d.json("GET", "/v1/status")["public_key"] for d in swarm]
+    copies = [_copies(swarm, keys, m) for m in mine]
+    assert all(len(c) >= 3 for c in copies), copies
+    victims = [swarm[i] for i in _victims(random.Random(11), SPORES // 3, copies,
+                                          range(1, SPORES))]
     for d in victims:
         assert d.proc is not None
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait()
         d.proc = None
     alive = [d for d in swarm if d not in victims]
-    listed = alive[0].cli_json("memories", "--limit", "1000")["memories"]
-    facts = {q for q, _ in FACTS}
     for d in alive[:4]:
         for question in facts:
             got = _ask(d, question)
             assert got["sources"], f"{question!r} unanswerable on {d.port} after the kills"
     # one republish interval (and read repair) later: every memory on 3 live holders
-    ids = [m["id"] for m in listed if m["question"] in facts]
-    assert len(ids) == len(FACTS)
-    for mid in ids:
-        wait_for(lambda m=mid: _holders(alive[-1], m) >= 3, 6 * REPUBLISH_S + 30,
-                 f"{mid[:8]} back on 3 live holders")
+    for m in mine:
+        wait_for(lambda mid=m["id"]: _holders(alive[-1], mid) >= 3, 6 * REPUBLISH_S + 30,
+                 f"{m['id'][:8]} back on 3 live holders")
 
 
 def test_swarm_status_counts(swarm: list[Daemon]) -> None:

@@ -61,9 +61,14 @@ class SwarmSettings:
     # 48 and 12, 50.0-50.8 / 77.5-80.0 %, for ~2 ms more (scripts/bench/swarm.py).
     lookups_per_ask: int = 48
     fetch_per_ask: int = 12
-    # With at most this many contacts every probe key is read: what costs is
-    # datagrams, one per holder for all its keys, and there are few holders.
+    # With at most this many contacts every probe key is read and the content
+    # of more candidates fetched: what costs is datagrams, one per holder for
+    # all its keys, and there are few holders. Ranked by their 384-bit sketches
+    # (cosine within ~0.07), the best 12 of ~160 FAQ candidates missed a right
+    # answer at rank 3-5 that the best 24 hold: a full scan's top-5 on 3 of 4
+    # LSH seeds at 24, 1 of 4 at 12 (offline, 8 spores, 120 FAQ questions).
     small_swarm: int = 16
+    small_swarm_fetch: int = 24
     read_width: int = 1  # replicas an ask reads first (the others only for what they lack)
 
 
@@ -160,8 +165,9 @@ class Swarm:
                    recalled: Sequence[bytes] = ()) -> list[Found]:
         """Memories of the swarm near `q`, verified: the bucket keys are read
         (one datagram per holder), the candidates ranked by their sketches,
-        and the content of the best `fetch_per_ask` not in `exclude` (awaited
-        only then: the local search runs meanwhile) fetched and verified.
+        and the content of the best `fetch_per_ask` (`small_swarm_fetch` in a
+        small swarm) not in `exclude` (awaited only then: the local search runs
+        meanwhile) fetched and verified.
         Memories people `rejected` for questions like this one are not fetched:
         the budget goes to the next ones (after a down vote, try something else);
         the `recalled` ones (rated up for questions like it, anywhere in the
@@ -170,8 +176,9 @@ class Swarm:
             with contextlib.suppress(Exception):
                 await exclude
             return []  # alone: the local index has everything there is
-        budget = None if len(self.dht.contacts()) <= self.settings.small_swarm \
-            else self.settings.lookups_per_ask
+        small = len(self.dht.contacts()) <= self.settings.small_swarm
+        budget = None if small else self.settings.lookups_per_ask
+        fetch = self.settings.small_swarm_fetch if small else self.settings.fetch_per_ask
         keys = bucket_keys(q, self.dna.lsh, self.planes, budget)
         values = await self._get_many(keys)
         entries: dict[bytes, codec.IndexEntry] = {}
@@ -189,7 +196,7 @@ class Swarm:
         qbits = int.from_bytes(codec.embedding_bits(self.sketch @ q), "big")
         best = sorted(entries.values(),
                       key=lambda e: (qbits ^ int.from_bytes(e.bits, "big")).bit_count())
-        best = best[: max(limit, self.settings.fetch_per_ask)]
+        best = best[: max(limit, fetch)]
         extra = [m for m in recalled if m not in here and m not in {e.memory_id for e in best}]
         contents = await self._get_many([e.memory_id for e in best] + extra)
         found = [self._content(e.memory_id, contents.get(e.memory_id), q, e.author)

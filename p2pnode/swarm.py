@@ -63,10 +63,11 @@ class SwarmSettings:
     fetch_per_ask: int = 12
     # With at most this many contacts every probe key is read and the content
     # of more candidates fetched: what costs is datagrams, one per holder for
-    # all its keys, and there are few holders. Ranked by their 384-bit sketches
-    # (cosine within ~0.07), the best 12 of ~160 FAQ candidates missed a right
-    # answer at rank 3-5 that the best 24 hold: a full scan's top-5 on 3 of 4
-    # LSH seeds at 24, 1 of 4 at 12 (offline, 8 spores, 120 FAQ questions).
+    # all its keys, and there are few holders. The candidates are ranked by
+    # their 384-bit sketches (cosine within ~0.07): on the FAQ (8 spores, ~160
+    # candidates reached, 20 LSH seeds) the best 12 gave top-5 80.2 % (below
+    # the full scan's 80.8 % on 12 seeds), the best 24 81.3 % (on 4 seeds);
+    # top-1 50.6 / 50.7 % against 50.8 % (scripts/bench/fetch_budget.py).
     small_swarm: int = 16
     small_swarm_fetch: int = 24
     read_width: int = 1  # replicas an ask reads first (the others only for what they lack)

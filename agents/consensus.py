@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PRIOR", "Calibration", "Ranking", "combine", "confidence", "earned_weight",
-           "fit_calibration", "region_weights"]
+__all__ = ["PRIOR", "REJECTED_BELOW", "Calibration", "Ranking", "combine", "confidence",
+           "earned_weight", "fit_calibration", "region_weights"]
 
 # How far a rating moves a memory: one down vote on the same question costs
-# 0.4 * 0.33 ≈ 0.13 of cosine, enough to let the runner-up through in most
-# cases. What people said of a memory for *other* questions (its overall
-# fitness) does not move it: at a weight of 0.01, then 0.002, it only broke
+# 0.4 * 0.33 ≈ 0.13 of cosine, and one on a question close to this one less;
+# on this very question it also demotes the memory (REJECTED_BELOW). What
+# people said of a memory for *other* questions (its overall fitness) does not
+# move it: at a weight of 0.01, then 0.002, it only broke
 # near-ties of never-rated FAQ questions (cosines within 0.001): 7 turned
 # wrong, 1 right over five runs of learning.py. The term stays, at zero.
 REGION_WEIGHT = 0.4
@@ -29,6 +30,15 @@ OVERALL_WEIGHT = 0.0
 # above 0.85: a lower floor carried votes to questions they were not about
 # (scripts/bench/learning.py, "do no harm").
 REGION_FLOOR = 0.85
+# After a down vote, try something else: a memory whose region fitness is at
+# or below this (one down vote and no up vote on this very question: -0.33;
+# one on a question at cosine 0.9: -0.14, not enough) ranks after every
+# memory people did not reject for it, whatever its cosine. The swarm does not
+# even fetch such memories (p2pnode.node). Before, a down vote moved a memory
+# by 0.13 of cosine only, and the next ask of that question (on any spore)
+# had a new top-1 in 85-91 % of cases (scripts/bench/learning.py, diagnosis).
+REJECTED_BELOW = -0.2
+_DEMOTED = 2.0  # more than any gap between two cosines
 
 
 @dataclass(frozen=True)
@@ -50,11 +60,14 @@ def region_weights(query: np.ndarray, vote_questions: np.ndarray) -> np.ndarray:
 def combine(
     cosines: np.ndarray, overall_fitness: np.ndarray, region_fitness: np.ndarray
 ) -> Ranking:
-    """Rank candidates by cosine + fitness terms; all arrays aligned."""
+    """Rank candidates by cosine + fitness terms; all arrays aligned. Those
+    rejected for this question (REJECTED_BELOW) come last."""
+    region = region_fitness.astype(np.float32)
     scores = (
         cosines.astype(np.float32)
-        + REGION_WEIGHT * region_fitness.astype(np.float32)
+        + REGION_WEIGHT * region
         + OVERALL_WEIGHT * overall_fitness.astype(np.float32)
+        - _DEMOTED * (region <= REJECTED_BELOW)
     )
     order = np.argsort(-scores, kind="stable")
     ranked = scores[order]

@@ -49,7 +49,6 @@ AGENT_CANDIDATES = 12  # the best local ones the agents score (with the swarm's)
 AGENT_WEIGHT = 0.5  # how much of the cosine the agents' consensus replaces, once earned
 KINDS = (("familiar", True), ("novel", False))  # of questions, for the agents' record
 AGENT_TRIAL = 20  # up votes the agents are judged on before they may have a say
-REJECTED_BELOW = -0.2  # region fitness at which a swarm memory is not fetched for q
 RECALLED_ABOVE, RECALLED_MAX = 0.2, 4  # rated up for questions like q: fetched anyway
 MAX_SOURCES = 20
 
@@ -233,7 +232,7 @@ class Spore:
             try:
                 remote = await self.swarm.find(
                     q, local_ids(), top, recalled=self._recalled(regions),
-                    rejected=lambda m: regions.get(m, 0.0) <= REJECTED_BELOW)
+                    rejected=lambda m: regions.get(m, 0.0) <= consensus.REJECTED_BELOW)
             finally:
                 await asyncio.wait([ranked])
         rows, scores, conf, found, cosines, vectors = await ranked

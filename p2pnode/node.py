@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,6 +34,7 @@ from p2pnode.errors import BadRequest, NotFound, TooLarge
 from p2pnode.gossip import KIND_DNA, KIND_VOTE, Accepted, GossipStore, vote_key
 from p2pnode.identity import Identity
 from p2pnode.records import MemoryRecord, VoteRecord, decode_vote, make_memory, make_vote
+from p2pnode.regions import MemoryVotes, RegionIndex
 from p2pnode.storage import AnswerRow, MemoryRow, Storage, StoredVote
 from p2pnode.swarm import Found, Swarm
 
@@ -60,25 +61,6 @@ class TeachItem:
     origin: str = "taught"
 
 
-@dataclass
-class _Votes:
-    """The votes on one memory, as the ranking needs them."""
-
-    counters: dict[VoteKey, Counter] = field(default_factory=dict)
-    questions: dict[VoteKey, np.ndarray] = field(default_factory=dict)
-
-    def region_fitness(self, query: np.ndarray) -> float:
-        keys = list(self.counters)
-        qs = np.stack([self.questions[k] for k in keys])
-        w = consensus.region_weights(query, qs)
-        up = sum(wi * self.counters[k].up for wi, k in zip(w, keys, strict=True))
-        down = sum(wi * self.counters[k].down for wi, k in zip(w, keys, strict=True))
-        return fitness(float(up), float(down))
-
-    def overall(self) -> float:
-        return fitness(*tally(self.counters.values()))
-
-
 class Spore:
     def __init__(self, *, identity: Identity, dna: Dna, storage: Storage, encoder: Encoder,
                  max_text_bytes: int, clock: Callable[[], float] = time.time,
@@ -89,8 +71,8 @@ class Spore:
         self.peers: PeerService | None = None  # set by the daemon once serving
         # Every memory's votes as gossip converged them, by memory id (the
         # event loop's): ranks swarm answers, whoever holds them.
-        self._tallies: dict[bytes, _Votes] = {}
-        self._regions = _RegionIndex(encoder.dim)
+        self._tallies: dict[bytes, MemoryVotes] = {}
+        self._regions = RegionIndex(encoder.dim)
         self.agents: AgentNet | None = None  # set by the daemon: the colony among peers
         # Per rated answer: (agents' top-1 id, cosine's top-1 id); and who was
         # right on the last up votes, for the agents' say (_agent_weight).
@@ -109,7 +91,7 @@ class Spore:
         self.lsh = dna.lsh
         self.planes = hyperplanes(self.lsh, self.dim)
         self.index = LocalIndex(self.lsh, self.dim)
-        self._votes: dict[int, _Votes] = {}  # by memory row; owned by the compute thread
+        self._votes: dict[int, MemoryVotes] = {}  # by memory row; owned by the compute thread
         self._reader = storage.reader()  # used by the compute thread only
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="spore-compute")
         self._db = ThreadPoolExecutor(1, thread_name_prefix="spore-db")
@@ -145,7 +127,7 @@ class Spore:
     def _cache_vote(self, row: int, key: VoteKey, counter: Counter,
                     qvec: bytes) -> tuple[int, int]:
         """Remember a vote for ranking; returns the memory's (up, down) total."""
-        entry = self._votes.setdefault(row, _Votes())
+        entry = self._votes.setdefault(row, MemoryVotes())
         entry.counters[key] = counter
         codes, scale = compact.unpack(qvec, self.dim)
         entry.questions[key] = codes.astype(np.float32) * scale
@@ -454,7 +436,7 @@ class Spore:
         return new.show()
 
     def _tally_vote(self, v: VoteRecord) -> None:
-        votes = self._tallies.setdefault(v.memory_id, _Votes())
+        votes = self._tallies.setdefault(v.memory_id, MemoryVotes())
         key = (v.voter, v.region)
         mine = votes.counters.get(key)
         new = Counter(v.seq, v.up, v.down)
@@ -559,45 +541,6 @@ def _memory_json(r: MemoryRow) -> dict[str, Any]:
 
 def _source(r: MemoryRow, score: float) -> dict[str, Any]:
     return {**_memory_json(r), "score": round(score, 4)}
-
-
-class _RegionIndex:
-    """Every gossiped vote's question embedding in one matrix: what people said
-    about each memory for questions like q, in one product per ask."""
-
-    def __init__(self, dim: int) -> None:
-        self._row: dict[tuple[bytes, VoteKey], int] = {}
-        self._memory: list[bytes] = []
-        self._q = np.zeros((0, dim), np.float32)
-        self._counts = np.zeros((0, 2), np.float32)  # up, down
-
-    def put(self, memory_id: bytes, key: VoteKey, q: np.ndarray, c: Counter) -> None:
-        row = self._row.get((memory_id, key))
-        if row is None:
-            row = self._row[(memory_id, key)] = len(self._memory)
-            self._memory.append(memory_id)
-            if row >= len(self._q):  # grow by doubling
-                grow = max(64, len(self._q))
-                self._q = np.concatenate([self._q, np.zeros((grow, self._q.shape[1]),
-                                                             np.float32)])
-                self._counts = np.concatenate([self._counts, np.zeros((grow, 2), np.float32)])
-        self._q[row] = q
-        self._counts[row] = (c.up, c.down)
-
-    def fitness(self, q: np.ndarray) -> dict[bytes, float]:
-        """Region fitness (consensus.region_weights, votes.fitness) per memory
-        that has votes on questions like q."""
-        n = len(self._memory)
-        if n == 0:
-            return {}
-        w = consensus.region_weights(q, self._q[:n])
-        rows = np.nonzero(w > 0)[0]
-        sums: dict[bytes, list[float]] = {}
-        for r in rows:
-            acc = sums.setdefault(self._memory[r], [0.0, 0.0])
-            acc[0] += float(w[r] * self._counts[r, 0])
-            acc[1] += float(w[r] * self._counts[r, 1])
-        return {m: fitness(up, down) for m, (up, down) in sums.items()}
 
 
 @dataclass

@@ -33,12 +33,13 @@ REGION_FLOOR = 0.85
 # After a down vote, try something else: a memory whose region fitness is at
 # or below this (one down vote and no up vote on this very question: -0.33;
 # one on a question at cosine 0.9: -0.14, not enough) ranks after every
-# memory people did not reject for it, whatever its cosine. The swarm does not
-# even fetch such memories (p2pnode.node). Before, a down vote moved a memory
-# by 0.13 of cosine only, and the next ask of that question (on any spore)
-# had a new top-1 in 85-91 % of cases (scripts/bench/learning.py, diagnosis).
+# memory people did not reject for it, whatever its cosine (its score stays
+# what it is: the confidence compares the answer with a rejected runner-up as
+# it is). The swarm does not even fetch such memories (p2pnode.node).
+# Before, a down vote moved a memory by 0.13 of cosine only, and the next ask
+# of that question (on any spore) had a new top-1 in 85-91 % of cases
+# (scripts/bench/learning.py, diagnosis).
 REJECTED_BELOW = -0.2
-_DEMOTED = 2.0  # more than any gap between two cosines
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,8 @@ def combine(
         cosines.astype(np.float32)
         + REGION_WEIGHT * region
         + OVERALL_WEIGHT * overall_fitness.astype(np.float32)
-        - _DEMOTED * (region <= REJECTED_BELOW)
     )
-    order = np.argsort(-scores, kind="stable")
+    order = np.lexsort((-scores, region <= REJECTED_BELOW))  # stable, as argsort was
     ranked = scores[order]
     runner_up = float(ranked[1]) if len(ranked) > 1 else 0.0
     top = float(ranked[0]) if len(ranked) else 0.0

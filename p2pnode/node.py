@@ -248,7 +248,10 @@ class Spore:
                 shadow = asyncio.ensure_future(self.agents.rank(q, vecs))
         ids = [c.source["id"] for c in cands]  # in the order the agents scored them
         by_cosine = max(cands, key=lambda c: c.cos).source["id"] if cands else ""
-        cands.sort(key=lambda c: -c.score)
+        for c in cands:
+            c.rejected = regions.get(bytes.fromhex(c.source["id"]), 0.0) <= \
+                consensus.REJECTED_BELOW
+        cands.sort(key=lambda c: (c.rejected, -c.score))
         sources = [c.source for c in cands[:top]]
         if cands:  # ratings of this answer refit the calibration (p2pnode.calibrator)
             conf = self.calibration.said(answer_id, cands[0].score,
@@ -554,6 +557,7 @@ class _Cand:
     cos: float
     row: int | None = None
     record: MemoryRecord | None = None
+    rejected: bool = False  # rated down for this question: ranks after the others
 
 
 def _remote_source(rec: MemoryRecord, score: float) -> dict[str, Any]:

@@ -48,3 +48,14 @@ def test_a_down_vote_on_a_merely_similar_question_only_moves_it() -> None:
     assert REJECTED_BELOW < region < 0
     assert _ranked([0.9, 0.3], [region, 0.0]) == [0, 1]  # moved, not demoted
     assert _ranked([0.35, 0.3], [region, 0.0]) == [1, 0]  # a near runner-up goes ahead
+
+
+def test_a_rejected_runner_up_does_not_make_the_answer_look_certain() -> None:
+    q = _unit(np.arange(1.0, 9.0))
+    rejected = _region_fitness(q, q, up=0, down=1)
+    alone = combine(np.array([0.2]), np.zeros(1), np.zeros(1))
+    ranking = combine(np.array([0.9, 0.2]), np.zeros(2), np.array([rejected, 0.0]))
+    assert [int(i) for i in ranking.order] == [1, 0]
+    # scores stay cosine + region term: the demotion is in the order only
+    np.testing.assert_allclose(ranking.scores, [0.2, 0.9 + 0.4 * rejected], rtol=1e-6)
+    assert ranking.confidence < min(alone.confidence, 0.5)

@@ -318,7 +318,8 @@ def _print_answer(data: dict[str, Any]) -> None:
                f"   (rate it: spore rate {data['answer_id']} up|down)")
     for i, s in enumerate(data["sources"], 1):
         click.echo(f"  [{i}] {s['score']:.3f}  {s['id'][:16]}  {s['origin']}  "
-                   f"by {s['author'][:12]}  {_when(s['created_ms'])}")
+                   f"by {s['author'][:12]}  {_when(s['created_ms'])}"
+                   + ("  (rated down for this question)" if s.get("rejected") else ""))
 
 
 @main.command()

@@ -251,6 +251,8 @@ class Spore:
         for c in cands:
             c.rejected = regions.get(bytes.fromhex(c.source["id"]), 0.0) <= \
                 consensus.REJECTED_BELOW
+            if c.rejected:
+                c.source["rejected"] = True  # rated down for this question
         cands.sort(key=lambda c: (c.rejected, -c.score))
         sources = [c.source for c in cands[:top]]
         if cands:  # ratings of this answer refit the calibration (p2pnode.calibrator)

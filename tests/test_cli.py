@@ -56,10 +56,13 @@ def test_a_down_vote_changes_the_ranking(running: Daemon) -> None:
     question = "which text editor does Debian use?"
     first = running.cli_json("ask", question)
     top = first["sources"][0]["id"]
-    for _ in range(2):
-        running.cli_json("rate", first["answer_id"], "down")
-    second = running.cli_json("ask", question)
+    running.cli_json("rate", first["answer_id"], "down")  # one is enough for this question
+    second = running.cli_json("ask", question, "--top", "20")  # every memory, the rejected last
     assert second["sources"][0]["id"] != top
+    assert [s["id"] for s in second["sources"] if s.get("rejected")] == [top]
+    assert second["sources"][-1]["id"] == top
+    human = running.cli("ask", question, "--top", "20", check=True).stdout
+    assert "(rated down for this question)" in human
     # up votes on the new top keep it there
     running.cli_json("rate", second["answer_id"], "up")
     third = running.cli_json("ask", question)

@@ -2,8 +2,8 @@
 
 A vote is about an answer *to a question* (DESIGN.md section 3): each keeps
 its question's embedding, and what it says counts for another question as
-far as the two questions are alike (`agents.consensus.region_weights`). Owned
-by the node's compute thread (no locks).
+far as the two questions are alike (`agents.consensus.region_weights`). No
+locks: each instance belongs to one thread of the node (see p2pnode.node).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from dht.server import ValueRules
+from dht.config import ValueRules
 from p2pnode.errors import VerifyError
 
 __all__ = ["MAX_UDP_PAYLOAD", "TOY_RULES", "FakeNetwork", "FakeTransport", "MemoryStore",

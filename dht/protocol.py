@@ -60,7 +60,7 @@ from p2pnode.errors import SporeError, TooLarge, VerifyError
 from p2pnode.identity import Identity, verify
 
 if TYPE_CHECKING:
-    from dht.server import DhtConfig, ValueRules, ValueStoreLike
+    from dht.config import DhtConfig, ValueRules, ValueStoreLike
 
 __all__ = ["CHALLENGE_DOMAIN", "WHO_ARE_YOU", "SporeProtocol", "SporeRoutingTable"]
 

@@ -20,7 +20,6 @@ The value rules and the store come in as parameters: no records in here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import ipaddress
 import itertools
@@ -28,15 +27,24 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
 
 from kademlia.network import Server
 from kademlia.node import Node
 
+from dht.config import (
+    Bind,
+    Contact,
+    DhtConfig,
+    DhtError,
+    Lookup,
+    NotEnoughReplicas,
+    ValueRules,
+    ValueStoreLike,
+    bind_udp,
+)
 from dht.guard import (
-    MAX_ARRAY,
     MAX_KEYS,
     MAX_VALUE,
     NOT_SENT,
@@ -44,8 +52,9 @@ from dht.guard import (
     sanitise_contacts,
     sanitise_values,
 )
+from dht.plan import closest, cover
 from dht.protocol import WHO_ARE_YOU, SporeProtocol
-from p2pnode.errors import ConfigError, SporeError, TooLarge, VerifyError
+from p2pnode.errors import SporeError, TooLarge, VerifyError
 from p2pnode.identity import Identity
 
 __all__ = ["Bind", "Contact", "DhtConfig", "DhtError", "Lookup", "NotEnoughReplicas",
@@ -54,141 +63,10 @@ __all__ = ["Bind", "Contact", "DhtConfig", "DhtError", "Lookup", "NotEnoughRepli
 log = logging.getLogger(__name__)
 _VALID_CACHE = 4096  # fetched values remembered as valid (by digest of key and bytes)
 _REPUBLISH_BATCH = 16  # puts in flight at once while republishing
-RCVBUF = 2 << 20  # UDP receive buffer asked for (the kernel caps it at rmem_max)
-
-
-class DhtError(SporeError):
-    """The DHT could not do what was asked (not started, cannot bind, too few replicas)."""
-
-
-class NotEnoughReplicas(DhtError):
-    """A put reached fewer holders than the write quorum."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class DhtConfig:
-    """Everything tunable about one DHT node; built once by the caller."""
-
-    ksize: int = 20  # routing bucket size and lookup width
-    alpha: int = 3  # lookup parallelism
-    replicas: int = 3  # holders of each value (from the swarm DNA)
-    write_quorum: int = 2  # acknowledgements a put needs
-    read_width: int = 6  # closest nodes a get asks
-    value_k: int = 8  # lookup width for puts and gets: they need the read_width closest
-    rpc_timeout_s: float = 1.5  # a LAN answers in milliseconds
-    rate_per_s: float = 500.0  # requests per source IP
-    rate_burst: float = 1000.0
-    max_contacts_per_ip: int = 4
-    max_contacts: int = 4096  # admitted contacts in all
-    max_outstanding: int = 1024  # our requests awaiting an answer
-    max_tasks: int = 256  # handshakes and repairs running at once
-    max_sources: int = 8192  # addresses whose rate and credit we remember
-    dead_ttl_s: float = 30.0  # lookups skip an address this long after it timed out
-    refresh_interval_s: float = 3600.0  # lonely-bucket refresh
-    republish_interval_s: float = 3600.0  # for the caller's republish loop
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.replicas <= self.ksize <= MAX_ARRAY:
-            raise ConfigError(f"dht: need 1 <= replicas <= ksize <= {MAX_ARRAY}")
-        if not 1 <= self.write_quorum <= self.replicas <= self.read_width:
-            raise ConfigError("dht: need 1 <= write_quorum <= replicas <= read_width")
-        if not self.read_width <= self.value_k <= self.ksize:
-            raise ConfigError("dht: need read_width <= value_k <= ksize")
-        if min(self.alpha, self.max_contacts_per_ip, self.max_contacts, self.max_tasks) < 1:
-            raise ConfigError("dht: alpha and the contact and task caps must be >= 1")
-        if self.rpc_timeout_s <= 0 or self.rate_per_s <= 0 or self.rate_burst < 1:
-            raise ConfigError("dht: rpc_timeout_s and rate_per_s must be > 0, rate_burst >= 1")
-
-
-@dataclass(frozen=True)
-class ValueRules:
-    """What the values are (dht.codec in the daemon, a toy in tests)."""
-
-    validate: Callable[[bytes, bytes], tuple[str, bytes]]  # raises VerifyError
-    merge: Callable[[bytes, bytes, bytes], bytes]  # (key32, old, new), raises VerifyError
-    key_id: Callable[[bytes], bytes]  # key32 → 20-byte DHT id
-    node_id: Callable[[bytes], bytes]  # public key → 20-byte node id
-
-
-class ValueStoreLike(Protocol):
-    """The local holder's store (dht.values.ValueStore): validates and merges on put."""
-
-    def get(self, key32: bytes, /) -> bytes | None: ...
-
-    def put(self, key32: bytes, data: bytes, publisher: bytes, now_ms: int, /) -> bool: ...
-
-
-@dataclass(frozen=True)
-class Contact:
-    node_id: str  # hex
-    ip: str
-    port: int
-    last_seen_s: float | None  # seconds since we last heard from it
-
-
-@dataclass(frozen=True)
-class Lookup:
-    nodes: list[Node] = field(default_factory=list)  # the k closest that answered
-    hops: int = 0  # rounds of alpha parallel requests
-
-
-ProtocolFactory = Callable[[], asyncio.DatagramProtocol]
-Bind = Callable[[ProtocolFactory, str, int], Awaitable[Any]]
-
-
-async def bind_udp(factory: ProtocolFactory, host: str, port: int) -> Any:
-    """The real transport: a UDP socket on host:port."""
-    loop = asyncio.get_running_loop()
-    try:
-        transport, _ = await loop.create_datagram_endpoint(factory, local_addr=(host, port))
-    except OSError as exc:
-        raise DhtError(f"cannot bind the DHT to UDP {host}:{port}: {exc.strerror}") from exc
-    sock = transport.get_extra_info("socket")
-    if sock is not None:  # a burst of answers must not overflow the default 208 KiB
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-    return transport
 
 
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _closest(nodes: Iterable[Node], target: Node, k: int) -> list[Node]:
-    return sorted(nodes, key=target.distance_to)[:k]
-
-
-def _cover(holders: dict[bytes, list[Node]], width: int) -> list[tuple[Node, list[bytes]]]:
-    """Which node to ask for which keys: every key of `holders` (key → its
-    holders, closest first) asked of `width` of its holders, greedily from
-    the node that holds the most keys still short (ties: the first met)."""
-    need = {k: min(width, len(h)) for k, h in holders.items()}
-    candidates: dict[bytes, tuple[Node, list[bytes]]] = {}
-    for key32, nodes in holders.items():
-        for node in nodes:
-            candidates.setdefault(node.id, (node, []))[1].append(key32)
-    # How many keys still short each candidate holds, kept up to date.
-    short = {node_id: len(ks) for node_id, (_, ks) in candidates.items()}
-    by_key: dict[bytes, list[bytes]] = {}
-    for node_id, (_, ks) in candidates.items():
-        for k in ks:
-            by_key.setdefault(k, []).append(node_id)
-    plan: list[tuple[Node, list[bytes]]] = []
-    while short:
-        node_id = max(short, key=short.__getitem__)  # ties: the first met
-        if short[node_id] == 0:
-            break
-        node, ks = candidates[node_id]
-        useful = [k for k in ks if need[k] > 0]
-        plan.append((node, useful))
-        del short[node_id]
-        for k in useful:
-            need[k] -= 1
-            if need[k] == 0:
-                for other in by_key[k]:
-                    if other in short:
-                        short[other] -= 1
-    return plan
 
 
 class SporeDHT(Server):  # type: ignore[misc]
@@ -318,7 +196,7 @@ class SporeDHT(Server):  # type: ignore[misc]
         asked: set[bytes] = set()
         answered: dict[bytes, Node] = {}
         hops = 0
-        while todo := [n for n in _closest(seen.values(), key, k) if n.id not in asked]:
+        while todo := [n for n in closest(seen.values(), key, k) if n.id not in asked]:
             todo = todo[: self.alpha]
             hops += 1
             asked.update(n.id for n in todo)
@@ -330,12 +208,12 @@ class SporeDHT(Server):  # type: ignore[misc]
                 answered[node.id] = node
                 for contact in found:
                     seen.setdefault(contact.id, contact)
-        return Lookup(_closest(answered.values(), key, k), hops)
+        return Lookup(closest(answered.values(), key, k), hops)
 
     async def _closest_with_me(self, key32: bytes, n: int) -> list[Node]:
         target = Node(self.rules.key_id(key32))
         found = (await self.lookup(target.id, max(n, self.config.value_k))).nodes
-        return _closest([*found, self.node], target, n)
+        return closest([*found, self.node], target, n)
 
     # --- values ----------------------------------------------------------------------
 
@@ -396,11 +274,11 @@ class SporeDHT(Server):  # type: ignore[misc]
         for key32 in keys:
             target = Node(self.rules.key_id(key32))
             table = self.proto.router.find_neighbors(target, self.config.value_k)
-            holders[key32] = _closest([*table, self.node], target, self.config.replicas)
+            holders[key32] = closest([*table, self.node], target, self.config.replicas)
         answered: dict[bytes, list[bytes | None]] = {}
         todo = {k: list(h) for k, h in holders.items()}
         for round_width in (width, self.config.replicas):
-            plan = _cover(todo, round_width)
+            plan = cover(todo, round_width)
             if not plan:
                 break
             await self._ask_plan(plan, answered)
@@ -441,7 +319,7 @@ class SporeDHT(Server):  # type: ignore[misc]
     async def _get_known(self, key32: bytes) -> bytes | None:
         target = Node(self.rules.key_id(key32))
         table = self.proto.router.find_neighbors(target, self.config.value_k)
-        nodes = _closest([*table, self.node], target, self.config.replicas)
+        nodes = closest([*table, self.node], target, self.config.replicas)
         if len(nodes) < self.config.replicas:
             return None
         answers = await asyncio.gather(*(self._fetch(n, key32) for n in nodes))

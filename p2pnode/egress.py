@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from dht.server import Bind, ProtocolFactory
+from dht.config import Bind, ProtocolFactory
 
 
 class Egress:

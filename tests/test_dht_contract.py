@@ -344,14 +344,14 @@ def _naive_cover(holders: dict[bytes, list[Node]], width: int) -> list[tuple[byt
 def test_cover_matches_the_plain_greedy(seed: int) -> None:
     import random
 
-    from dht.server import _cover
+    from dht.plan import cover
 
     rng = random.Random(seed)
     nodes = [Node(bytes([i]) * 20, "127.0.0.1", 9000 + i) for i in range(rng.randint(1, 12))]
     holders = {bytes([k]) * 32: rng.sample(nodes, rng.randint(1, min(3, len(nodes))))
                for k in range(rng.randint(1, 48))}
     for width in (1, 2, 3):
-        got = [(n.id, ks) for n, ks in _cover(holders, width)]
+        got = [(n.id, ks) for n, ks in cover(holders, width)]
         assert got == _naive_cover(holders, width)
         asked: dict[bytes, int] = {}
         for _, ks in got:

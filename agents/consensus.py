@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["PRIOR", "REJECTED_BELOW", "Calibration", "Ranking", "combine", "confidence",
-           "earned_weight", "fit_calibration", "region_weights"]
+           "earned_weight", "fit_calibration", "region_weights", "rejected"]
 
 # How far a rating moves a memory: one down vote on the same question costs
 # 0.4 * 0.33 ≈ 0.13 of cosine, and one on a question close to this one less;
@@ -40,6 +40,11 @@ REGION_FLOOR = 0.85
 # of that question (on any spore) had a new top-1 in 85-91 % of cases
 # (scripts/bench/learning.py, diagnosis).
 REJECTED_BELOW = -0.2
+
+
+def rejected(region_fitness: np.ndarray | float) -> np.ndarray:
+    """Whether people rejected a memory for this question (see REJECTED_BELOW)."""
+    return np.asarray(region_fitness) <= REJECTED_BELOW
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ def combine(
         + REGION_WEIGHT * region
         + OVERALL_WEIGHT * overall_fitness.astype(np.float32)
     )
-    order = np.lexsort((-scores, region <= REJECTED_BELOW))  # stable, as argsort was
+    order = np.lexsort((-scores, rejected(region)))  # stable, as argsort was
     ranked = scores[order]
     runner_up = float(ranked[1]) if len(ranked) > 1 else 0.0
     top = float(ranked[0]) if len(ranked) else 0.0

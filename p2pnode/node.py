@@ -209,12 +209,15 @@ class Spore:
 
         remote: list[Found] = []
         regions = self._regions.fitness(q)  # what people said near q, per memory
+
+        def rejected(memory_id: bytes) -> bool:  # rated down for this question
+            return bool(consensus.rejected(regions.get(memory_id, 0.0)))
         familiar = bool(regions)  # people rated answers to questions like this one
         if self.swarm is not None:
             try:
                 remote = await self.swarm.find(
                     q, local_ids(), top, recalled=self._recalled(regions),
-                    rejected=lambda m: regions.get(m, 0.0) <= consensus.REJECTED_BELOW)
+                    rejected=rejected)
             finally:
                 await asyncio.wait([ranked])
         rows, scores, conf, found, cosines, vectors = await ranked
@@ -249,8 +252,7 @@ class Spore:
         ids = [c.source["id"] for c in cands]  # in the order the agents scored them
         by_cosine = max(cands, key=lambda c: c.cos).source["id"] if cands else ""
         for c in cands:
-            c.rejected = regions.get(bytes.fromhex(c.source["id"]), 0.0) <= \
-                consensus.REJECTED_BELOW
+            c.rejected = rejected(bytes.fromhex(c.source["id"]))
             if c.rejected:
                 c.source["rejected"] = True  # rated down for this question
         cands.sort(key=lambda c: (c.rejected, -c.score))

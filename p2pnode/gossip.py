@@ -310,20 +310,22 @@ class Membership:
 
     def pick(self, exclude: Container[tuple[str, int]] = ()) -> Member | None:
         """A random peer to gossip with: alive, unknown or suspect ones; one
-        round in PROBE_EVERY, a dropped one (so it is re-admitted when back)."""
+        round in PROBE_EVERY, a dropped or refusing one (so it is re-admitted
+        when back, or once its exchanges verify again)."""
         self.rounds += 1
         usable = [m for m in self.members.values() if (m.host, m.port) != self.me
-                  and m.refused is None and (m.host, m.port) not in exclude]
-        live = [m for m in usable if m.state != "dropped"]
-        dropped = [m for m in usable if m.state == "dropped"]
+                  and (m.host, m.port) not in exclude]
+        live = [m for m in usable if m.state not in ("dropped", "refused")]
+        # A refusal is probed like a drop: it lasts until an exchange verifies.
+        dropped = [m for m in usable if m.state in ("dropped", "refused")]
         if dropped and (not live or self.rounds % PROBE_EVERY == 0):
             return self.rng.choice(dropped)
         return self.rng.choice(live) if live else None
 
     def ok(self, member: Member, now_s: float) -> None:
-        if member.failures >= DROP_AFTER:
+        if member.failures >= DROP_AFTER or member.refused is not None:
             log.info("gossip peer %s:%d is back", member.host, member.port)
-        member.failures, member.last_ok_s = 0, now_s
+        member.failures, member.last_ok_s, member.refused = 0, now_s, None
 
     def failed(self, member: Member, why: str) -> None:
         member.failures += 1

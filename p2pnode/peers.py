@@ -291,9 +291,7 @@ class PeerService:
         self.count("bytes_sent", len(body) + REQUEST_HEADERS)
         url = f"http://{_host(member.host)}:{member.port}{path}"
         async with self._session.post(url, data=body, headers=headers) as resp:
-            reply = await resp.content.read(MAX_BODY + 1)
-            if len(reply) > MAX_BODY:
-                raise VerifyError(f"a gossip reply over {MAX_BODY} bytes")
+            reply = await read_bounded(resp.content, MAX_BODY)
             self.count("bytes_received", len(reply) + REPLY_HEADERS)
             if resp.status == 403:
                 try:
@@ -332,6 +330,7 @@ class PeerService:
             if self._blocked_key(key):
                 return self._refuse(peer, Refused("blocked", "partitioned by the operator"))
             self._heard_from(key)
+            self.refusals.pop(peer, None)  # a refusal lasts until a request verifies
             accepted: list[Accepted] = []
             try:
                 if route == "sync":
@@ -396,6 +395,21 @@ class PeerService:
                             for a, r in self.refusals.items()},
                 "blocked": [f"{h}:{p}" for h, p in sorted(self.blocked)],
                 "counters": {**self.counters, **self.store.counters}}
+
+
+async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, or VerifyError past `limit` bytes. (`stream.read(n)`
+    returns what has arrived so far, up to n: a reply longer than one TCP
+    read was cut short, its hash differed, and honest peers refused each
+    other's signatures under load — agent genomes are ~400 KB.)"""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await stream.read(min(1 << 16, limit + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise VerifyError(f"a peer reply over {limit} bytes")
+    return b"".join(chunks)
 
 
 def _host(host: str) -> str:

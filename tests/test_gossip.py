@@ -296,3 +296,58 @@ def test_the_gossip_loop_stops_when_cancelled_amid_news() -> None:
             assert done and task.cancelled()
 
     asyncio.run(scenario())
+
+
+def test_a_refusal_is_probed_and_ends_when_an_exchange_verifies() -> None:
+    m = Membership(("127.0.0.1", 1), random.Random(2))
+    refuser, other = m.know("127.0.0.1", 2), m.know("127.0.0.1", 3)
+    m.ok(other, 1.0)
+    refuser.refused = "bad_signature"
+    assert refuser.state == "refused" and refuser not in m.live()
+    picks = [m.pick() for _ in range(50)]
+    assert 0 < picks.count(refuser) <= 50 // 5 + 1  # probed now and then, not forgotten
+    m.ok(refuser, 2.0)
+    assert refuser.state == "alive" and refuser.refused is None and refuser in m.live()
+
+
+def test_a_reply_longer_than_one_read_verifies() -> None:
+    """Agent genomes (~400 KB) come back in many TCP reads: the whole reply
+    must be read before its signature is checked (a cut one made honest
+    peers refuse each other: 'bad sporemind/peer-reply/v1 signature')."""
+    from p2pnode.errors import VerifyError
+    from p2pnode.gossip import MAX_BODY
+    from p2pnode.peers import PeerService
+    from tests.conftest import free_udp_port
+
+    big = os.urandom(MAX_BODY + 1)
+
+    async def nothing(_: list[Any]) -> None:
+        return None
+
+    async def scenario() -> None:
+        svcs = []
+        for i in range(2):
+            port = free_udp_port()
+            svc = PeerService(identity=Identity.from_seed(b"big%d" % i), swarm=DNA.swarm_id,
+                              store=store(), host="127.0.0.1", port=port, seeds=[],
+                              interval_s=60, contacts=list, on_accepted=nothing)
+            await svc.start("127.0.0.1")
+            svcs.append(svc)
+        server, client = svcs
+
+        async def route(_key: bytes, body: bytes) -> bytes:
+            return big[: int(body)]
+
+        server.routes["big"] = route
+        try:
+            for size in (10, 70_000, 500_000):
+                got = await client.request("127.0.0.1", server.port, "big", b"%d" % size, 10)
+                assert got == big[:size]
+            with pytest.raises(VerifyError, match="over"):  # bounded all the same
+                await client.request("127.0.0.1", server.port, "big", b"%d" % len(big), 10)
+            assert not any(k.startswith("refused") for k in client.counters)
+        finally:
+            for svc in svcs:
+                await svc.stop()
+
+    asyncio.run(scenario())

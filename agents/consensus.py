@@ -1,9 +1,10 @@
 """Consensus: turn candidate scores and memory fitness into a ranking (pure).
 
 The ranking is the encoder's cosine, moved by what people said about each
-memory — most of all what they said about it for questions like this one (its
-*region*), a little for what they said overall — and by the agents' consensus
-as far as their record has earned them a say (`earned_weight`).
+memory for this very question (its *region*: the same question, see
+SAME_QUESTION) and, on such questions only, by the agents' consensus as far
+as their record has earned them a say (`earned_weight`). Nothing said about
+other questions reorders this one's candidates.
 """
 
 from __future__ import annotations
@@ -13,32 +14,42 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PRIOR", "REJECTED_BELOW", "Calibration", "Ranking", "combine", "confidence",
-           "earned_weight", "fit_calibration", "region_weights", "rejected"]
+__all__ = ["PRIOR", "REGION_FLOOR", "REJECTED_BELOW", "SAME_QUESTION", "Calibration", "Ranking",
+           "combine", "confidence", "earned_weight", "fit_calibration", "near_questions",
+           "region_weights", "rejected"]
 
-# How far a rating moves a memory: one down vote on the same question costs
-# 0.4 * 0.33 ≈ 0.13 of cosine, and one on a question close to this one less;
-# on this very question it also demotes the memory (REJECTED_BELOW). What
+# How far a rating moves a memory: one up vote on the same question adds
+# 0.4 * 0.33 ≈ 0.13 to its cosine; a down vote there demotes it
+# (REJECTED_BELOW). What
 # people said of a memory for *other* questions (its overall fitness) does not
 # move it: at a weight of 0.01, then 0.002, it only broke
 # near-ties of never-rated FAQ questions (cosines within 0.001): 7 turned
 # wrong, 1 right over five runs of learning.py. The term stays, at zero.
 REGION_WEIGHT = 0.4
 OVERALL_WEIGHT = 0.0
-# A vote's question counts for this question from this cosine upward. On the
-# Debian FAQ, 64 of 120 questions have a *different* question above 0.6 and 2
-# above 0.85: a lower floor carried votes to questions they were not about
-# (scripts/bench/learning.py, "do no harm").
+# A vote counts for a question only if it was cast on the same question:
+# cosine >= SAME_QUESTION between the two questions' embeddings (taken of
+# their text without case, punctuation or spacing, p2pnode.regions). Any
+# lower floor carries votes across questions that merely sound alike: "How do
+# I convert a number to a string?" is at 0.990 of "...a string to a number?"
+# and at 0.991 of itself without its "?"; "copy files from A to B" at 0.989 of
+# "from B to A". On the FAQ a rated question at 0.88 or 0.895 lifted its
+# neighbour's answer over a never-rated question's right one, and a vote
+# sharing an LSH bucket with another question acted on it at cosine 0.25.
+# 0.999 leaves room for the int8 rounding of a vote's stored question (~1e-4).
+SAME_QUESTION = 0.999
+# Up votes on questions from this cosine upward (but not the same question)
+# only bring their memory in as a candidate, ranked by its own cosine like any
+# other (recall, p2pnode.node); they never move a score or demote.
 REGION_FLOOR = 0.85
 # After a down vote, try something else: a memory whose region fitness is at
-# or below this (one down vote and no up vote on this very question: -0.33;
-# one on a question at cosine 0.9: -0.14, not enough) ranks after every
-# memory people did not reject for it, whatever its cosine (its score stays
-# what it is: the confidence compares the answer with a rejected runner-up as
-# it is). The swarm does not even fetch such memories (p2pnode.node).
-# Before, a down vote moved a memory by 0.13 of cosine only, and the next ask
-# of that question (on any spore) had a new top-1 in 85-91 % of cases
-# (scripts/bench/learning.py, diagnosis).
+# or below this (one down vote and no up vote on this very question: -0.33)
+# ranks after every memory people did not reject for it, whatever its cosine
+# (its score stays what it is: the confidence compares the answer with a
+# rejected runner-up as it is). The swarm does not even fetch such memories
+# (p2pnode.node). Before, a down vote moved a memory by 0.13 of cosine only,
+# and the next ask of that question (on any spore) had a new top-1 in 85-91 %
+# of cases (scripts/bench/learning.py, diagnosis).
 REJECTED_BELOW = -0.2
 
 
@@ -55,12 +66,19 @@ class Ranking:
 
 
 def region_weights(query: np.ndarray, vote_questions: np.ndarray) -> np.ndarray:
-    """How much each vote's question is "this question" (0..1, by cosine)."""
+    """Whether each vote's question is this very question (1.0) or not (0.0)."""
     if len(vote_questions) == 0:
         return np.zeros(0, dtype=np.float32)
-    sims = vote_questions @ query
-    weights: np.ndarray = np.clip((sims - REGION_FLOOR) / (1.0 - REGION_FLOOR), 0.0, 1.0)
-    return weights
+    same: np.ndarray = (vote_questions @ query >= SAME_QUESTION).astype(np.float32)
+    return same
+
+
+def near_questions(query: np.ndarray, vote_questions: np.ndarray) -> np.ndarray:
+    """Which votes' questions are like this one (REGION_FLOOR): recall only."""
+    if len(vote_questions) == 0:
+        return np.zeros(0, dtype=bool)
+    near: np.ndarray = vote_questions @ query >= REGION_FLOOR
+    return near
 
 
 def combine(

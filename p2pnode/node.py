@@ -25,7 +25,6 @@ from agents.encoder import Encoder
 from crdt.votes import Counter, VoteKey, fitness, record_vote, tally
 from dht import compact
 from dht.index import LocalIndex
-from dht.keys import bucket_key, hyperplanes, table_codes
 from p2pnode import dna as dna_mod
 from p2pnode.calibrator import FILE as CAL_FILE
 from p2pnode.calibrator import Calibrator
@@ -34,7 +33,7 @@ from p2pnode.errors import BadRequest, NotFound, TooLarge
 from p2pnode.gossip import KIND_DNA, KIND_VOTE, Accepted, GossipStore, vote_key
 from p2pnode.identity import Identity
 from p2pnode.records import MemoryRecord, VoteRecord, decode_vote, make_memory, make_vote
-from p2pnode.regions import MemoryVotes, RegionIndex
+from p2pnode.regions import MemoryVotes, RegionIndex, question_text, region_key
 from p2pnode.storage import AnswerRow, MemoryRow, Storage, StoredVote
 from p2pnode.swarm import Found, Swarm
 
@@ -50,7 +49,7 @@ AGENT_CANDIDATES = 12  # the best local ones the agents score (with the swarm's)
 AGENT_WEIGHT = 0.5  # how much of the cosine the agents' consensus replaces, once earned
 KINDS = (("familiar", True), ("novel", False))  # of questions, for the agents' record
 AGENT_TRIAL = 20  # up votes the agents are judged on before they may have a say
-RECALLED_ABOVE, RECALLED_MAX = 0.2, 4  # rated up for questions like q: fetched anyway
+RECALLED_MAX = 4  # memories rated up for questions like q: fetched anyway
 MAX_SOURCES = 20
 
 
@@ -89,7 +88,6 @@ class Spore:
         self.started = clock()
         self.dim = encoder.dim
         self.lsh = dna.lsh
-        self.planes = hyperplanes(self.lsh, self.dim)
         self.index = LocalIndex(self.lsh, self.dim)
         self._votes: dict[int, MemoryVotes] = {}  # by memory row; owned by the compute thread
         self._reader = storage.reader()  # used by the compute thread only
@@ -161,7 +159,9 @@ class Spore:
 
     def _prepare(self, items: Sequence[TeachItem]) -> list[Prepared]:
         texts = [f"{i.question}\n{i.text}" if i.question else i.text for i in items]
-        embs = self.encoder.embed(texts)
+        # Indexed as the record keeps it (float16), as every other spore indexes
+        # it: a memory's cosine is the same wherever it is held (swarm.Found).
+        embs = self.encoder.embed(texts).astype("<f2").astype(np.float32)
         codes, scales = compact.to_int8(embs)
         now = self._now_ms()
         out = []
@@ -197,27 +197,29 @@ class Spore:
     async def ask(self, question: str, top: int = 3) -> dict[str, Any]:
         question = self.check_text(question, "question")
         top = max(1, min(top, MAX_SOURCES))
-        q = await self._on(self._compute, self._embed, question)
+        # q ranks by cosine; qr (the question's words, p2pnode.regions) finds
+        # the votes cast on this very question.
+        q, qr = await self._on(self._compute, self._embed, question)
         # The local search runs on the compute thread while the swarm's bucket
         # lookups are in flight; the swarm waits for it only before fetching
         # content (what is here need not be fetched).
-        ranked = asyncio.ensure_future(self._on(self._compute, self._rank, q, top))
+        ranked = asyncio.ensure_future(self._on(self._compute, self._rank, q, qr, top))
 
         async def local_ids() -> set[bytes]:
             rows, _, _, found, _, _ = await ranked
             return {found[r].id for r in rows if r in found}
 
         remote: list[Found] = []
-        regions = self._regions.fitness(q)  # what people said near q, per memory
+        said = self._regions.said(qr, RECALLED_MAX)  # what people said of this question
+        regions = said.fitness
 
         def rejected(memory_id: bytes) -> bool:  # rated down for this question
             return bool(consensus.rejected(regions.get(memory_id, 0.0)))
-        familiar = bool(regions)  # people rated answers to questions like this one
+        familiar = bool(regions)  # people rated answers to this very question
         if self.swarm is not None:
             try:
                 remote = await self.swarm.find(
-                    q, local_ids(), top, recalled=self._recalled(regions),
-                    rejected=rejected)
+                    q, local_ids(), top, recalled=said.recalled, rejected=rejected)
             finally:
                 await asyncio.wait([ranked])
         rows, scores, conf, found, cosines, vectors = await ranked
@@ -229,7 +231,7 @@ class Spore:
             # Votes travel by gossip to every spore: a swarm answer is ranked
             # with all of them (and those on questions like this one).
             votes = self._tallies.get(f.record.id)
-            region = votes.region_fitness(q) if votes is not None else 0.0
+            region = votes.region_fitness(qr) if votes is not None else 0.0
             overall = votes.overall() if votes is not None else fitness(f.up, f.down)
             score = float(consensus.combine(np.array([f.cosine]), np.array([overall]),
                                             np.array([region])).scores[0])
@@ -265,9 +267,9 @@ class Spore:
             if best.row is not None:
                 # Not awaited: the db thread runs jobs in order, so a `rate` of this
                 # answer (queued later on the same thread) always finds it.
-                self._db.submit(self._remember, answer_id, q, best.row, found[best.row].id)
+                self._db.submit(self._remember, answer_id, qr, best.row, found[best.row].id)
             elif best.record is not None:
-                self._db.submit(self._adopt, answer_id, q, best.record)
+                self._db.submit(self._adopt, answer_id, qr, best.record)
             if verdict is not None:
                 self._judged(answer_id, q, best, ids, by_cosine, familiar, verdict)
             elif shadow is not None:
@@ -304,14 +306,14 @@ class Spore:
             return
         self._judged(answer_id, q, best, ids, by_cosine, familiar, verdict)
 
-    def _adopt(self, answer_id: str, q: np.ndarray, rec: MemoryRecord) -> None:
+    def _adopt(self, answer_id: str, qr: np.ndarray, rec: MemoryRecord) -> None:
         """Keep a verified memory found in the swarm that answered here, so it
         can be rated (and found locally next time). Runs on the db thread."""
         emb = rec.vector()
         codes, scales = compact.to_int8(emb[None, :])
         [(row, mid, new)] = self.storage.add_memories([(rec, codes[0].tobytes(),
                                                         float(scales[0]))])
-        self._remember(answer_id, q, row, mid)
+        self._remember(answer_id, qr, row, mid)
         if new:
             self._compute.submit(self.index.add_compact, np.asarray([row], np.int64), codes,
                                  scales)
@@ -322,13 +324,16 @@ class Spore:
                                      np.zeros((0, self.dim), np.int8), np.zeros(0, np.float32),
                                      votes)
 
-    def _region(self, q: np.ndarray) -> bytes:
-        return bucket_key(self.lsh.seed, 0, int(table_codes(q, self.planes)[0]))
+    def _embed(self, question: str) -> tuple[np.ndarray, np.ndarray]:
+        """The question's embedding, and that of its words alone (the same
+        array when they are the same text). One call each: batching pads."""
+        q = np.asarray(self.encoder.embed([question])[0], dtype=np.float32)
+        words = question_text(question)
+        if not words or words == question:
+            return q, q
+        return q, np.asarray(self.encoder.embed([words])[0], dtype=np.float32)
 
-    def _embed(self, question: str) -> np.ndarray:
-        return np.asarray(self.encoder.embed([question])[0], dtype=np.float32)
-
-    def _rank(self, q: np.ndarray, top: int
+    def _rank(self, q: np.ndarray, qr: np.ndarray, top: int
               ) -> tuple[list[int], np.ndarray, float, dict[int, MemoryRow], dict[int, float],
                          dict[int, np.ndarray]]:
         """The local candidates, best first: rows, combined scores, confidence, and
@@ -341,7 +346,7 @@ class Spore:
         for i, row in enumerate(rows):
             votes = self._votes.get(int(row))
             if votes is not None:
-                region[i] = votes.region_fitness(q)
+                region[i] = votes.region_fitness(qr)
                 overall[i] = votes.overall()
         ranking = consensus.combine(cos, overall, region)
         ranked_rows = [int(rows[i]) for i in ranking.order]
@@ -352,11 +357,11 @@ class Spore:
         return (ranked_rows[:keep], ranking.scores[:keep], ranking.confidence, found, cosines,
                 vectors)
 
-    def _remember(self, answer_id: str, q: np.ndarray, row: int, memory_id: bytes) -> None:
-        codes, scales = compact.to_int8(q[None, :])
-        self.storage.put_answer(
-            AnswerRow(answer_id, memory_id, row, self._region(q),
-                      compact.pack(codes[0], float(scales[0]))), self._now_ms())
+    def _remember(self, answer_id: str, qr: np.ndarray, row: int, memory_id: bytes) -> None:
+        codes, scales = compact.to_int8(qr[None, :])
+        qvec = compact.pack(codes[0], float(scales[0]))
+        self.storage.put_answer(AnswerRow(answer_id, memory_id, row, region_key(qvec), qvec),
+                                self._now_ms())
 
     # rate ---------------------------------------------------------------
     async def rate(self, answer_id: str, up: bool) -> dict[str, Any]:
@@ -465,17 +470,16 @@ class Spore:
         Questions like ones people rated (`familiar`) and the others are judged
         apart: agents that learnt the rated questions beat the cosine there,
         and that says nothing of questions nobody rated (on the FAQ, a say won
-        on the first kind turned 4 of 60 unseen questions wrong)."""
+        on the first kind turned 4 of 60 unseen questions wrong). On a question
+        nobody rated they have no say at all, earned or not: their learning
+        comes from votes on other questions, and that must not reorder this
+        one's candidates (a never-rated question's right answer led by 0.0002
+        and the agents' learning moved scores by ~0.0005). Their record on such
+        questions is still kept (`spore status`)."""
+        if not familiar:
+            return 0.0
         return consensus.earned_weight(self._agent_record[familiar], AGENT_TRIAL,
                                        AGENT_WEIGHT)
-
-    @staticmethod
-    def _recalled(regions: dict[bytes, float]) -> list[bytes]:
-        """Memories rated up for questions like this one, anywhere in the swarm
-        (votes are gossiped with their question's embedding): every spore can
-        bring back what one spore learnt, even where its LSH buckets would not."""
-        ups = sorted(((f, m) for m, f in regions.items() if f >= RECALLED_ABOVE), reverse=True)
-        return [m for _, m in ups[:RECALLED_MAX]]
 
     def votes_for(self, memory_id: bytes) -> dict[str, Any]:
         """A memory's votes as this spore knows them (gossip converges them)."""

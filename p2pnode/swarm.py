@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from dht import codec
+from dht import codec, compact
 from dht.guard import MAX_VALUE
 from dht.index import sketch_planes
 from dht.keys import bucket_key, bucket_keys, hyperplanes, table_codes
@@ -231,7 +231,11 @@ class Swarm:
             self.counters["remote_rejected"] += 1
             return None
         up, down = content.tally()
-        return Found(rec, float(rec.vector() @ q), up, down)
+        # Scored as a local index scores it (int8 of the record's embedding): a
+        # memory's cosine is the same fetched or held, so adopting it moves no
+        # ranking (a float cosine here differed by ~0.001 and flipped near-ties).
+        codes, scales = compact.to_int8(rec.vector()[None, :])
+        return Found(rec, float((codes[0].astype(np.float32) @ q) * scales[0]), up, down)
 
     async def locate(self, memory_id: bytes) -> list[tuple[str, str, int]]:
         return await self.dht.locate(memory_id)

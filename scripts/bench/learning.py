@@ -208,6 +208,22 @@ def sweep(spores: list[Spore], corpus: Corpus, qs: list[int], where: list[int]
     return share([a.satisfied for a in got]), share([a.in_top5 for a in got]), got
 
 
+def refusals(spores: list[Spore]) -> dict[str, int]:
+    """Every refusal counted between these honest spores, summed by counter:
+    peer requests and gossip items refused (either side), agent genomes
+    refused, and agent traffic that failed. Each should be 0."""
+    out: dict[str, int] = {}
+    for s in spores:
+        st = s.call("GET", "/v1/status")
+        counters = {**(st.get("gossip") or {}).get("counters", {}),
+                    **(st.get("agents") or {}).get("counters", {})}
+        for k, n in counters.items():
+            if "refused" in k or k.startswith("genome_rejected") or k in (
+                    "placement_failed", "remote_score_failed", "feedback_undeliverable"):
+                out[k] = out.get(k, 0) + int(n)
+    return {k: n for k, n in sorted(out.items()) if n}
+
+
 def votes_spread(spores: list[Spore], cast: int) -> dict[str, Any]:
     """Vote entries stored per spore once gossip had a moment (equal: converged);
     and for every memory a spore holds, whether the votes its local ranking
@@ -334,10 +350,12 @@ def satisfaction_run(tmp: Path, corpus: Corpus, args: argparse.Namespace,
         votes = votes_spread(spores, sum(1 for a in asks if a.rate_ms > 0))
         where = [int(s) for s in rng.integers(args.spores, size=nq)]
         top1, top5, swept = sweep(spores, corpus, list(range(nq)), where)
+        refused = refusals(spores)
     per_q = [a.satisfied for a in swept]
     asked = {a.question for a in asks}
     return {"publish_s": publish_s, "stream_s": stream_s, "asks": asks, "series": series,
-            "stream": stream, "votes": votes, "sweep_top1": top1, "sweep_top5": top5,
+            "stream": stream, "votes": votes, "refusals": refused,
+            "sweep_top1": top1, "sweep_top5": top5,
             "sweep_asked_top1": share([ok for q, ok in enumerate(per_q) if q in asked]),
             "sweep_never_asked_top1": share([ok for q, ok in enumerate(per_q)
                                              if q not in asked]),
@@ -355,12 +373,13 @@ def harm_run(tmp: Path, corpus: Corpus, args: argparse.Namespace,
         b1, b5, before_asks = sweep(spores, corpus, b_half, where)
         asks, _ = run_stream(spores, corpus, stream, poll_every=len(stream))
         a1, a5, after_asks = sweep(spores, corpus, b_half, where)
+        refused = refusals(spores)
     before = [a.satisfied for a in before_asks]
     after = [a.satisfied for a in after_asks]
     secs = [(q, corpus.questions[q][0]) for q in b_half]
     base = {f"{name}_top{k}": share([s in ranks[q][:k] for q, s in secs])
             for name, ranks in (("plain", corpus.plain), ("tfidf", corpus.tfidf)) for k in (1, 5)}
-    return {"rated_asks": len(stream), "unseen": len(b_half),
+    return {"rated_asks": len(stream), "unseen": len(b_half), "refusals": refused,
             "rated_last": share([a.satisfied for a in asks[-args.window:]]),
             "before_top1": b1, "before_top5": b5, "after_top1": a1, "after_top5": a5,
             "turned_right": sum(not x and y for x, y in zip(before, after, strict=True)),
@@ -427,6 +446,7 @@ def summarize(corpus: Corpus, sat: dict[str, Any], harm: dict[str, Any] | None,
                       **{k: sat[k] for k in ("sweep_top1", "sweep_top5", "sweep_asked_top1",
                                              "sweep_never_asked_top1", "sweep_never_asked")}},
         "publish_s": sat["publish_s"], "stream_s": sat["stream_s"],
+        "refusals": sat["refusals"],
     }
 
 
@@ -518,6 +538,12 @@ def show(r: dict[str, Any]) -> None:
     print(f"latency: ask p50 {lat['ask_p50']:.1f} ms, p99 {lat['ask_p99']:.1f} ms; rate p50 "
           f"{lat['rate_p50']:.1f} ms, p99 {lat['rate_p99']:.1f} ms")
     show_diagnosis(r["diagnosis"], w)
+    honest = dict(r["refusals"])
+    if r["harm"] is not None:
+        for k, n in r["harm"]["refusals"].items():
+            honest[k] = honest.get(k, 0) + n
+    print(f"refusals between these honest spores (both runs): {sum(honest.values())} "
+          f"{honest or ''}")
     print(f"publishing {r['publish_s']:.0f} s, stream {r['stream_s']:.0f} s, "
           f"wall {r['wall_s']:.0f} s; plot: {r['png']}")
 

@@ -3,7 +3,8 @@
     SporeError
      ├── ConfigError          a config file, variable or flag is wrong (names the source)
      ├── StateError           the state directory is unusable (permissions, lock, DNA)
-     │    └── AlreadyRunning  another daemon holds the state directory
+     │    ├── AlreadyRunning  another daemon holds the state directory
+     │    └── DiskFull        a write failed for want of space → HTTP 507
      ├── BadRequest           a client's request is wrong → HTTP 4xx with a message
      │    └── NotFound        → HTTP 404
      └── VerifyError          a signature or record failed verification (raised, never a bool)
@@ -29,6 +30,13 @@ class StateError(SporeError):
 
 class AlreadyRunning(StateError):
     """Another daemon holds the state directory's lock."""
+
+
+class DiskFull(StateError):
+    """A write failed because the disk (or the database's quota) is full: HTTP
+    507. Nothing acknowledged is lost; the message says what to free."""
+
+    status = 507
 
 
 class BadRequest(SporeError):

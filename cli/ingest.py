@@ -11,18 +11,26 @@ import click
 from p2pnode.client import Client
 from p2pnode.ingest import Chunk, IngestError, chunk_file, expand_paths
 
+HIDDEN_SHOWN = 5  # a home folder holds dozens of hidden entries: name a few
+
 
 def run_ingest(api: Client, paths: Sequence[Path], batch: int, progress: bool) -> dict[str, Any]:
-    files, skipped = expand_paths(list(paths))
+    listing = expand_paths(list(paths))
+    skipped = listing.skipped
     for path, reason in skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
+    hidden = [str(path) for path in listing.hidden[:HIDDEN_SHOWN]]
+    if listing.hidden:
+        more = ", …" if len(listing.hidden) > HIDDEN_SHOWN else ""
+        click.echo(f"left out {len(listing.hidden)} hidden files and folders "
+                   f"({', '.join(hidden)}{more}); name one explicitly to ingest it", err=True)
     chunks: list[Chunk] = []
     done_files = 0
-    for path in files:
+    for listed in listing.files:
         try:
-            found = chunk_file(path)
+            found = chunk_file(listed)
         except IngestError as exc:
-            skipped.append((path, str(exc)))
+            skipped.append((listed.path, exc.reason))
             click.echo(f"skipped {exc}", err=True)
             continue
         chunks.extend(found)
@@ -37,4 +45,5 @@ def run_ingest(api: Client, paths: Sequence[Path], batch: int, progress: bool) -
             new += int(data["new"])
             bar.update(len(part))
     return {"files": done_files, "chunks": len(chunks), "new": new,
-            "skipped": [{"path": str(p), "reason": r} for p, r in skipped]}
+            "skipped": [{"path": str(p), "reason": r} for p, r in skipped],
+            "hidden": {"count": len(listing.hidden), "first": hidden}}

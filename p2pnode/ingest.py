@@ -1,20 +1,24 @@
 """Documents → chunks of text for `spore ingest` (pure functions and file reading).
 
 The pipeline is  expand_paths → read_document → chunk_text, with chunk_file
-joining the last two. HTML is flattened to text in which headings become
-Markdown ATX headings ("## 2.1. What is Debian?"), so chunk_text treats HTML
-and Markdown alike: every chunk starts with the heading of its section. That
-heading is what a question looks like, which is why retrieval finds the
-answer paragraphs under it.
+joining the last two. The walk lists only what the named folders openly hold,
+and reading checks again that the file opened is the one listed. HTML is
+flattened to text in which headings become Markdown ATX headings ("## 2.1.
+What is Debian?"), so chunk_text treats HTML and Markdown alike: every chunk
+starts with the heading of its section. That heading is what a question looks
+like, which is why retrieval finds the answer paragraphs under it.
 
-Nothing here is asynchronous; the CLI calls it before talking to the daemon.
+Nothing here is asynchronous; the CLI calls it before talking to the daemon,
+so files are judged and read on the device that names them.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -27,6 +31,8 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "Chunk",
     "IngestError",
+    "Listed",
+    "Listing",
     "chunk_file",
     "chunk_text",
     "expand_paths",
@@ -61,27 +67,195 @@ class Chunk:
 
 # --------------------------------------------------------------------- paths
 
+# What is taught spreads to the whole swarm, so a walk reads only what the
+# named folders openly hold: a symlink out of them, a hidden folder like
+# ~/.ssh or a file only its owner may read is taken only when named (issue 10).
+_SHARED_READ = stat.S_IRGRP | stat.S_IROTH
+_FileId = tuple[int, int]  # (st_dev, st_ino): the real file, whatever its name
 
-def expand_paths(paths: Sequence[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """The files to ingest and the (path, reason) pairs that were skipped.
 
-    Directories are walked recursively in sorted order, keeping supported
-    suffixes and leaving out hidden files and directories without a word.
-    A file named explicitly is taken even if hidden, but reported when its
-    suffix is not supported. A file reached twice is ingested once.
+@dataclass(frozen=True)
+class Listed:
+    """A file chosen to be read: its path, the real file it was when listed,
+    and whether it was named on the command line. Reading it checks again
+    that the file opened is that one (see chunk_file)."""
+
+    path: Path
+    device: int
+    inode: int
+    named: bool
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What expand_paths chose: the files, the (path, reason) pairs skipped, and
+    the hidden files and folders walks left out (apart: a home holds dozens)."""
+
+    files: list[Listed]
+    skipped: list[tuple[Path, str]]
+    hidden: list[Path]
+
+
+def expand_paths(paths: Sequence[Path]) -> Listing:
+    """The files named, or found by walking the folders named, and the rest.
+
+    A named file is taken whatever its mode or name if its type is supported.
+    Folders are walked in sorted order, keeping supported suffixes; a walk
+    leaves out hidden files and folders (".git", ".ssh"), files that grant no
+    read permission to group or others (the file's own mode decides, not its
+    folder's), and symlinks whose real target is outside every named folder.
+    Symlinks that stay inside are followed after the real tree, so a file
+    keeps its real name when it has one. Every real folder is walked once and
+    every real file listed once, so symlink loops end.
     """
-    files: list[Path] = []
-    skipped: list[tuple[Path, str]] = []
+    walk = _Walk(paths)
     for path in paths:
         if path.is_dir():
-            files.extend(_walk(path, skipped))
+            walk.scan(path)
         else:
-            reason = _explicit_file_problem(path)
-            if reason is None:
-                files.append(path)
+            walk.take_named(path)
+    walk.follow_links()
+    return Listing(walk.files, list(dict.fromkeys(walk.skipped)), walk.hidden)
+
+
+class _Walk:
+    """One expand_paths: the named folders, what was seen, what was chosen."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.roots = [Path(os.path.realpath(path)) for path in paths if path.is_dir()]
+        self.named = {_file_id(found) for found in map(_stat, paths) if found}
+        self.files: list[Listed] = []
+        self.skipped: list[tuple[Path, str]] = []
+        self.hidden: list[Path] = []
+        self._taken: set[_FileId] = set()
+        self._folders: set[_FileId] = set()
+        self._links: deque[Path] = deque()
+
+    def take_named(self, path: Path) -> None:
+        reason = _explicit_file_problem(path)
+        found = _stat(path)
+        if reason is None and found:
+            self._add(path, found, named=True)
+        else:
+            self.skipped.append((path, reason or "no such file or directory"))
+
+    def scan(self, folder: Path) -> None:
+        """Walks a folder depth-first in sorted order; symlinks wait for follow_links."""
+        stack = [("dir", folder)]
+        while stack:
+            kind, path = stack.pop()
+            if kind == "link":
+                self._links.append(path)
+            elif kind == "file":
+                self._take_found(path)
+            elif self._enter(path):
+                stack.extend(reversed(self._children(path)))
+
+    def follow_links(self) -> None:
+        while self._links:
+            link = self._links.popleft()
+            if link.is_dir():
+                self.scan(link)
             else:
-                skipped.append((path, reason))
-    return _unique(files), list(dict.fromkeys(skipped))
+                self._take_found(link)  # or says it is broken, or a loop
+
+    def _enter(self, folder: Path) -> bool:
+        """Whether to list a folder: it lies inside a named one and is new."""
+        try:
+            real, folder_id = os.path.realpath(folder), _file_id(folder.stat())
+        except OSError as exc:
+            self.skipped.append((folder, _os_reason(exc, folder)))
+            return False
+        if not self._inside(real):
+            self.skipped.append((folder, _leaves(real)))
+            return False
+        new = folder_id not in self._folders
+        self._folders.add(folder_id)
+        return new
+
+    def _children(self, folder: Path) -> list[tuple[str, Path]]:
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+        except OSError as exc:
+            self.skipped.append((folder, _os_reason(exc, folder)))
+            return []
+        children: list[tuple[str, Path]] = []
+        for entry in entries:
+            kind = _kind(entry)
+            if kind is None:
+                continue
+            path = Path(folder, entry.name)
+            if entry.name.startswith("."):
+                self.hidden.append(path)
+            else:
+                children.append((kind, path))
+        return children
+
+    def _take_found(self, path: Path) -> None:
+        """Lists a file found by walking, or says why not."""
+        try:
+            found, real = path.stat(), os.path.realpath(path)
+            moved = _file_id(os.stat(real)) != _file_id(found)
+        except OSError as exc:
+            self.skipped.append((path, _os_reason(exc, path)))
+            return
+        if _file_id(found) in self.named:
+            return  # taken as named, whatever its mode or place
+        if not stat.S_ISREG(found.st_mode):
+            reason = "not a regular file or directory"
+        elif not self._inside(real):
+            reason = _leaves(real)
+        elif moved:
+            reason = "changed while being listed"
+        elif not found.st_mode & _SHARED_READ:
+            reason = _owner_only(found.st_mode)
+        else:
+            self._add(path, found, named=False)
+            return
+        self.skipped.append((path, reason))
+
+    def _add(self, path: Path, found: os.stat_result, named: bool) -> None:
+        file_id = _file_id(found)
+        if file_id not in self._taken:
+            self._taken.add(file_id)
+            self.files.append(Listed(path, *file_id, named=named))
+
+    def _inside(self, real: str) -> bool:
+        return any(Path(real).is_relative_to(root) for root in self.roots)
+
+
+def _kind(entry: os.DirEntry[str]) -> str | None:
+    """The kind of entry a walk may read ("link", "dir", "file"); None for the rest."""
+    try:
+        link, folder = entry.is_symlink(), entry.is_dir()  # is_dir follows links
+    except OSError:  # gone or unreadable: reading it will say why
+        link, folder = False, False
+    if not folder and not _is_supported(entry.name):
+        return None
+    return "link" if link else "dir" if folder else "file"
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    """A regular file's status, or None."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found if stat.S_ISREG(found.st_mode) else None
+
+
+def _file_id(found: os.stat_result) -> _FileId:
+    return found.st_dev, found.st_ino
+
+
+def _leaves(real: str) -> str:
+    return f"symlink leaves the named folders → {real}"
+
+
+def _owner_only(mode: int) -> str:
+    shown = f"{stat.S_IMODE(mode):04o}"
+    return f"readable only by its owner (mode {shown}); name it explicitly to ingest it"
 
 
 def _explicit_file_problem(path: Path) -> str | None:
@@ -96,71 +270,64 @@ def _explicit_file_problem(path: Path) -> str | None:
     return None
 
 
-def _walk(root: Path, skipped: list[tuple[Path, str]]) -> list[Path]:
-    def on_error(exc: OSError) -> None:
-        skipped.append((Path(exc.filename or root), _os_reason(exc)))
-
-    found: list[Path] = []
-    # Symlinked directories are not followed: they could loop.
-    for top, dirnames, filenames in os.walk(root, onerror=on_error):
-        dirnames[:] = [name for name in dirnames if not name.startswith(".")]
-        found.extend(
-            Path(top, name)
-            for name in filenames
-            if not name.startswith(".") and _is_supported(name)
-        )
-    found.sort(key=lambda path: path.relative_to(root).parts)
-    files: list[Path] = []
-    for path in found:
-        reason = _explicit_file_problem(path)  # a broken link, a FIFO…
-        if reason is None:
-            files.append(path)
-        else:
-            skipped.append((path, reason))
-    return files
-
-
 def _is_supported(name: str) -> bool:
     return name.lower().endswith(SUPPORTED_SUFFIXES)
 
 
-def _unique(files: list[Path]) -> list[Path]:
-    seen: set[str] = set()
-    kept: list[Path] = []
-    for path in files:
-        key = os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
-            kept.append(path)
-    return kept
-
-
 # ------------------------------------------------------------------- reading
 
+# Non-blocking, so that a FIFO swapped in after the type check cannot hang us.
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
 
-def read_document(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
-    """The text of a UTF-8 text, Markdown or HTML file; raises IngestError."""
-    data = _read_bytes(path, max_bytes)
+
+def read_document(source: Path | Listed, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+    """The text of a UTF-8 text, Markdown or HTML file; raises IngestError.
+
+    A plain path is read as if named; a Listed file must still be the file
+    that was listed, and one found by walking must still be shared-readable.
+    """
+    path = source.path if isinstance(source, Listed) else source
+    data = _read_bytes(source, max_bytes)
     text = _decode(path, data)
     if path.suffix.lower() in _HTML_SUFFIXES:
         return html_to_text(text)
     return text
 
 
-def _read_bytes(path: Path, max_bytes: int) -> bytes:
+def _read_bytes(source: Path | Listed, max_bytes: int) -> bytes:
+    path = source.path if isinstance(source, Listed) else source
     try:
-        mode = path.stat().st_mode
-        if stat.S_ISDIR(mode):
-            raise IngestError(path, "is a directory")
-        if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
-            raise IngestError(path, "not a regular file")
-        with path.open("rb") as file:
-            data = file.read(max_bytes + 1)
+        _check_type(path, path.stat().st_mode)  # a FIFO or device is never opened
+        fd = os.open(path, _OPEN_FLAGS)
+        try:
+            opened = os.fstat(fd)
+            _check_type(path, opened.st_mode)
+            if isinstance(source, Listed):
+                _check_listed(source, opened)
+            with open(fd, "rb", closefd=False) as file:
+                data = file.read(max_bytes + 1)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise IngestError(path, _os_reason(exc, path)) from exc
     if len(data) > max_bytes:
         raise IngestError(path, f"larger than {_size(max_bytes)}")
     return data
+
+
+def _check_type(path: Path, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise IngestError(path, "is a directory")
+    if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
+        raise IngestError(path, "not a regular file")
+
+
+def _check_listed(listed: Listed, opened: os.stat_result) -> None:
+    """The listing judged one real file: refuse whatever took its place since."""
+    if _file_id(opened) != (listed.device, listed.inode):
+        raise IngestError(listed.path, "changed since it was listed; not read")
+    if not listed.named and not opened.st_mode & _SHARED_READ:
+        raise IngestError(listed.path, _owner_only(opened.st_mode))
 
 
 def _os_reason(exc: OSError, path: Path | None = None) -> str:
@@ -171,6 +338,8 @@ def _os_reason(exc: OSError, path: Path | None = None) -> str:
         return "permission denied"
     if isinstance(exc, IsADirectoryError):
         return "is a directory"
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop"
     return exc.strerror or str(exc)
 
 
@@ -457,7 +626,7 @@ def _with_tail(previous: str, piece: str, glue: str, limit: int, overlap: int) -
 
 
 def chunk_file(
-    path: Path,
+    source: Path | Listed,
     *,
     target_chars: int = 800,
     max_chars: int = 1500,
@@ -465,7 +634,8 @@ def chunk_file(
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> list[Chunk]:
     """The chunks of one file, each tagged "<absolute path>#<index>"."""
-    text = read_document(path, max_bytes)
+    text = read_document(source, max_bytes)
+    path = source.path if isinstance(source, Listed) else source
     absolute = os.path.abspath(path)  # absolute but, unlike resolve(), keeps symlink names
     return [
         Chunk(text=piece, origin=f"{absolute}#{index}")

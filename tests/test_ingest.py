@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from p2pnode.ingest import (
     SUPPORTED_SUFFIXES,
     Chunk,
     IngestError,
+    Listing,
     chunk_file,
     chunk_text,
     expand_paths,
@@ -22,6 +24,7 @@ from p2pnode.ingest import (
     html_to_text,
     read_document,
 )
+from tests.conftest import Daemon
 
 FAQ = Path("/usr/share/doc/debian/FAQ")
 PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
@@ -179,11 +182,12 @@ def test_directories_are_walked_sorted_and_filtered(tmp_path: Path) -> None:
     (tmp_path / "docs" / "dir.txt").mkdir()
     write(tmp_path / "docs" / "dir.txt" / "inner.txt", "text")
 
-    files, skipped = expand_paths([tmp_path / "docs"])
+    listing = expand_paths([tmp_path / "docs"])
 
-    names = [path.relative_to(tmp_path / "docs").as_posix() for path in files]
+    names = [item.path.relative_to(tmp_path / "docs").as_posix() for item in listing.files]
     assert names == ["a/b/c.html", "a/z.txt", "b.md", "c.HTM", "dir.txt/inner.txt", "x.markdown"]
-    assert skipped == []
+    assert listing.skipped == []
+    assert listing.hidden == [tmp_path / "docs" / ".git", tmp_path / "docs" / ".hidden.txt"]
 
 
 def test_named_files_are_checked_and_reported(tmp_path: Path) -> None:
@@ -195,9 +199,11 @@ def test_named_files_are_checked_and_reported(tmp_path: Path) -> None:
     broken = tmp_path / "broken.txt"
     broken.symlink_to(missing)
 
-    files, skipped = expand_paths([good, image, missing, hidden, broken, good, tmp_path])
+    listing = expand_paths([good, image, missing, hidden, broken, good, tmp_path])
+    files, skipped = listing.files, listing.skipped
 
-    assert files == [good, hidden]  # good.txt once, though named twice and walked
+    assert [item.path for item in files] == [good, hidden]  # good.txt once, named twice, walked
+    assert all(item.named for item in files)
     assert skipped.count((broken, "broken symbolic link")) == 1  # named, then walked
     reasons = dict(skipped)
     assert reasons[image].startswith("unsupported file type (.png)")
@@ -210,17 +216,170 @@ def test_walk_then_chunk_skips_the_bad_file_and_goes_on(tmp_path: Path) -> None:
     write(tmp_path / "a.txt", "alpha")
     (tmp_path / "b.txt").write_bytes(PNG_HEADER)
     write(tmp_path / "c.txt", "gamma")
-    files, _ = expand_paths([tmp_path])
     texts: list[str] = []
     errors: list[str] = []
-    for path in files:
+    for listed in expand_paths([tmp_path]).files:
         try:
-            texts.extend(chunk.text for chunk in chunk_file(path))
+            texts.extend(chunk.text for chunk in chunk_file(listed))
         except IngestError as exc:
             errors.append(str(exc))
     assert texts == ["alpha", "gamma"]
     assert len(errors) == 1
     assert "b.txt: not UTF-8 text" in errors[0]
+
+
+# ------------------------------------------- what a walk may read (issue 10)
+
+
+def notes_with_traps(tmp_path: Path) -> tuple[Path, Path]:
+    """A notes folder with symlinks out, an owner-only note and a .ssh folder;
+    returns it and the outside folder its links point to."""
+    outside = tmp_path / "outside"
+    write(outside / "id_ed25519.txt", "OUTSIDE-KEY-quokka-7731")
+    write(outside / "dir" / "private.md", "OUTSIDE-DIR-wombat-1182")
+    notes = tmp_path / "notes"
+    write(notes / "plain.md", "# Backups\n\nRun restic every night.")
+    (notes / "key.txt").symlink_to(outside / "id_ed25519.txt")
+    (notes / "elsewhere").symlink_to(outside / "dir")
+    write(notes / "private.md", "OWNER-ONLY-numbat-4410").chmod(0o600)
+    write(notes / ".ssh" / "id_ed25519.txt", "HIDDEN-KEY-bilby-5521").chmod(0o644)
+    return notes, outside
+
+
+def walked(listing: Listing, root: Path) -> list[str]:
+    return [item.path.relative_to(root).as_posix() for item in listing.files]
+
+
+def test_walk_skips_symlinks_out_owner_only_files_and_hidden_folders(tmp_path: Path) -> None:
+    notes, outside = notes_with_traps(tmp_path)
+
+    listing = expand_paths([notes])
+
+    assert walked(listing, notes) == ["plain.md"]
+    assert dict(listing.skipped) == {
+        notes / "elsewhere": f"symlink leaves the named folders → {outside / 'dir'}",
+        notes / "key.txt": f"symlink leaves the named folders → {outside / 'id_ed25519.txt'}",
+        notes
+        / "private.md": "readable only by its owner (mode 0600); name it explicitly to ingest it",
+    }
+    assert listing.hidden == [notes / ".ssh"]
+
+
+def test_named_files_are_taken_whatever_their_mode_or_name(tmp_path: Path) -> None:
+    notes, outside = notes_with_traps(tmp_path)
+    private, key = notes / "private.md", notes / "key.txt"
+
+    listing = expand_paths([notes, private, key, notes / ".ssh"])
+
+    assert walked(listing, notes) == ["plain.md", "private.md", "key.txt", ".ssh/id_ed25519.txt"]
+    assert [item.named for item in listing.files] == [False, True, True, False]
+    assert listing.skipped == [
+        (notes / "elsewhere", f"symlink leaves the named folders → {outside / 'dir'}")
+    ]
+    assert chunk_file(listing.files[1])[0].text == "OWNER-ONLY-numbat-4410"
+    assert expand_paths([notes / "private.md"]).skipped == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "taken"),
+    [(0o600, False), (0o400, False), (0o700, False), (0o640, True), (0o604, True), (0o644, True)],
+)
+def test_the_files_own_mode_decides(tmp_path: Path, mode: int, taken: bool) -> None:
+    note = write(tmp_path / "locked" / "note.md", "text")
+    note.chmod(mode)
+    (tmp_path / "locked").chmod(0o700)  # an owner-only folder does not hide shared files
+    listing = expand_paths([tmp_path])
+    assert [item.path for item in listing.files] == ([note] if taken else [])
+    assert bool(listing.skipped) is not taken
+
+
+def test_symlinks_inside_are_read_once_under_the_real_name(tmp_path: Path) -> None:
+    real = write(tmp_path / "zeta" / "real.md", "text")
+    (tmp_path / "alias.md").symlink_to(real)  # sorts first, yet the real name wins
+    (tmp_path / "again").symlink_to(tmp_path / "zeta")
+    (tmp_path / "relative.md").symlink_to("zeta/real.md")
+    os.link(real, tmp_path / "zzz.md")  # a second real name: still one file
+
+    listing = expand_paths([tmp_path])
+
+    assert walked(listing, tmp_path) == ["zeta/real.md"]
+    assert listing.skipped == []
+
+
+def test_symlink_into_a_hidden_folder_inside_is_followed(tmp_path: Path) -> None:
+    write(tmp_path / ".drafts" / "idea.md", "text")
+    (tmp_path / "drafts").symlink_to(".drafts")
+    listing = expand_paths([tmp_path])
+    assert walked(listing, tmp_path) == ["drafts/idea.md"]
+    assert listing.hidden == [tmp_path / ".drafts"]
+
+
+def test_symlink_loops_end(tmp_path: Path) -> None:
+    write(tmp_path / "a" / "note.md", "text")
+    (tmp_path / "a" / "up").symlink_to(tmp_path)  # a cycle through the root
+    (tmp_path / "ping").symlink_to(tmp_path / "pong")  # two links naming each other
+    (tmp_path / "pong").symlink_to(tmp_path / "ping")
+    (tmp_path / "self.md").symlink_to(tmp_path / "self.md")
+
+    listing = expand_paths([tmp_path])
+
+    assert walked(listing, tmp_path) == ["a/note.md"]
+    assert listing.skipped == [(tmp_path / "self.md", "symbolic link loop")]
+
+
+def test_a_named_folder_reached_through_a_symlink_is_a_root(tmp_path: Path) -> None:
+    write(tmp_path / "data" / "notes" / "n.md", "text")
+    write(tmp_path / "data" / "shared.md", "text")
+    (tmp_path / "data" / "notes" / "shared.md").symlink_to("../shared.md")
+    (tmp_path / "home").symlink_to(tmp_path / "data" / "notes")
+
+    listing = expand_paths([tmp_path / "home"])
+    assert walked(listing, tmp_path / "home") == ["n.md"]
+    assert listing.skipped[0][1].endswith(f"→ {tmp_path / 'data' / 'shared.md'}")
+
+    both = expand_paths([tmp_path / "home", tmp_path / "data"])  # now shared.md is inside
+    assert [item.path.name for item in both.files] == ["n.md", "shared.md"]
+    assert both.skipped == []
+
+
+def test_a_file_swapped_after_listing_is_not_read(tmp_path: Path) -> None:
+    secret = write(tmp_path / "outside" / "secret.txt", "OUTSIDE")
+    note = write(tmp_path / "notes" / "note.txt", "inside")
+    listed = expand_paths([tmp_path / "notes"]).files
+    note.unlink()
+    note.symlink_to(secret)
+    with pytest.raises(IngestError, match="changed since it was listed"):
+        chunk_file(listed[0])
+
+
+def test_a_file_locked_after_listing_is_not_read(tmp_path: Path) -> None:
+    note = write(tmp_path / "note.txt", "text")
+    listed = expand_paths([tmp_path]).files
+    note.chmod(0o600)
+    with pytest.raises(IngestError, match=r"readable only by its owner \(mode 0600\)"):
+        chunk_file(listed[0])
+
+
+def test_the_daemon_learns_nothing_a_walk_must_not_read(running: Daemon, tmp_path: Path) -> None:
+    notes, _ = notes_with_traps(tmp_path)
+    res = running.cli("ingest", str(notes), "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert (out["files"], out["new"]) == (1, 1)
+    assert {Path(s["path"]).name for s in out["skipped"]} == {"elsewhere", "key.txt", "private.md"}
+    assert out["hidden"] == {"count": 1, "first": [str(notes / ".ssh")]}
+    assert "symlink leaves the named folders" in res.stderr
+    assert "left out 1 hidden files and folders" in res.stderr
+    secrets = ["quokka", "wombat", "numbat", "bilby"]
+    assert not any(word in memory for memory in memories(running) for word in secrets)
+
+    named = running.cli_json("ingest", str(notes / "private.md"))
+    assert (named["files"], named["new"], named["skipped"]) == (1, 1, [])
+    assert any("numbat" in memory for memory in memories(running))
+
+
+def memories(spore: Daemon) -> list[str]:
+    return [m["text"] for m in spore.cli_json("memories", "--limit", "1000")["memories"]]
 
 
 # ----------------------------------------------------------------- chunking

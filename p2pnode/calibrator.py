@@ -15,6 +15,8 @@ depends on it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
@@ -33,6 +35,20 @@ REFIT_EVERY = 10  # ratings between refits
 PENDING = 4096  # answers whose scores are remembered until rated
 
 
+MAX_FILE_BYTES = 1 << 20  # SAMPLES rows are ~40 KB
+SCORE_LIMIT = 100.0  # scores are cosines plus fitness terms, well inside this
+
+
+def _read_samples(path: Path) -> list[tuple[float, float, bool]]:
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ValueError(f"over {MAX_FILE_BYTES} bytes")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    samples = [(float(t), float(r), bool(up)) for t, r, up in raw["samples"]]
+    if not all(abs(t) <= SCORE_LIMIT and abs(r) <= SCORE_LIMIT for t, r, _ in samples):
+        raise ValueError(f"a sample is not a finite score within ±{SCORE_LIMIT:g}")
+    return samples[-SAMPLES:]
+
+
 class Calibrator:
     """Not thread-safe: the event loop owns it (a refit is a 3-parameter fit)."""
 
@@ -45,22 +61,27 @@ class Calibrator:
         self.refits = 0
 
     def load(self) -> None:
-        if self.path is None or not self.path.exists():
+        """Take the samples kept in `path`; an unreadable file is set aside with a
+        warning and the prior is used: never a reason not to start."""
+        if self.path is None or not os.path.lexists(self.path):
             return
         try:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
-            samples = [(float(t), float(r), bool(up)) for t, r, up in raw["samples"]]
-            if not all(math.isfinite(t) and math.isfinite(r) for t, r, _ in samples):
-                raise ValueError("a sample is not finite")
-            self.samples.extend(samples[-SAMPLES:])
-            self.current = fit_calibration(list(self.samples))
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            bad = self.path.with_name(self.path.name + ".bad")
-            log.warning("%s is unreadable (%s); kept as %s, confidence starts again from "
-                        "the prior", self.path, exc, bad.name)
-            os.replace(self.path, bad)
+            self.samples.extend(_read_samples(self.path))
+            current = fit_calibration(list(self.samples))
+            if not all(math.isfinite(v) for v in (current.bias, current.top, current.margin)):
+                raise ValueError("the fit on its samples is not finite")
+            self.current = current
+        except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
             self.samples.clear()
             self.current = PRIOR
+            bad = self.path.with_name(self.path.name + ".bad")
+            try:
+                os.replace(self.path, bad)
+                kept = f"kept as {bad.name}"
+            except OSError as err:
+                kept = f"left in place ({err.strerror})"
+            log.warning("%s is unreadable (%s); %s, confidence starts again from the prior",
+                        self.path, exc, kept)
 
     def said(self, answer_id: str, top: float, runner_up: float) -> float:
         """The confidence of an answer; its scores are kept until it is rated."""
@@ -98,8 +119,12 @@ class Calibrator:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
-        except OSError as exc:
-            log.warning("cannot write %s: %s", self.path, exc.strerror)
+        except OSError as exc:  # the last file stays: nothing else depends on it
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            log.warning("cannot write %s: %s%s", self.path, exc.strerror,
+                        f"; free space on the filesystem of {self.path.parent}" if full else "")
 
     def status(self) -> dict[str, Any]:
         c = self.current

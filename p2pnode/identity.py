@@ -7,10 +7,13 @@ Signatures always cover a domain prefix plus canonical bytes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import threading
 from collections import OrderedDict
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +29,11 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from p2pnode.errors import StateError, VerifyError
+from p2pnode.errors import DiskFull, StateError, VerifyError
 
 KEY_FILE = "node_identity.key"
+SEED_BYTES = 32  # the key files of versions before the public half was kept
+KEY_BYTES = 64  # seed ‖ public key
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 
@@ -100,39 +105,101 @@ class Identity:
         return cls(Ed25519PrivateKey.from_private_bytes(hashlib.sha256(seed).digest()))
 
 
+def _key_bytes(key: Ed25519PrivateKey) -> bytes:
+    """The key file: seed ‖ public key (libsodium's 64-byte secret key), so a
+    flipped bit anywhere no longer loads as some other valid identity."""
+    return (key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+            + key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def _damaged(path: Path, why: str) -> StateError:
+    return StateError(
+        f"the node key {path} is damaged ({why}). Restore it from a backup. A spore never "
+        "makes a new identity while this file exists; to start as a new node instead, move "
+        f"it aside (mv {path} {path}.damaged): memories taught here would no longer be "
+        "republished as this node's own")
+
+
+def _write_key(path: Path, data: bytes, *, replace: bool) -> None:
+    """Write the key whole (0600, fsynced); over an existing file only if
+    `replace` (the same key in the checked format), else never."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # FileExistsError rather than replace a key made meanwhile
+            except FileExistsError:
+                raise
+            except OSError:  # a filesystem without hard links
+                os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"the disk is full: cannot write the node key {path}. Free space "
+                           f"on the filesystem of {path.parent} (see: df -h {path.parent}), "
+                           "then retry") from exc
+        raise StateError(f"cannot write the node key {path}: {exc.strerror or exc}") from exc
+    finally:
+        with suppress(OSError):
+            tmp.unlink()
+
+
 def load_or_create(state_dir: Path) -> tuple[Identity, bool]:
     """Load the node key from `state_dir`, creating it (0600) on first run.
 
-    Returns the identity and whether it was created now.
+    Returns the identity and whether it was created now. A key file that
+    exists (even empty, damaged or a dangling link) is loaded or refused with a
+    StateError naming it: a new identity never replaces an old one.
     """
     path = state_dir / KEY_FILE
-    if path.exists():
+    if os.path.lexists(path):
         return _load(path), False
     key = Ed25519PrivateKey.generate()
-    raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    tmp = path.with_suffix(".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise StateError(f"cannot write the node key {path}: {exc.strerror}") from exc
+        _write_key(path, _key_bytes(key), replace=False)
+    except StateError as exc:
+        if isinstance(exc.__cause__, FileExistsError):  # another process made it just now
+            return _load(path), False
+        raise
     return Identity(key), True
 
 
 def _load(path: Path) -> Identity:
     try:
-        mode = path.stat().st_mode & 0o777
-        raw = path.read_bytes()
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise StateError(f"the node key {path} is not a regular file; restore it from "
+                             "a backup")
+        mode = st.st_mode & 0o777
+        with open(path, "rb") as fh:
+            raw = fh.read(KEY_BYTES + 1)
     except OSError as exc:
-        raise StateError(f"cannot read the node key {path}: {exc.strerror}") from exc
+        raise StateError(f"cannot read the node key {path}: {exc.strerror or exc}") from exc
     if mode & 0o077:
         raise StateError(
             f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}"
         )
-    if len(raw) != 32:
-        raise StateError(f"{path} is not a 32-byte Ed25519 key ({len(raw)} bytes)")
-    return Identity(Ed25519PrivateKey.from_private_bytes(raw))
+    if len(raw) not in (SEED_BYTES, KEY_BYTES):
+        raise _damaged(path, f"{len(raw)}{'+' if len(raw) > KEY_BYTES else ''} bytes, "
+                       f"not a {KEY_BYTES}-byte Ed25519 key")
+    key = Ed25519PrivateKey.from_private_bytes(raw[:SEED_BYTES])
+    if len(raw) == SEED_BYTES:  # written before the public half was kept: add it
+        if not path.is_symlink():
+            with suppress(StateError):  # a read-only or full disk: the old file still loads
+                _write_key(path, _key_bytes(key), replace=True)
+    elif _key_bytes(key) != raw:
+        raise _damaged(path, "its private half does not match the public key kept with it")
+    return Identity(key)

@@ -15,8 +15,12 @@ before anything is parsed. Encoders emit canonical bytes (deduplicated,
 sorted), so equal states are equal bytes on every node.
 
 Both merges are joins (commutative, associative, idempotent), including
-when a cap drops entries: within one id the entry kept is always the one the
-cap ranks higher, so a later merge can never resurrect what a cap dropped.
+when a cap drops entries: a later merge can never resurrect what a cap
+dropped (see :func:`merge_buckets` for why the bucket's rule keeps that).
+
+Nothing a writer claims decides which entries a full bucket keeps: authors
+share it round-robin, in orders drawn from hashes (NOTES.md, "a rank decided
+by the writer's own claim").
 """
 
 from __future__ import annotations
@@ -30,29 +34,33 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
-from crdt.votes import Counter, fitness, tally
+from crdt.votes import Counter, tally
 from p2pnode.errors import VerifyError
 from p2pnode.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify
 from p2pnode.records import MAX_RECORD_BYTES, MemoryRecord, VoteRecord, decode_memory, decode_vote
 
 __all__ = [
     "BITS_BYTES", "INDEX_DOMAIN", "KIND_BUCKET", "KIND_CONTENT", "MAX_BUCKET_BYTES",
-    "MAX_BUCKET_ENTRIES", "MAX_CONTENT_BYTES", "MAX_ENTRY_BYTES", "MAX_VOTES",
+    "MAX_BUCKET_ENTRIES", "MAX_CONTENT_BYTES", "MAX_ENTRY_BYTES", "MAX_SKEW_MS", "MAX_VOTES",
     "MAX_VOTE_BYTES", "Content", "IndexEntry", "cosine_estimate", "decode_bucket",
     "decode_content", "dht_id", "embedding_bits", "encode_bucket", "encode_content",
     "hamming_similarity", "make_entry", "merge_buckets", "merge_content", "merge_values",
-    "node_dht_id", "validate_value",
+    "node_dht_id", "not_after", "validate_value",
 ]
 
 KIND_BUCKET = b"B"
 KIND_CONTENT = b"C"
 INDEX_DOMAIN = b"sporemind/index/v1"
 _DHT_ID_PREFIX = b"sporemind/dht-id/v1"
+_SHARE_PREFIX = b"sporemind/bucket-share/v1"
 KEY_BYTES = 32
 DHT_ID_BYTES = 20  # kademlia's ids are 160 bits
 BITS_BYTES = 48  # 384 sign bits: the encoder's dimension (another dim needs index/v2)
 _MAX_UINT = (1 << 63) - 1  # what SQLite and every msgpack reader can hold
 _VERSION = 1
+# How far ahead of a holder's clock an entry's created time may be. Entries
+# dated later are not stored yet (nothing ranks by the time: this is sanity).
+MAX_SKEW_MS = 5 * 60 * 1000
 
 # One entry is [body, sig] with body = ["index", 1, id, bits, author, up, down,
 # created]: 1 + 6 + 1 + 34 + 50 + 34 + 3 × 9 (uints at most) = 153 bytes, plus
@@ -138,7 +146,12 @@ def cosine_estimate(a: bytes, b: bytes) -> float:
 
 @dataclass(frozen=True)
 class IndexEntry:
-    """One memory in a bucket: its id, sign bits and its author's fitness claim."""
+    """One memory in a bucket: its id, sign bits, author and the author's claims.
+
+    `up`, `down` and `created_ms` are what the author signed, bounded to
+    [0, 2**63) and never used to rank: a memory's votes are read from its
+    content key. They stay for the wire format (index/v1).
+    """
 
     memory_id: bytes
     bits: bytes
@@ -154,8 +167,9 @@ class IndexEntry:
         return _pack([self.body, self.signature])
 
     @property
-    def fitness(self) -> float:
-        return fitness(self.up, self.down)
+    def slot(self) -> tuple[bytes, bytes]:
+        """What a bucket holds once: (memory id, author)."""
+        return self.memory_id, self.author
 
 
 def _entry_body(memory_id: bytes, bits: bytes, author: bytes, up: int, down: int,
@@ -198,33 +212,81 @@ def _decode_entry(pair: object) -> IndexEntry:
 
 # --- bucket values -------------------------------------------------------------------
 
-def _rank(e: IndexEntry) -> tuple[float, int, bytes, int, bytes, bytes]:
-    """Higher is kept: fitness, then recency, then id; within an id, more votes."""
-    return (e.fitness, e.created_ms, e.memory_id, e.up + e.down, e.signature, e.body)
+def _newest(e: IndexEntry) -> tuple[int, bytes, bytes]:
+    """Which of an author's signings for one memory stands: its latest claim."""
+    return e.created_ms, e.body, e.signature
+
+
+def _share_order(salt: bytes, entries: Iterable[IndexEntry]) -> list[IndexEntry]:
+    """Entries (one per slot) round-robin across authors, first kept first.
+
+    Level n holds every author's n-th entry; levels go in order, so nobody's
+    n-th entry can push out anyone's first n. Within an author, entries go
+    by a hash of (bucket, memory id); within a level, authors by a hash of
+    (bucket, author). Claims (up, down, created) take no part.
+    """
+    by_author: dict[bytes, list[IndexEntry]] = {}
+    for e in entries:
+        by_author.setdefault(e.author, []).append(e)
+    ranked: list[tuple[int, bytes, bytes, IndexEntry]] = []
+    for author, mine in by_author.items():
+        turn = hashlib.sha256(_SHARE_PREFIX + b"/author" + salt + author).digest()
+        mine.sort(key=lambda e: hashlib.sha256(
+            _SHARE_PREFIX + b"/memory" + salt + e.memory_id).digest() + e.memory_id)
+        ranked.extend((level, turn, author, e) for level, e in enumerate(mine))
+    ranked.sort(key=lambda r: r[:3])
+    return [r[3] for r in ranked]
 
 
 def merge_buckets(a: Iterable[IndexEntry], b: Iterable[IndexEntry],
-                  cap: int = MAX_BUCKET_ENTRIES) -> list[IndexEntry]:
-    """Union by memory id, then the `cap` best by rank, best first.
+                  cap: int = MAX_BUCKET_ENTRIES, *, salt: bytes = b"") -> list[IndexEntry]:
+    """Union by (memory id, author); over `cap`, shares round-robin by author.
 
-    Within an id the higher-ranked entry wins, not the one with more votes:
-    were a fresher but less fit entry to win, a cap could drop the id, and a
-    replica still holding the older entry would bring it back, so merge
-    order would matter. The cost: an author's lower fitness claim does not
-    replace a higher one already stored (the content key's votes are the
-    truth; the bucket only decides who stays).
+    `salt` is the bucket's key, so the hash orders differ between buckets
+    (an author last in turn in one bucket is not last everywhere). The
+    result is sorted by (memory id, author): canonical whatever the salt
+    while under the cap.
+
+    Fairness: with A authors present, each keeps at least min(its entries,
+    cap // A), whatever anyone claims or how many entries anyone sends.
+    A memory id is held once per author: someone else's entry for your
+    memory takes a place in *their* share, never yours.
+
+    A join, with the cap: which slots stay depends only on the set of slots
+    (never on which signing of a slot won), and the round-robin choice is
+    path-independent. An entry dropped from a set is dropped from every
+    superset (its level only grows there, and so does every level's
+    count), and the entries kept keep their levels in any subset that
+    holds them; so merging what caps already cut keeps exactly what merging
+    everything at once keeps (tests/test_dht_wipe.py checks the laws).
     """
-    best: dict[bytes, IndexEntry] = {}
+    latest: dict[tuple[bytes, bytes], IndexEntry] = {}
     for entry in (*a, *b):
-        mine = best.get(entry.memory_id)
-        if mine is None or _rank(entry) > _rank(mine):
-            best[entry.memory_id] = entry
-    return sorted(best.values(), key=_rank, reverse=True)[:max(cap, 0)]
+        mine = latest.get(entry.slot)
+        if mine is None or _newest(entry) > _newest(mine):
+            latest[entry.slot] = entry
+    kept = _share_order(salt, latest.values())[:max(cap, 0)]
+    return sorted(kept, key=lambda e: e.slot)
 
 
-def encode_bucket(entries: Iterable[IndexEntry]) -> bytes:
-    """Canonical bucket value: one entry per id, the best MAX_BUCKET_ENTRIES, best first."""
-    kept = merge_buckets(entries, (), MAX_BUCKET_ENTRIES)
+def not_after(entries: Iterable[IndexEntry], now_ms: int) -> list[IndexEntry]:
+    """The entries dated no later than `now_ms` + MAX_SKEW_MS; VerifyError if none.
+
+    Entries dated later are dropped, not the whole value: a holder whose
+    clock is ahead of ours may rightly hold one, and its other entries are
+    still good.
+    """
+    limit = now_ms + MAX_SKEW_MS
+    ok = [e for e in entries if e.created_ms <= limit]
+    if not ok:
+        raise VerifyError("index entries dated in the future")
+    return ok
+
+
+def encode_bucket(entries: Iterable[IndexEntry], *, salt: bytes = b"") -> bytes:
+    """Canonical bucket value: one entry per (memory id, author), at most
+    MAX_BUCKET_ENTRIES shared round-robin by author; `salt` = the bucket's key."""
+    kept = merge_buckets(entries, (), MAX_BUCKET_ENTRIES, salt=salt)
     if not kept:
         raise ValueError("an empty bucket is not a value")  # a missing key says that
     return KIND_BUCKET + _pack([[e.body, e.signature] for e in kept])
@@ -240,8 +302,8 @@ def decode_bucket(data: bytes, max_entries: int = MAX_BUCKET_ENTRIES) -> list[In
     if not isinstance(pairs, list) or not 0 < len(pairs) <= max_entries:
         raise VerifyError(f"a bucket must be a list of 1 to {max_entries} entries")
     entries = [_decode_entry(p) for p in pairs]
-    if len({e.memory_id for e in entries}) != len(entries):
-        raise VerifyError("bucket lists a memory twice")
+    if len({e.slot for e in entries}) != len(entries):
+        raise VerifyError("bucket lists an author's memory twice")
     return entries
 
 
@@ -353,26 +415,34 @@ def _kind_of(data: bytes) -> str:
     raise VerifyError("value has no known kind tag")
 
 
-def validate_value(key32: bytes, data: bytes) -> tuple[str, bytes]:
+def _bucket_entries(data: bytes, now_ms: int | None) -> list[IndexEntry]:
+    entries = decode_bucket(data)
+    return entries if now_ms is None else not_after(entries, now_ms)
+
+
+def validate_value(key32: bytes, data: bytes, *, now_ms: int | None = None
+                   ) -> tuple[str, bytes]:
     """("bucket" | "content", canonical bytes) of a value offered for `key32`.
 
     A bucket's entries cannot be checked against its key here (that needs
     the full embeddings and the swarm's planes); a content value must hash
-    to its key.
+    to its key. With `now_ms` (a holder storing it), bucket entries dated
+    after now + MAX_SKEW_MS are dropped.
     """
     _key(key32)
     kind = _kind_of(data)
     if kind == "content":
         return kind, decode_content(data, key32).encode()
-    return kind, encode_bucket(decode_bucket(data))
+    return kind, encode_bucket(_bucket_entries(data, now_ms), salt=key32)
 
 
-def merge_values(key32: bytes, old: bytes, new: bytes) -> bytes:
+def merge_values(key32: bytes, old: bytes, new: bytes, *, now_ms: int | None = None) -> bytes:
     """Join of two values for one key, canonical; VerifyError if `new` is refused.
 
     A content value proves its key (it hashes to it) and a bucket cannot, so
     content replaces a bucket squatting on a memory id, while a bucket
-    offered over content is refused.
+    offered over content is refused. `now_ms` checks the dates of `new` as
+    validate_value does (`old` was checked when it was stored).
     """
     old_kind, new_kind = _kind_of(old), _kind_of(new)
     if old_kind != new_kind:
@@ -383,4 +453,5 @@ def merge_values(key32: bytes, old: bytes, new: bytes) -> bytes:
         merged = merge_content(decode_content(old, key32), decode_content(new, key32))
         return merged.encode()
     _key(key32)
-    return encode_bucket(merge_buckets(decode_bucket(old), decode_bucket(new)))
+    merged_entries = merge_buckets(decode_bucket(old), _bucket_entries(new, now_ms), salt=key32)
+    return encode_bucket(merged_entries, salt=key32)

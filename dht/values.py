@@ -2,7 +2,8 @@
 
 Every value is verified and merged before it is written (dht.codec), so the
 file only ever holds canonical, verified values; a refused value (forged,
-malformed, over quota) never reaches it.
+malformed, over quota) never reaches it, nor does an index entry dated
+beyond now + dht.codec.MAX_SKEW_MS.
 
 These are replicas: the author keeps the durable copy and republishes it, so
 the file runs WAL with ``synchronous=NORMAL``. A value survives a crash of
@@ -109,9 +110,9 @@ class ValueStore:
             raise ValueError("publisher must be a node id")
         old = self._row(key32)
         if old is None:
-            kind, value = validate_value(key32, data)
+            kind, value = validate_value(key32, data, now_ms=now_ms)
         else:
-            value = merge_values(key32, old[0], data)
+            value = merge_values(key32, old[0], data, now_ms=now_ms)
             kind = "bucket" if value[:1] == KIND_BUCKET else "content"
         self._check_quota(publisher, len(value), old)
         self._write(key32, kind, value, publisher, now_ms, old)

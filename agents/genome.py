@@ -44,6 +44,7 @@ __all__ = [
     "INPUT",
     "IR_VERSION",
     "MAX_LINEAGE_BYTES",
+    "MAX_WEIGHT",
     "NODES",
     "OPSET",
     "OUTPUT",
@@ -65,6 +66,9 @@ DIM, HIDDEN = 384, 128
 OPSET, IR_VERSION = 17, 8  # onnx's own pairing for opset 17; onnxruntime 1.32 runs both
 AGENT_DOMAIN = b"sporemind/agent/v1"
 MAX_LINEAGE_BYTES = 1024
+MAX_WEIGHT = 1e4  # |parameter| of a genome (an honest one stays under ~10; float32 never overflows)
+_MAX_UINT = (1 << 63) - 1  # what SQLite and every msgpack reader can hold
+_MAX_GENERATION = 1 << 31
 _VERSION = 1
 _ID_BYTES = 32
 
@@ -158,8 +162,10 @@ def to_onnx(weights: Weights) -> bytes:
 
 def from_onnx(data: bytes) -> Weights:
     """Weights of a genome; raises GenomeRejected (a VerifyError) unless
-    `agents.guard.check` accepts it, which proves the exact architecture."""
-    from agents.guard import check  # the guard builds on this module
+    `agents.guard.check` accepts it, which proves the exact architecture, and
+    every weight is finite and within ±MAX_WEIGHT (a huge one turns every
+    score of the pool into NaN)."""
+    from agents.guard import GenomeRejected, check  # the guard builds on this module
 
     check(data)
     model = onnx.ModelProto()
@@ -172,6 +178,8 @@ def from_onnx(data: bytes) -> Weights:
         arr = numpy_helper.to_array(found[name])
         if arr.dtype != np.float32 or arr.shape != shape:
             raise VerifyError(f"genome initializer {name} is not float32 {shape}")
+        if not np.isfinite(arr).all() or float(np.abs(arr).max()) > MAX_WEIGHT:
+            raise GenomeRejected("weights", f"{name} is not finite or over ±{MAX_WEIGHT:g}")
         arrays.append(np.array(arr, dtype=np.float32))  # own, writable copy
     return Weights(*arrays)
 
@@ -245,10 +253,10 @@ def decode_lineage(data: bytes) -> Lineage:
         raise VerifyError("not a v1 agent lineage")
     _, _, parent, generation, creator, created, digest = f
     if not (isinstance(parent, bytes) and len(parent) in (0, _ID_BYTES)
-            and type(generation) is int and generation >= 0
+            and type(generation) is int and 0 <= generation < _MAX_GENERATION
             and (len(parent) == 0) == (generation == 0)
             and isinstance(creator, bytes) and len(creator) == PUBLIC_KEY_BYTES
-            and type(created) is int and created >= 0
+            and type(created) is int and 0 <= created <= _MAX_UINT
             and isinstance(digest, bytes) and len(digest) == _ID_BYTES):
         raise VerifyError("agent lineage has fields of the wrong type")
     verify(creator, AGENT_DOMAIN, body, sig)

@@ -1,4 +1,6 @@
-"""Untrusted genomes: check a peer's ONNX bytes before onnxruntime sees them.
+"""Untrusted input to the agents: a peer's genomes and its agent requests.
+
+Genomes: check a peer's ONNX bytes before onnxruntime sees them.
 
 A genome from a peer may try to read our files through external data
 (onnxruntime resolves it against the working directory), ask for 16 GiB at
@@ -16,18 +18,28 @@ counter name:
     opset           not exactly opset 17 / IR version 8
     operator        an operator outside {MatMul, Add, Tanh}
     architecture    allowlisted, but not our graph (names, shapes, wiring)
+    weights         a parameter that is not finite or over ±MAX_WEIGHT (agents.genome.from_onnx)
     load, run       onnxruntime refused it anyway (defence in depth)
     timeout         a run exceeded its deadline and was terminated
 
 `load` adds defence in depth (a session from bytes, external data pointed at
 an empty folder, one thread) and `run_with_deadline` bounds a run's time.
+
+Requests (p2pnode.agentnet's routes score, feedback, adopt): one bounded
+decoder per wire shape (crdt.sync's msgpack helpers: exact types and
+sizes, ids of 32 bytes, no number used as a size), and `Scorings`, the book
+of what this spore scored for which peer, without which a peer's rating
+counts for nothing. Each refusal is a `Rejected` with a `.reason`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,18 +47,40 @@ import onnx
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from onnx import AttributeProto, GraphProto, NodeProto, TensorProto
 
-from agents.genome import INITIALIZERS, INPUT, IR_VERSION, NODES, OPSET, OUTPUT
+from agents.genome import (
+    DIM,
+    INITIALIZERS,
+    INPUT,
+    IR_VERSION,
+    MAX_LINEAGE_BYTES,
+    NODES,
+    OPSET,
+    OUTPUT,
+)
+from crdt import sync
 from p2pnode.errors import VerifyError
 
 __all__ = [
     "ALLOWED_OPS",
+    "MAX_CANDIDATES",
     "MAX_ELEMENTS",
     "MAX_GENOME_BYTES",
+    "MAX_REMOTE_AGENTS",
     "MAX_TENSOR_ELEMENTS",
+    "RID_BYTES",
     "GenomeRejected",
+    "Rejected",
+    "Scoring",
+    "Scorings",
     "check",
+    "decode_adoption",
+    "decode_feedback",
+    "decode_score_reply",
+    "decode_score_request",
     "load",
+    "row_hashes",
     "run_with_deadline",
+    "vectors",
 ]
 
 MAX_GENOME_BYTES = 1 << 20  # an honest genome is ~396 KB
@@ -60,14 +94,22 @@ _ITEM_BYTES: dict[int, int] = {TensorProto.FLOAT: 4, TensorProto.DOUBLE: 8, Tens
                TensorProto.UINT8: 1, TensorProto.BOOL: 1}
 
 
-class GenomeRejected(VerifyError):
+class Rejected(VerifyError):
+    """Peer input the agents will not take; `.reason` names why (a counter key)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+class GenomeRejected(Rejected):
     """A peer's genome failed a check; `.reason` names which (a counter key)."""
 
     def __init__(self, reason: str, detail: object = "") -> None:
         # Peer-chosen names may be long or, in proto2 strings, not even UTF-8.
         shown = detail if isinstance(detail, str) else repr(detail)
-        super().__init__(f"genome rejected ({reason}){': ' + shown[:120] if shown else ''}")
-        self.reason = reason
+        super().__init__(reason,
+                         f"genome rejected ({reason}){': ' + shown[:120] if shown else ''}")
 
 
 def check(data: bytes) -> None:
@@ -283,3 +325,164 @@ def run_with_deadline(session: Any, feeds: Mapping[str, np.ndarray], deadline_s:
     finally:
         timer.cancel()
 
+
+# -- peers' agent requests ---------------------------------------------------
+
+MAX_CANDIDATES = 64  # rows one score request may carry
+MAX_REMOTE_AGENTS = 256  # rows one score reply may carry
+RID_BYTES = 16  # a score request's id, named again by its rating
+VEC_BYTES = 2 * DIM  # one float16 embedding
+SCORINGS_KEPT, SCORINGS_PER_PEER, SCORING_TTL_S = 2048, 128, 1800.0
+
+
+def vectors(data: bytes, rows: int | None = None) -> np.ndarray:
+    """Finite float16 rows of DIM (exactly `rows` of them if given), as float32."""
+    if len(data) % VEC_BYTES:
+        raise Rejected("malformed", "embeddings must be float16 rows of 384")
+    out = np.frombuffer(data, dtype=np.float16).astype(np.float32).reshape(-1, DIM)
+    if rows is not None and len(out) != rows:
+        raise Rejected("malformed", "wrong number of embedding rows")
+    if not np.all(np.isfinite(out)):
+        raise Rejected("not_finite", "embeddings must be finite")
+    return out
+
+
+def row_hashes(data: bytes) -> tuple[bytes, ...]:
+    """An 8-byte hash of each float16 row: what a rating's memory is checked against."""
+    return tuple(hashlib.blake2b(data[i:i + VEC_BYTES], digest_size=8).digest()
+                 for i in range(0, len(data), VEC_BYTES))
+
+
+# -- agent requests: one bounded decoder per wire shape ----------------------
+
+
+def _fields(body: bytes, what: str, max_bytes: int, n: int) -> list[object]:
+    return sync.as_list(sync.unpack(body, max_bytes, what), what, n, n)
+
+
+def decode_score_request(body: bytes) -> tuple[bytes, np.ndarray, np.ndarray, bytes]:
+    """[request id, q, candidates] -> (id, q [384], candidates [C, 384], their bytes)."""
+    try:
+        f = _fields(body, "score request", 1024 + (MAX_CANDIDATES + 1) * VEC_BYTES, 3)
+        rid = sync.as_bytes(f[0], "request id", RID_BYTES, RID_BYTES)
+        qb = sync.as_bytes(f[1], "query", VEC_BYTES, VEC_BYTES)
+        vb = sync.as_bytes(f[2], "candidates", MAX_CANDIDATES * VEC_BYTES, VEC_BYTES)
+    except sync.DecodeError as exc:
+        raise Rejected("malformed", str(exc)) from exc
+    return rid, vectors(qb, 1)[0], vectors(vb), vb
+
+
+def decode_score_reply(reply: bytes, candidates: int
+                       ) -> tuple[tuple[bytes, ...], np.ndarray, np.ndarray]:
+    """[agent ids, fitness float32, scores float16 [A, C]], all finite."""
+    try:
+        f = _fields(reply, "score reply", 64 * 1024, 3)
+        ids = [sync.as_bytes(i, "agent id", 32, 32)
+               for i in sync.as_list(f[0], "agent ids", MAX_REMOTE_AGENTS)]
+        fit = sync.as_bytes(f[1], "fitness", 4 * len(ids), 4 * len(ids))
+        raw = sync.as_bytes(f[2], "scores", 2 * len(ids) * candidates, 2 * len(ids) * candidates)
+    except sync.DecodeError as exc:
+        raise Rejected("malformed", str(exc)) from exc
+    fitness = np.frombuffer(fit, dtype=np.float32).copy()
+    scores = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
+    if not (np.all(np.isfinite(fitness)) and np.all(np.isfinite(scores))):
+        raise Rejected("not_finite", "a score reply that is not finite")
+    return tuple(ids), fitness, scores.reshape(len(ids), candidates)
+
+
+def decode_feedback(body: bytes) -> tuple[bytes, int, bool, bytes]:
+    """[request id, chosen row, up, the chosen memory's float16 embedding]."""
+    try:
+        f = _fields(body, "feedback", 1024 + VEC_BYTES, 4)
+        rid = sync.as_bytes(f[0], "request id", RID_BYTES, RID_BYTES)
+        chosen = sync.as_int(f[1], "chosen", 0, MAX_CANDIDATES - 1)
+        memory = sync.as_bytes(f[3], "memory", VEC_BYTES, VEC_BYTES)
+    except sync.DecodeError as exc:
+        raise Rejected("malformed", str(exc)) from exc
+    if not isinstance(f[2], bool):
+        raise Rejected("malformed", "feedback: up must be true or false")
+    return rid, chosen, f[2], memory
+
+
+def decode_adoption(body: bytes) -> tuple[bytes, bytes, bytes]:
+    """[lineage, genome, specialty] (each checked in full by check_guest)."""
+    try:
+        f = _fields(body, "adoption", MAX_GENOME_BYTES + 4096, 3)
+        return (sync.as_bytes(f[0], "lineage", MAX_LINEAGE_BYTES),
+                sync.as_bytes(f[1], "genome", MAX_GENOME_BYTES + 4096),
+                sync.as_bytes(f[2], "specialty", VEC_BYTES))
+    except sync.DecodeError as exc:
+        raise Rejected("malformed", str(exc)) from exc
+
+
+# -- what this spore scored for whom (the clock comes in) -----------------
+
+
+@dataclass
+class Scoring:
+    at: float  # the clock's seconds when we scored
+    q: np.ndarray
+    ids: tuple[bytes, ...]  # our agents that scored
+    scores: np.ndarray  # [A, C] float16, as we answered
+    cands: tuple[bytes, ...]  # a hash of each candidate's float16 row
+    rated: bool = False
+
+
+class Scorings:
+    """The scorings this spore did for each peer: a peer's rating counts only
+    for one of these, once. Bounded per peer and in all; they expire."""
+
+    def __init__(self, per_peer: int = SCORINGS_PER_PEER, total: int = SCORINGS_KEPT,
+                 ttl_s: float = SCORING_TTL_S) -> None:
+        self.per_peer, self.total, self.ttl_s = per_peer, total, ttl_s
+        self._order: OrderedDict[tuple[bytes, bytes], float] = OrderedDict()
+        self._by_peer: dict[bytes, OrderedDict[bytes, Scoring]] = {}
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def check_new(self, peer: bytes, rid: bytes) -> None:
+        if rid in self._by_peer.get(peer, {}):
+            raise Rejected("repeated_request", "this request id was already scored")
+
+    def add(self, peer: bytes, rid: bytes, scoring: Scoring) -> None:
+        self._expire(scoring.at)
+        self.check_new(peer, rid)
+        mine = self._by_peer.setdefault(peer, OrderedDict())
+        mine[rid] = scoring
+        self._order[(peer, rid)] = scoring.at
+        if len(mine) > self.per_peer:
+            self._drop(peer, next(iter(mine)))
+        if len(self._order) > self.total:
+            self._drop(*next(iter(self._order)))
+
+    def rate(self, peer: bytes, rid: bytes, chosen: int, memory: bytes, now: float
+             ) -> Scoring:
+        """The scoring a rating from `peer` names, marked rated; Rejected unless
+        it exists, is not rated yet, and `memory` is the candidate it scored."""
+        self._expire(now)
+        mine = self._by_peer.get(peer)
+        scoring = mine.get(rid) if mine is not None else None
+        if scoring is None:
+            raise Rejected("unscored", "no scoring of ours for this peer has this id")
+        if scoring.rated:
+            raise Rejected("already_rated", "this scoring was already rated")
+        if chosen >= len(scoring.cands) or row_hashes(memory)[0] != scoring.cands[chosen]:
+            raise Rejected("wrong_candidate", "the rated memory is not the one scored")
+        scoring.rated = True
+        return scoring
+
+    def _expire(self, now: float) -> None:
+        while self._order:
+            key, at = next(iter(self._order.items()))
+            if now - at <= self.ttl_s:
+                break
+            self._drop(*key)
+
+    def _drop(self, peer: bytes, rid: bytes) -> None:
+        self._order.pop((peer, rid), None)
+        mine = self._by_peer.get(peer)
+        if mine is not None:
+            mine.pop(rid, None)
+            if not mine:
+                del self._by_peer[peer]

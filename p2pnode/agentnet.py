@@ -7,11 +7,19 @@
   agents' scores and fitness within `SCORE_DEADLINE_S`. Partial answers are
   fine: whoever answered in time joins the consensus.
 * **Feedback**: a rating reaches every agent that took part, here or on the
-  spores hosting them (a signed message), with each agent's credit.
-* **Placement**: a child goes to the live peer with the most spare capacity
+  spores hosting them (a signed message naming the scoring it rates). A
+  spore takes a peer's rating only for a scoring it did for that same peer
+  (remembered, bounded and expiring: `Scorings`), once, and computes each
+  agent's credit from its own scores.
+* **Placement**: a child goes to the live peer with the most room for guests
   (advertised in its signed peer card), as ONNX bytes over signed HTTP; the
   peer checks it (p2pnode.colony.check_guest) before anything of it runs. If
   no peer has more room than we do, the child stays here.
+* **Hostile members**: score and adopt take a bounded number of requests per
+  peer (token buckets); every route decodes its one wire shape with exact
+  types and sizes (agents.guard), and refuses anything else with a typed
+  reason counted as ``<route>_refused_<reason>``. A guest's standing is what
+  this spore measured (p2pnode.colony), never what its lineage claims.
 * **Registry**: every agent has a card in the gossiped map, signed by its
   host (fitness, interactions, specialty, alive), so every spore sees the
   whole population.
@@ -21,16 +29,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import msgpack
 import numpy as np
 
-from agents.genome import DIM, Agent
+from agents.genome import Agent
+from agents.guard import (
+    MAX_CANDIDATES,
+    RID_BYTES,
+    Rejected,
+    Scoring,
+    Scorings,
+    decode_adoption,
+    decode_feedback,
+    decode_score_reply,
+    decode_score_request,
+    row_hashes,
+    vectors,
+)
+from agents.pool import PoolError
+from dht.guard import TokenBuckets
 from p2pnode.colony import (
     Birth,
     Colony,
@@ -44,11 +68,10 @@ from p2pnode.dna import Dna
 from p2pnode.errors import VerifyError
 from p2pnode.gossip import KIND_AGENT, KIND_PEER, GossipStore, agent_key
 from p2pnode.identity import Identity, node_id
-from p2pnode.peers import UNSPECIFIED, PeerService
-from p2pnode.records import decode_agent_card, decode_peer, make_agent_card
+from p2pnode.peers import UNSPECIFIED, PeerService, Route
+from p2pnode.records import AgentCard, decode_agent_card, decode_peer, make_agent_card
 
 log = logging.getLogger("spore.agents")
-T = TypeVar("T")
 
 SPECIALISTS = 2  # peers asked to score
 SPECIALIST_MIN = 0.5  # cosine of a peer agent's specialty to the question, to be asked
@@ -57,15 +80,13 @@ CARDS_REFRESH_S = 2.0  # the specialists' cards are read again at most this ofte
 SCORE_DEADLINE_S = 0.25
 FEEDBACK_DEADLINE_S = 2.0
 ADOPT_DEADLINE_S = 5.0
-MAX_CANDIDATES = 64
 ANSWERS_KEPT = 4096  # answers whose participants we remember for a rating
-MAX_GENOME = 1 << 20
+SCORE_RATE = (20.0, 40.0)  # per peer: score requests a second, and at once
+ADOPT_RATE = (0.1, 4.0)  # per peer: one adoption every 10 s, 4 at once
+RATE_PEERS = 1024  # peers whose buckets are kept (the least recently heard go first)
+BAD_CARDS_KEPT = 4096
 
 Compute = Callable[..., Awaitable[Any]]  # runs fn(*args) on the compute thread
-
-
-class NoRoom(VerifyError):
-    reason = "no_room"
 
 
 @dataclass
@@ -76,6 +97,7 @@ class Verdict:
     rows: list[tuple[bytes | None, bytes]] = field(default_factory=list)  # (host, agent)
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     remote_hosts: int = 0
+    requests: dict[bytes, bytes] = field(default_factory=dict)  # host -> its score request id
 
 
 @dataclass(frozen=True)
@@ -92,29 +114,22 @@ class _Cards:
 class _Answer:
     q: np.ndarray
     memory: np.ndarray
+    chosen: int  # the rated candidate's row in the scorings
     participants: list[tuple[bytes | None, bytes, float]]  # (host, agent, credit)
+    requests: dict[bytes, bytes]  # host -> id of the score request it answered
 
 
 def _f16(a: np.ndarray) -> bytes:
     return np.asarray(a, dtype=np.float16).tobytes()
 
 
-def _vecs(data: object, rows: int | None = None) -> np.ndarray:
-    if not isinstance(data, bytes) or len(data) % (2 * DIM):
-        raise VerifyError("embeddings must be float16 rows of 384")
-    out = np.frombuffer(data, dtype=np.float16).astype(np.float32).reshape(-1, DIM)
-    if rows is not None and len(out) != rows:
-        raise VerifyError("wrong number of embedding rows")
-    if not np.all(np.isfinite(out)):
-        raise VerifyError("embeddings must be finite")
-    return out
-
-
 class AgentNet:
     def __init__(self, *, colony: Colony, identity: Identity, swarm: bytes,
-                 store: GossipStore, compute: Compute, dna: Callable[[], Dna]) -> None:
+                 store: GossipStore, compute: Compute, dna: Callable[[], Dna],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.colony, self.identity, self.swarm, self.gossip = colony, identity, swarm, store
         self.compute, self.dna = compute, dna
+        self.clock = clock  # seconds: the peers' rate limits and the scorings' expiry
         self.peers: PeerService | None = None
         self.counters: dict[str, int] = {}
         self._answers: OrderedDict[str, _Answer] = OrderedDict()
@@ -123,9 +138,46 @@ class AgentNet:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stale: dict[bytes, Agent] = {}  # cards whose update waits (publish_cards)
         self._card_sent: dict[bytes, float] = {}  # agent id -> time.monotonic() of its card
+        self._bad_cards: set[bytes] = set()  # gossip keys of cards ranking skipped (counted once)
+        self.scorings = Scorings()
+        # What a peer may ask of us; "place": what we offer a peer, within its limit.
+        self._rates = {route: TokenBuckets(rate, burst, RATE_PEERS, clock)
+                       for route, (rate, burst) in (("score", SCORE_RATE), ("adopt", ADOPT_RATE),
+                                                    ("place", ADOPT_RATE))}
+        self.routes: dict[str, Route] = {
+            "score": self._counted("score", self._serve_score),
+            "feedback": self._counted("feedback", self._serve_feedback),
+            "adopt": self._counted("adopt", self._serve_adopt)}
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+    def _counted(self, route: str, serve: Route) -> Route:
+        """`serve`, with each refusal counted here as <route>_refused_<reason>."""
+        async def counted(sender: bytes, body: bytes) -> bytes:
+            try:
+                return await serve(sender, body)
+            except VerifyError as exc:
+                self.count(f"{route}_refused_{getattr(exc, 'reason', 'malformed')}")
+                raise
+        return counted
+
+    def _take(self, route: str, sender: bytes) -> None:
+        if not self._rates[route].take(sender.hex()):
+            raise Rejected("rate_limited", f"too many {route} requests from this peer")
+
+    def _cards_read(self) -> Iterator[tuple[AgentCard, np.ndarray]]:
+        """The registry's cards and specialties; one that cannot be read is left
+        out (counted once), the others still count."""
+        for key, item in self.gossip.with_prefix(KIND_AGENT):
+            try:
+                card = decode_agent_card(item)
+                yield card, specialty_vector(card.specialty)
+            except (VerifyError, ValueError) as exc:
+                if key not in self._bad_cards and len(self._bad_cards) < BAD_CARDS_KEPT:
+                    self._bad_cards.add(key)
+                    self.count("cards_skipped")
+                    log.warning("skipping an agent card: %s", str(exc)[:200])
 
     def _now_ms(self) -> int:
         return int(time.time() * 1000)
@@ -144,9 +196,8 @@ class AgentNet:
         self.publish_cards(agents)
         self._spawn(self._flush_cards())
         if peers is not None:
-            peers.capacity = lambda: self.colony.spare
-            peers.routes.update(score=self._serve_score, feedback=self._serve_feedback,
-                                adopt=self._serve_adopt)
+            peers.capacity = lambda: self.colony.guest_room
+            peers.routes.update(self.routes)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -199,8 +250,7 @@ class AgentNet:
     def registry(self) -> list[dict[str, Any]]:
         """Every agent card the gossiped map holds (the swarm's population)."""
         out = []
-        for _, item in self.gossip.with_prefix(KIND_AGENT):
-            card = decode_agent_card(item)
+        for card, _ in self._cards_read():
             out.append({"id": card.agent_id.hex(), "host": node_id(card.host).hex(),
                         "generation": card.generation, "parent": card.parent.hex(),
                         "fitness": round(card.fitness, 4), "interactions": card.interactions,
@@ -217,10 +267,8 @@ class AgentNet:
         if root != self._cards.root and now - self._cards.built >= CARDS_REFRESH_S:
             hosts: list[bytes] = []
             vecs: list[np.ndarray] = []
-            for _, item in self.gossip.with_prefix(KIND_AGENT):
-                card = decode_agent_card(item)
+            for card, v in self._cards_read():
                 if card.alive and card.host != self.identity.public_key:
-                    v = specialty_vector(card.specialty)
                     hosts.append(card.host)
                     vecs.append(v / (float(np.linalg.norm(v)) + 1e-9))
             matrix = np.stack(vecs).astype(np.float32) if vecs else np.zeros((0, len(q)),
@@ -240,7 +288,10 @@ class AgentNet:
         item = self.gossip.get(KIND_PEER + node_id(host))
         if item is None:
             return None
-        card = decode_peer(item)
+        try:
+            card = decode_peer(item)
+        except VerifyError:
+            return None
         if card.host in UNSPECIFIED or self.peers is None:
             return None
         members = {(m.host, m.port): m for m in self.peers.members.live()}
@@ -250,17 +301,18 @@ class AgentNet:
         """The consensus of our agents and of the specialists' who answered in time."""
         vecs = vecs[:MAX_CANDIDATES]
         hosts = self._specialists(q) if self.peers is not None else []
-        local = self.compute(self.colony.score, q, vecs, self._now_ms())
-        remote = [self._remote_score(h, q, vecs) for h in hosts]
-        results = await asyncio.gather(local, *remote)
-        mine: Scored = results[0]
+        rids = [os.urandom(RID_BYTES) for _ in hosts]
+        local = asyncio.ensure_future(self._local_score(q, vecs))
+        remote = await asyncio.gather(*[self._remote_score(h, rid, q, vecs)
+                                        for h, rid in zip(hosts, rids, strict=True)])
+        mine = await local
         rows: list[tuple[bytes | None, bytes]] = [(None, a) for a in mine.ids]
         scores, fitness = [mine.scores], [mine.fitness]
-        answered = 0
-        for host, got in zip(hosts, results[1:], strict=True):
+        requests: dict[bytes, bytes] = {}
+        for host, rid, got in zip(hosts, rids, remote, strict=True):
             if got is None:
                 continue
-            answered += 1
+            requests[host] = rid
             rows.extend((host, a) for a in got.ids)
             scores.append(got.scores)
             fitness.append(got.fitness)
@@ -268,57 +320,57 @@ class AgentNet:
         all_fit = np.concatenate(fitness) if rows else np.zeros(0, np.float32)
         verdict = Verdict(Scored(tuple(a for _, a in rows), all_fit, all_scores).consensus()
                           if rows else np.zeros(len(vecs), np.float32), rows, all_scores,
-                          answered)
-        self.count("remote_scorers", answered)
+                          len(requests), requests)
+        self.count("remote_scorers", len(requests))
         return verdict
 
-    async def _remote_score(self, host: bytes, q: np.ndarray, vecs: np.ndarray
+    async def _local_score(self, q: np.ndarray, vecs: np.ndarray) -> Scored:
+        try:
+            return await self.compute(self.colony.score, q, vecs, self._now_ms())  # type: ignore[no-any-return]
+        except (PoolError, ValueError) as exc:  # our pool failed: the peers' say stands
+            self.count("local_score_failed")
+            log.warning("our agents could not score: %s", exc)
+            return Scored((), np.zeros(0, np.float32), np.zeros((0, len(vecs)), np.float32))
+
+    async def _remote_score(self, host: bytes, rid: bytes, q: np.ndarray, vecs: np.ndarray
                             ) -> Scored | None:
         addr = self._address(host)
         if addr is None or self.peers is None:
             return None
-        body = msgpack.packb([_f16(q), _f16(vecs), len(vecs)], use_bin_type=True)
+        body = msgpack.packb([rid, _f16(q), _f16(vecs)], use_bin_type=True)
         try:
             reply = await self.peers.request(*addr, "score", body, SCORE_DEADLINE_S)
-            ids, fit, raw = msgpack.unpackb(reply, raw=False)
-            n = len(ids)
-            if not (isinstance(ids, list) and all(isinstance(i, bytes) and len(i) == 32
-                                                  for i in ids) and n <= 4 * 64):
-                raise VerifyError("malformed score reply")
-            fitness = np.frombuffer(fit, dtype=np.float32)
-            scores = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
-            if len(fitness) != n or len(scores) != n * len(vecs) \
-                    or not np.all(np.isfinite(fitness)):
-                raise VerifyError("score reply of the wrong shape")
-            return Scored(tuple(ids), fitness.copy(), scores.reshape(n, len(vecs)))
+            return Scored(*decode_score_reply(reply, len(vecs)))
         except Exception as exc:  # a late, dead or lying peer: its say is left out
             self.count("remote_score_failed")
             log.debug("scoring at %s: %s", addr, exc)
             return None
 
     async def _serve_score(self, sender: bytes, body: bytes) -> bytes:
-        try:
-            qb, vb, n = msgpack.unpackb(body, raw=False)
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            raise VerifyError(f"malformed score request: {exc}") from exc
-        if not isinstance(n, int) or not 0 < n <= MAX_CANDIDATES:
-            raise VerifyError("score request: 1..64 candidates")
-        q, vecs = _vecs(qb, 1)[0], _vecs(vb, n)
+        """Our agents' scores for a peer's candidates, remembered for its rating."""
+        self._take("score", sender)
+        rid, q, vecs, raw = decode_score_request(body)
+        self.scorings.check_new(sender, rid)
         got: Scored = await self.compute(self.colony.score, q, vecs, self._now_ms())
+        scores = got.scores.astype(np.float16)
+        self.scorings.add(sender, rid, Scoring(self.clock(), q, got.ids, scores,
+                                                row_hashes(raw)))
         self.count("scored_for_peers")
         out: bytes = msgpack.packb([list(got.ids), got.fitness.astype(np.float32).tobytes(),
-                                    _f16(got.scores)], use_bin_type=True)
+                                    scores.tobytes()], use_bin_type=True)
         return out
 
     # --- feedback --------------------------------------------------------------------
 
     def remember(self, answer_id: str, q: np.ndarray, memory: np.ndarray, verdict: Verdict,
                  chosen: int) -> None:
-        if not verdict.rows:
+        if not verdict.rows or not 0 <= chosen < verdict.scores.shape[1]:
             return
         credit = credits(verdict.scores, chosen)
         self._answers[answer_id] = _Answer(
-            q, memory, [(h, a, float(c)) for (h, a), c in zip(verdict.rows, credit, strict=True)])
+            q, memory, chosen,
+            [(h, a, float(c)) for (h, a), c in zip(verdict.rows, credit, strict=True)],
+            dict(verdict.requests))
         while len(self._answers) > ANSWERS_KEPT:
             self._answers.popitem(last=False)
 
@@ -328,24 +380,20 @@ class AgentNet:
         if answer is None:
             return 0
         sign = 1.0 if up else -1.0
-        by_host: dict[bytes | None, dict[bytes, float]] = {}
-        for host, agent, credit in answer.participants:
-            by_host.setdefault(host, {})[agent] = sign * credit
-        for host, deltas in by_host.items():
-            if host is None:
-                await self.apply_feedback(deltas, answer.q, answer.memory, up)
-            else:
-                self._spawn(self._send_feedback(host, deltas, answer, up))
+        mine = {agent: sign * credit for host, agent, credit in answer.participants
+                if host is None}
+        if mine:
+            await self.apply_feedback(mine, answer.q, answer.memory, up)
+        for host, rid in answer.requests.items():
+            self._spawn(self._send_feedback(host, rid, answer, up))
         return len(answer.participants)
 
-    async def _send_feedback(self, host: bytes, deltas: dict[bytes, float], answer: _Answer,
-                             up: bool) -> None:
+    async def _send_feedback(self, host: bytes, rid: bytes, answer: _Answer, up: bool) -> None:
         addr = self._address(host)
         if addr is None or self.peers is None:
             self.count("feedback_undeliverable")
             return
-        body = msgpack.packb([_f16(answer.q), _f16(answer.memory), up,
-                              [[a, float(d)] for a, d in deltas.items()]], use_bin_type=True)
+        body = msgpack.packb([rid, answer.chosen, up, _f16(answer.memory)], use_bin_type=True)
         try:
             await self.peers.request(*addr, "feedback", body, FEEDBACK_DEADLINE_S)
             self.count("feedback_sent")
@@ -354,14 +402,15 @@ class AgentNet:
             log.debug("feedback to %s: %s", addr, exc)
 
     async def _serve_feedback(self, sender: bytes, body: bytes) -> bytes:
-        try:
-            qb, mb, up, items = msgpack.unpackb(body, raw=False)
-            deltas = {bytes(a): max(-1.0, min(1.0, float(d))) for a, d in items}
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            raise VerifyError(f"malformed feedback: {exc}") from exc
-        if not isinstance(up, bool) or len(deltas) > 4 * 64:
-            raise VerifyError("malformed feedback")
-        await self.apply_feedback(deltas, _vecs(qb, 1)[0], _vecs(mb, 1)[0], up)
+        """A peer's rating of a scoring we did for it: each of our agents that
+        took part is credited by its own scores (never by the peer's claim)."""
+        rid, chosen, up, raw = decode_feedback(body)
+        memory = vectors(raw, 1)[0]
+        scoring = self.scorings.rate(sender, rid, chosen, raw, self.clock())
+        sign = 1.0 if up else -1.0
+        credit = credits(scoring.scores.astype(np.float32), chosen)
+        deltas = {a: sign * float(c) for a, c in zip(scoring.ids, credit, strict=True)}
+        await self.apply_feedback(deltas, scoring.q, memory, up)
         self.count("feedback_received")
         return b""
 
@@ -385,7 +434,10 @@ class AgentNet:
         live = {(m.host, m.port) for m in self.peers.members.live()}
         best: tuple[str, int, int] | None = None
         for _, item in self.gossip.with_prefix(KIND_PEER):
-            card = decode_peer(item)
+            try:
+                card = decode_peer(item)
+            except VerifyError:
+                continue
             if card.public_key == self.identity.public_key or (card.host, card.port) not in live:
                 continue
             if best is None or card.capacity > best[2]:
@@ -395,7 +447,8 @@ class AgentNet:
     async def place(self, birth: Birth) -> None:
         """A child goes to the roomiest live peer, or stays here."""
         target = self._roomiest_peer()
-        if target is not None and target[2] > self.colony.spare and self.peers is not None:
+        if target is not None and target[2] > self.colony.spare and self.peers is not None \
+                and self._rates["place"].take(f"{target[0]}:{target[1]}"):
             body = msgpack.packb([birth.agent.lineage.wire, birth.genome,
                                   _f16(birth.agent.specialty)], use_bin_type=True)
             try:
@@ -415,14 +468,14 @@ class AgentNet:
             self.peers.capacity_changed()
 
     async def _serve_adopt(self, sender: bytes, body: bytes) -> bytes:
+        """A peer's child, if it is the sender's, born in the past, its genome
+        passes the guard and it finds room within the guest caps. The guard's
+        work is bounded by the rate limit, checked first."""
+        self._take("adopt", sender)
+        lineage_wire, genome, spec = decode_adoption(body)
+        self.colony.admit(lineage_wire, sender, self._now_ms())
         try:
-            lineage, genome, spec = msgpack.unpackb(body, raw=False, max_bin_len=MAX_GENOME + 4096)
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            raise VerifyError(f"malformed adoption: {exc}") from exc
-        if not all(isinstance(x, bytes) for x in (lineage, genome, spec)):
-            raise VerifyError("malformed adoption")
-        try:
-            birth = await self.compute(check_guest, lineage, genome, spec)
+            birth = await self.compute(check_guest, lineage_wire, genome, spec)
         except VerifyError as exc:
             self.count(f"genome_rejected_{getattr(exc, 'reason', 'lineage')}")
             log.warning("refused a peer's agent: %s", exc)
@@ -431,7 +484,7 @@ class AgentNet:
                                         node_id(sender).hex()[:16])
         self.publish_cards([birth.agent] if kept else [], dead)
         if not kept:
-            raise NoRoom("no room for the agent here")
+            raise Rejected("no_room", "no room for the agent here")
         self.count("guests_adopted")
         if self.peers is not None:
             self.peers.capacity_changed()

@@ -19,6 +19,11 @@ carries what comes out (cards to gossip, children to place, events).
   the live peer with the most spare capacity.
 * **Death**: over the cap, the least fit die; agents idle for `idle_ms` die
   too (never the last one).
+* **Guests** (a peer's children, `check_guest`): a guest's standing here is
+  only what this spore measured (fitness from 0 at arrival, its arrival time
+  on our clock), never what its lineage claims. A guest takes spare room or
+  the place of a worse guest, never an agent of this spore's own; each peer
+  may have `guests_per_peer` of them here, all peers `max_guests`.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from agents.pool import Pool, combine
 from dht import compact
 from p2pnode.errors import StateError, VerifyError
 from p2pnode.identity import Identity
+from p2pnode.peerauth import WINDOW_MS
 from p2pnode.storage import connect_wal
 
 log = logging.getLogger("spore.agents")
@@ -60,6 +66,7 @@ LEARNING_RATE = 0.01  # per rating: hundreds of ratings must not carry an agent 
 SPECIALTY_NOISE = 0.01
 LEARNED_FLUSH_S = 60.0  # an agent's learnt weights are written at most this often
 EVENTS = 256  # recent births, divisions and deaths kept for /v1/agents
+CLOCK_SKEW_MS = WINDOW_MS  # a guest born later than now + this is refused
 
 
 @dataclass(frozen=True)
@@ -137,10 +144,13 @@ class Colony:
                  rng: np.random.Generator | None = None) -> None:
         self.identity, self.max_agents, self.idle_ms = identity, max_agents, idle_ms
         self.seed_agents = seed_agents
+        self.max_guests = max(1, max_agents // 2)
+        self.guests_per_peer = max(1, max_agents // 4)
         self.rng = rng or np.random.default_rng()
         self.agents: dict[bytes, Agent] = {}
         self.good: dict[bytes, int] = {}  # good ratings since birth or the last division
         self.last_used: dict[bytes, int] = {}
+        self.joined: dict[bytes, int] = {}  # arrival here, our clock (0: loaded at start)
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS)
         self.counters: dict[str, int] = {}
         self.pool = Pool([])
@@ -262,6 +272,8 @@ class Colony:
         """Load what is stored; a new spore seeds its first agents. Returns the
         agents whose cards should be (re)published."""
         with self._lock:
+            for agent in self.agents.values():  # a claimed future time never stops decay
+                agent.fitness_ms = min(agent.fitness_ms, now_ms)
             if not self.agents:
                 base = Weights.initial(self.rng)
                 for i in range(self.seed_agents):
@@ -275,22 +287,45 @@ class Colony:
     def _add(self, agent: Agent, now_ms: int, why: str, **more: Any) -> None:
         self.agents[agent.agent_id] = agent
         self.good[agent.agent_id] = 0
-        self.last_used[agent.agent_id] = now_ms
+        self.last_used[agent.agent_id] = self.joined[agent.agent_id] = now_ms
         self.event(why, agent, now_ms, **more)
 
     @property
     def spare(self) -> int:
         return max(0, self.max_agents - len(self.agents))
 
+    def is_guest(self, agent: Agent) -> bool:
+        return agent.lineage.creator != self.identity.public_key
+
+    @property
+    def guest_room(self) -> int:
+        """Guests this spore would take now (what its peer card advertises)."""
+        guests = sum(1 for a in self.agents.values() if self.is_guest(a))
+        return max(0, min(self.spare, self.max_guests - guests))
+
+    def standing(self, agent: Agent) -> tuple[float, bool, int, bytes]:
+        """Who dies first (the smallest): the least fit as measured here, a
+        guest before one of ours, the latest arrival here. Only this spore's
+        own observations: a lineage's claimed time or fitness never counts."""
+        return (agent.fitness, not self.is_guest(agent), -self.joined.get(agent.agent_id, 0),
+                agent.agent_id)
+
     # --- scoring (compute thread) -----------------------------------------------------
 
     def score(self, q: np.ndarray, cand: np.ndarray, now_ms: int) -> Scored:
+        """Every agent's scores; an agent whose scores are not finite is left
+        out (and counted), so it never spoils the consensus of the others."""
         pool = self.pool
         members = pool.agents
         scores = pool.scores(q, cand) if len(cand) else np.zeros((len(members), 0), np.float32)
+        fit = np.asarray([a.fitness for a in members], dtype=np.float32)
+        ok = np.isfinite(scores).all(axis=1) & np.isfinite(fit)
+        if not ok.all():
+            self.count("agent_scores_not_finite", int((~ok).sum()))
+            members = tuple(a for a, good in zip(members, ok, strict=True) if good)
+            scores, fit = scores[ok], fit[ok]
         for a in members:
             self.last_used[a.agent_id] = now_ms
-        fit = np.asarray([a.fitness for a in members], dtype=np.float32)
         return Scored(tuple(a.agent_id for a in members), fit, scores)
 
     # --- feedback, learning, division, death (compute thread) -------------------------
@@ -336,18 +371,61 @@ class Colony:
 
     def adopt(self, birth: Birth, now_ms: int, origin: str) -> tuple[bool, list[Agent]]:
         """Take a child (ours, or a peer's after `check_guest`) into the pool;
-        returns whether it stayed, and who died to make room."""
+        returns whether it stayed, and who died to make room. A guest that
+        would find no room raises Rejected (guest_cap, guests_full, no_room)
+        and changes nothing."""
+        agent = birth.agent
         with self._lock:
-            if birth.agent.agent_id in self.agents:
+            if agent.agent_id in self.agents:
                 return True, []
-            self._add(birth.agent, now_ms, "adopted" if origin != "here" else "born",
-                      origin=origin)
-            dead = self._cull(now_ms)
-            kept = birth.agent.agent_id in self.agents
+            if self.is_guest(agent):
+                victims = self._room_for_guest(agent.lineage.creator, agent.agent_id, now_ms)
+                # Its standing here starts now, from what we measure.
+                agent.fitness, agent.fitness_ms, agent.interactions = 0.0, now_ms, 0
+                self._add(agent, now_ms, "adopted", origin=origin)
+                dead = [self._kill(i, now_ms, "made room for a guest") for i in victims]
+            else:
+                self._add(agent, now_ms, "born", origin=origin)
+                dead = self._cull(now_ms)
+            kept = agent.agent_id in self.agents
             if kept:
-                self._insert([birth.agent], [birth.genome])
+                self._insert([agent], [birth.genome])
             self.pool.rebuild(list(self.agents.values()))
             return kept, dead
+
+    @staticmethod
+    def admit(lineage_wire: bytes, sender: bytes, now_ms: int) -> None:
+        """Rejected unless a guest of this lineage, sent by `sender`, is the
+        sender's own child, born by now (give or take the clock skew). Cheap:
+        before its genome is checked (`adopt` then finds it room, or not)."""
+        try:
+            lineage = decode_lineage(lineage_wire)
+        except VerifyError as exc:
+            raise guard.Rejected("lineage", str(exc)) from exc
+        if lineage.creator != sender:
+            raise guard.Rejected("not_creator", "a guest must be the sender's own child")
+        if lineage.created_ms > now_ms + CLOCK_SKEW_MS:
+            raise guard.Rejected("from_the_future", f"born {lineage.created_ms - now_ms} ms on")
+
+    def _room_for_guest(self, creator: bytes, agent_id: bytes, now_ms: int) -> list[bytes]:
+        """The guests that must die for a new one to stay (worse ones only, never
+        an agent of ours), or Rejected when the newcomer itself is the worst."""
+        rank = {a.agent_id: (self.standing(a), a.lineage.creator)
+                for a in self.agents.values() if self.is_guest(a)}
+        rank[agent_id] = ((0.0, False, -now_ms, agent_id), creator)
+        victims: list[bytes] = []
+        for cap, reason, same in ((self.guests_per_peer, "guest_cap", True),
+                                  (self.max_guests, "guests_full", False)):
+            while True:
+                left = [i for i, (_, c) in rank.items()
+                        if i not in victims and (c == creator or not same)]
+                if len(left) <= cap:
+                    break
+                victims.append(_worst(left, rank, reason, agent_id))
+        while len(self.agents) + 1 - len(victims) > self.max_agents:
+            victims.append(_worst([i for i in rank if i not in victims], rank, "no_room",
+                                  agent_id))
+        return victims
 
     def _cull(self, now_ms: int) -> list[Agent]:
         """The long idle die, then the least fit until the pool fits its cap."""
@@ -356,7 +434,7 @@ class Colony:
             if len(self.agents) > 1 and now_ms - used > self.idle_ms and agent_id in self.agents:
                 dead.append(self._kill(agent_id, now_ms, "idle"))
         while len(self.agents) > self.max_agents:
-            worst = min(self.agents.values(), key=lambda a: (a.fitness, a.lineage.created_ms))
+            worst = min(self.agents.values(), key=self.standing)
             dead.append(self._kill(worst.agent_id, now_ms, "least fit"))
         return dead
 
@@ -364,21 +442,35 @@ class Colony:
         agent = self.agents.pop(agent_id)
         self.good.pop(agent_id, None)
         self.last_used.pop(agent_id, None)
+        self.joined.pop(agent_id, None)
         self._delete(agent_id)
         self.event("died", agent, now_ms, cause=why, fitness=round(agent.fitness, 3))
         return agent
 
 
+def _worst(ids: list[bytes], rank: dict[bytes, tuple[tuple[float, bool, int, bytes], bytes]],
+           reason: str, newcomer: bytes) -> bytes:
+    worst = min(ids, key=lambda i: rank[i][0])
+    if worst == newcomer:
+        raise guard.Rejected(reason, f"no room for another guest here ({reason})")
+    return worst
+
+
 def check_guest(lineage_wire: bytes, genome: bytes, specialty: bytes) -> Birth:
     """A peer's child, checked before anything of it runs here: the lineage is
     signed, the genome passes the guard (size, operators, opset, no external
-    data, shapes, the one architecture) and is the one the lineage signed."""
+    data, shapes, the one architecture, bounded weights) and is the one the
+    lineage signed; the specialty is 384 finite float16 (or none)."""
     lineage = decode_lineage(lineage_wire)
     guard.check(genome)
     lineage.check_genome(genome)
     weights = from_onnx(genome)
+    if len(specialty) not in (0, 2 * DIM):
+        raise guard.Rejected("bad_specialty", f"a specialty of {len(specialty)} bytes")
     spec = np.frombuffer(specialty, dtype=np.float16).astype(np.float32) \
-        if len(specialty) == 2 * DIM else np.zeros(DIM, np.float32)
+        if specialty else np.zeros(DIM, np.float32)
+    if not np.isfinite(spec).all():
+        raise guard.Rejected("bad_specialty", "a specialty that is not finite")
     return Birth(Agent(lineage, weights, spec), genome)
 
 

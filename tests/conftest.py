@@ -87,8 +87,12 @@ class Daemon:
     def http(self, method: str, path: str, body: Any = None,
              raw: bytes | None = None) -> tuple[int, Any]:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        headers = {"Content-Type": "application/json"}
+        token = self.state_dir / "api.token"
+        if token.exists():  # DNA changes need it even on loopback
+            headers["Authorization"] = f"Bearer {token.read_text().strip()}"
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
                 return resp.status, json.loads(resp.read())

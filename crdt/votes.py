@@ -5,6 +5,12 @@ ever raises its own counter's ``seq``, so merging keeps, per key, the entry
 with the highest ``seq`` (ties broken deterministically): merge is
 commutative, associative and idempotent. Fitness is a pure function of the
 merged entries; nothing else is stored.
+
+A counter's numbers are its voter's claims: whatever they say, an entry
+counts as one vote at most, its net sign (`stance`), and a voter as one
+voice per memory (`voices`) however many regions it voted in. So one key
+cannot outweigh another by raising its own counters (NOTES.md: "a rank
+decided by the writer's own claim").
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["Counter", "VoteKey", "fitness", "merge_votes", "record_vote", "tally"]
+__all__ = ["Counter", "VoteKey", "fitness", "merge_votes", "record_vote", "stance", "tally",
+           "voices"]
 
 VoteKey = tuple[bytes, bytes]  # (voter public key, question region)
 
@@ -49,13 +56,28 @@ def record_vote(current: Counter | None, up: bool) -> Counter:
     return Counter(base.seq + 1, base.up, base.down + 1)
 
 
+def stance(c: Counter) -> int:
+    """What an entry says, as one vote: +1 (more ups), -1 (more downs) or 0."""
+    return (c.up > c.down) - (c.up < c.down)
+
+
 def tally(counters: Iterable[Counter]) -> tuple[int, int]:
-    """Total (up, down) over counters."""
+    """(up, down): the entries that say up and those that say down, one vote each."""
     up = down = 0
     for c in counters:
-        up += c.up
-        down += c.down
+        said = stance(c)
+        up += said > 0
+        down += said < 0
     return up, down
+
+
+def voices(votes: Mapping[VoteKey, Counter]) -> tuple[int, int]:
+    """(up, down) by voter: each voter counts once, by the sign of what its
+    entries say together (a voter's many regions are still one voice)."""
+    by_voter: dict[bytes, int] = {}
+    for (voter, _), c in votes.items():
+        by_voter[voter] = by_voter.get(voter, 0) + stance(c)
+    return (sum(s > 0 for s in by_voter.values()), sum(s < 0 for s in by_voter.values()))
 
 
 def fitness(up: float, down: float, prior: float = 2.0) -> float:

@@ -8,8 +8,10 @@ key's first byte says what the item is:
 * ``V`` + memory id + voter/region digest   a vote entry (its seq wins)
 * ``A`` + host id + agent id   an agent registry card, signed by its host (its seq wins)
 
-Each kind has a validator (signature, key, swarm) that yields the item's
-stamp; merging keeps the higher (stamp, bytes), so the map is a join
+Each kind has a validator (every field, signature, key, swarm: p2pnode.peers
+`validators`) that yields the item's stamp; each kind and writer has a
+quota (`Caps`); a refusal is counted by its reason. Merging keeps the
+higher (stamp, bytes), so the map is a join
 semilattice of LWW registers and converges whatever the order, loss or
 duplication of messages. Sync uses crdt.sync: the initiator sends its digest
 (root + 64 bucket hashes: ~1 KiB, however many items), the other answers
@@ -22,20 +24,21 @@ it over signed HTTP (p2pnode.peerapi), the benchmark in-process.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import logging
 import random
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from crdt import sync
-from p2pnode.errors import StateError, VerifyError
-from p2pnode.storage import connect_wal
+from p2pnode.errors import SporeError, StateError, VerifyError
+from p2pnode.records import MAX_INT, RecordError, VoteRecord
+from p2pnode.storage import connect_wal, transaction
 
 log = logging.getLogger("spore.gossip")
 
@@ -44,7 +47,8 @@ MAX_DELTA_BYTES = 512 * 1024  # items one delta carries (the rest: next round)
 MAX_WANT = 1024  # keys one delta asks for
 MAX_BODY = MAX_DELTA_BYTES + 64 * 1024  # any gossip request or reply
 
-Validator = Callable[[bytes, bytes], tuple[int, Any]]  # (key, item) → (stamp, record)
+# (key, item, now in ms) → (stamp, record); raises VerifyError (with a `reason`)
+Validator = Callable[[bytes, bytes, int], tuple[int, Any]]
 Call = Callable[[str, bytes], Awaitable[bytes]]  # (route, body) → reply body
 
 
@@ -66,11 +70,47 @@ class Accepted:
     record: Any
 
 
-class GossipStore:
-    """The replicated map, validated on the way in, kept in SQLite (WAL)."""
+@dataclass(frozen=True, kw_only=True)
+class Caps:
+    """What a store holds at most, per writer and per kind (DESIGN.md 5b). A
+    full group refuses new keys (counted as ``refused_quota``) and evicts
+    nothing, so no writer wins a place by what it claims; a writer's newer
+    item under a key already held always replaces its older one. A vote flood
+    cannot crowd out peer cards or agent cards: each kind has its own total.
 
-    def __init__(self, validators: Mapping[bytes, Validator], path: Path | None = None) -> None:
+    Budget at these caps, measured (tests/test_gossip_hostile.py): a vote is
+    ~600 bytes on the wire, ~1.35 KB of RAM here (item, hash, dict entries,
+    quota entry of a fresh voter) and ~0.9 KB of the SQLite file; the spore's
+    tallies of it (p2pnode.regions: a float32 row of its question, its int8
+    codes) take ~2.9 KB more. So 32,768 votes: ~45 MB here + ~95 MB of
+    tallies, ~29 MB on disk. Agent and peer cards (~1 KB each held) add
+    ~12 MB at most."""
+
+    votes: int = 32_768
+    votes_per_voter: int = 4096
+    votes_per_memory: int = 4096
+    agent_cards: int = 8192
+    agent_cards_per_host: int = 64
+    peer_cards: int = 4096
+
+    @property
+    def items(self) -> int:
+        return self.votes + self.agent_cards + self.peer_cards + 1  # and the DNA
+
+
+class GossipStore:
+    """The replicated map, validated on the way in, kept in SQLite (WAL).
+
+    What the file holds is validated again when it is first used (validators
+    may need what the daemon wires after the store: its current DNA): an item
+    that fails now — written by an older version, or by hand — is dropped from
+    the file and counted (``dropped_on_load_<reason>``), and the spore starts.
+    """
+
+    def __init__(self, validators: Mapping[bytes, Validator], path: Path | None = None, *,
+                 caps: Caps = Caps(), clock: Callable[[], float] = time.time) -> None:
         self.validators = dict(validators)
+        self.caps, self.clock = caps, clock
         self.items: dict[bytes, tuple[int, bytes]] = {}
         self.hashes: dict[bytes, bytes] = {}
         self.counters: dict[str, int] = {}
@@ -80,7 +120,10 @@ class GossipStore:
         # a new item costs one bucket's hash, a listing reads only its buckets.
         self._members: list[dict[bytes, bytes]] = [{} for _ in range(sync.FANOUT)]
         self._bucket_hashes: list[bytes | None] = [None] * sync.FANOUT
+        self._held: dict[bytes, int] = {}  # quota group → keys held in it
+        self._unchecked: list[tuple[int, object, object]] = []  # rows read, not validated
         self._db: sqlite3.Connection | None = None
+        self._path = path
         if path is not None:
             self._open(path)
 
@@ -89,13 +132,38 @@ class GossipStore:
                                " stamp INTEGER NOT NULL, item BLOB NOT NULL)",
                                what="the gossip store (move it aside: peers send it again)")
         try:
-            rows = self._db.execute("SELECT key, stamp, item FROM items").fetchall()
+            self._unchecked = self._db.execute("SELECT rowid, key, item FROM items").fetchall()
         except sqlite3.DatabaseError as exc:
             raise StateError(f"cannot read the gossip store {path}: {exc}; move it aside "
                              "(peers send it again)") from exc
-        for key, stamp, item in rows:  # our own file: validated when it came in
+
+    def _check_loaded(self) -> None:
+        """Admit the rows read from the file as an offer would (quotas too)."""
+        if not self._unchecked:
+            return
+        rows, self._unchecked = self._unchecked, []
+        now_ms = self._now_ms()
+        dropped: list[tuple[int]] = []
+        for rowid, key, item in rows:
+            try:
+                if not isinstance(key, bytes) or not isinstance(item, bytes):
+                    raise RecordError("record_malformed", "a stored row is not bytes")
+                stamp, record = self._judge(key, item, now_ms)
+                self._take_place(key, record)
+            except VerifyError as exc:
+                self.count("dropped_on_load")
+                self.count(f"dropped_on_load_{_reason(exc)}")
+                dropped.append((rowid,))
+                continue
             self.items[key] = (stamp, item)
             self._set_hash(key, sync.item_hash(item))
+        if dropped:
+            log.warning("gossip store: dropped %d stored items that do not validate (see "
+                        "gossip.counters dropped_on_load_*)", len(dropped))
+            self._write("DELETE FROM items WHERE rowid=?", dropped)
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
 
     def _set_hash(self, key: bytes, hashed: bytes) -> None:
         bucket = sync.bucket_of(key)
@@ -122,13 +190,16 @@ class GossipStore:
     # --- reading -------------------------------------------------------------------
 
     def get(self, key: bytes) -> bytes | None:
+        self._check_loaded()
         got = self.items.get(key)
         return None if got is None else got[1]
 
     def with_prefix(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        self._check_loaded()
         return [(k, item) for k, (_, item) in self.items.items() if k.startswith(prefix)]
 
     def digest(self) -> sync.Digest:
+        self._check_loaded()
         if self._digest is None:
             for i, cached in enumerate(self._bucket_hashes):
                 if cached is None:
@@ -141,22 +212,26 @@ class GossipStore:
     def offer(self, items: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]
               ) -> list[Accepted]:
         """Validate and merge items (ours or a peer's); returns what changed.
-        An invalid item is refused and counted by reason, never stored."""
+        An invalid item, or a new key over its group's cap, is refused and
+        counted by reason (``refused_<reason>``), never stored; the others of
+        the batch are taken all the same."""
+        self._check_loaded()
         pairs = items.items() if isinstance(items, Mapping) else items
+        now_ms = self._now_ms()
         changed: list[Accepted] = []
         for key, item in pairs:
-            validate = self.validators.get(key[:1])
-            if validate is None:
-                self.count("refused_unknown_kind")
-                continue
             try:
-                stamp, record = validate(key, item)
+                old = self.items.get(key)
+                if old is None and self._full(self._groups(key)):  # before any signature
+                    raise RecordError("quota", "the item's group is full")
+                stamp, record = self._judge(key, item, now_ms)
+                if old is not None and old >= (stamp, item):
+                    continue
+                if old is None:
+                    self._take_place(key, record)
             except VerifyError as exc:
                 self.count(f"refused_{_reason(exc)}")
-                log.debug("gossip item %s… refused: %s", key.hex()[:16], exc)
-                continue
-            old = self.items.get(key)
-            if old is not None and old >= (stamp, item):
+                log.debug("gossip item %s… refused: %s", key[:8].hex(), exc)
                 continue
             self.items[key] = (stamp, item)
             self._set_hash(key, sync.item_hash(item))
@@ -168,17 +243,55 @@ class GossipStore:
             self._persist(changed)
         return changed
 
+    def _judge(self, key: bytes, item: bytes, now_ms: int) -> tuple[int, Any]:
+        """(stamp, record) of an item, or VerifyError whose reason says why not."""
+        validate = self.validators.get(key[:1])
+        if validate is None:
+            raise RecordError("unknown_kind", "no item kind has this key's first byte")
+        stamp, record = validate(key, item, now_ms)
+        if type(stamp) is not int or not 0 <= stamp <= MAX_INT:
+            raise RecordError("stamp_range", "the item's stamp is out of [0, 2**63)")
+        return stamp, record
+
+    def _groups(self, key: bytes, record: Any = None) -> list[tuple[bytes, int]]:
+        """The quota groups a new key takes a place in, with their caps: those
+        its key names, and with its (validated) record, its writer's."""
+        kind, caps = key[:1], self.caps
+        if kind == KIND_VOTE:  # key = V ‖ memory id ‖ digest(voter, region)
+            groups = [(kind, caps.votes), (b"Vm" + key[1:33], caps.votes_per_memory)]
+            if isinstance(record, VoteRecord):
+                groups.append((b"Vv" + record.voter, caps.votes_per_voter))
+            return groups
+        if kind == KIND_AGENT:  # key = A ‖ sha256(host) ‖ agent id
+            return [(kind, caps.agent_cards), (b"Ah" + key[1:33], caps.agent_cards_per_host)]
+        if kind == KIND_PEER:
+            return [(kind, caps.peer_cards)]
+        return []  # the DNA: its one key; unknown kinds are refused by validation
+
+    def _full(self, groups: list[tuple[bytes, int]]) -> bool:
+        return any(self._held.get(group, 0) >= cap for group, cap in groups)
+
+    def _take_place(self, key: bytes, record: Any) -> None:
+        """Count a new key in its groups, or RecordError("quota") if one is full."""
+        groups = self._groups(key, record)
+        if self._full(groups):
+            raise RecordError("quota", "the item's group is full")
+        for group, _ in groups:
+            self._held[group] = self._held.get(group, 0) + 1
+
     def _persist(self, changed: list[Accepted]) -> None:
-        if self._db is None:
+        self._write("INSERT OR REPLACE INTO items(key, stamp, item) VALUES (?,?,?)",
+                    [(a.key, a.stamp, self.items[a.key][1]) for a in changed])
+
+    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """One transaction; on any error it is rolled back (the next write
+        works) and counted: what it carried stays in memory, peers hold it too."""
+        if self._db is None or self._path is None:
             return
-        rows = [(a.key, a.stamp, self.items[a.key][1]) for a in changed]
         try:
-            with contextlib.closing(self._db.cursor()) as cur:
-                cur.execute("BEGIN")
-                cur.executemany("INSERT OR REPLACE INTO items(key, stamp, item) VALUES (?,?,?)",
-                                rows)
-                cur.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:  # kept in memory; peers hold it too
+            with transaction(self._db, self._path, "the gossip store") as con:
+                con.executemany(sql, rows)
+        except (SporeError, OverflowError, ValueError, TypeError) as exc:
             self.count("persist_errors")
             log.error("gossip store: %s", exc)
 
@@ -232,6 +345,11 @@ def _decode_delta(body: bytes) -> tuple[dict[bytes, bytes], list[bytes]]:
 
 
 def _reason(exc: Exception) -> str:
+    """A refusal's counter key: its typed `reason` (records.RecordError), else
+    the first words of its message."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and reason:
+        return reason
     words = "".join(c if c.isalnum() else " " for c in str(exc).lower()).split()
     return "_".join(words[:3]) or "invalid"
 
@@ -269,7 +387,9 @@ async def exchange(store: GossipStore, call: Call) -> RoundStats:
 # --- membership ----------------------------------------------------------------------
 
 SUSPECT_AFTER, DROP_AFTER = 2, 4  # failed rounds in a row
-PROBE_EVERY = 5  # a dropped peer is tried again one round in this many
+PROBE_EVERY = 5  # one round in this many tries a dropped, refusing or unverified address
+MAX_MEMBERS = 256  # gossip targets: seeds, DHT contacts, addresses whose round verified
+MAX_CANDIDATES = 1024  # addresses named by peer cards only, not verified yet
 
 
 @dataclass
@@ -281,9 +401,12 @@ class Member:
     failures: int = 0
     last_ok_s: float | None = None
     refused: str | None = None  # why it refused us, or we it (another swarm…)
+    candidate: bool = False  # named by a peer card only: no round with it verified yet
 
     @property
     def state(self) -> str:
+        if self.candidate:
+            return "candidate"
         if self.refused is not None:
             return "refused"
         if self.failures >= DROP_AFTER:
@@ -293,42 +416,105 @@ class Member:
         return "alive" if self.last_ok_s is not None else "unknown"
 
 
-class Membership:
-    """Gossip targets: seeds, DHT contacts and peer cards; alive ones first."""
+def _standing(m: Member) -> tuple[bool, bool, int, float]:
+    """Sorts the member to let go first first: never verified, refusing, failing, quiet."""
+    return m.last_ok_s is not None, m.refused is None, -m.failures, m.last_ok_s or 0.0
 
-    def __init__(self, me: tuple[str, int], rng: random.Random) -> None:
+
+class Membership:
+    """Gossip targets, and candidates to become ones.
+
+    Seeds and DHT contacts (they answered the DHT's signed challenge) are
+    members at once. An address named only by a peer card is a candidate: any
+    writer of a card may name any address (a tarpit), so a candidate is tried
+    one round in PROBE_EVERY at most and becomes a member once a round with it
+    verifies. Both lists are capped, and what goes first is what never
+    verified, by a rule no card can win (failures, then chance).
+    """
+
+    def __init__(self, me: tuple[str, int], rng: random.Random,
+                 max_members: int = MAX_MEMBERS, max_candidates: int = MAX_CANDIDATES) -> None:
         self.me, self.rng = me, rng
+        self.max_members, self.max_candidates = max_members, max_candidates
         self.members: dict[tuple[str, int], Member] = {}
+        self.candidates: dict[tuple[str, int], Member] = {}
         self.rounds = 0
 
     def know(self, host: str, port: int) -> Member:
-        addr = (host, port)
-        member = self.members.get(addr)
+        """A trusted address (a seed, a DHT contact): a member at once, unless
+        the members are full of healthy ones (then it is returned unlisted)."""
+        member = self.members.get((host, port))
         if member is None:
-            member = self.members[addr] = Member(host, port)
+            member = self.candidates.pop((host, port), None) or Member(host, port)
+            member.candidate = False
+            self._admit(member)
         return member
+
+    def find(self, host: str, port: int) -> Member | None:
+        return self.members.get((host, port)) or self.candidates.get((host, port))
+
+    def propose(self, addresses: Iterable[tuple[str, int]]) -> None:
+        """Addresses named by peer cards: candidates, unless known already."""
+        for host, port in addresses:
+            addr = (host, port)
+            if addr not in self.members and addr not in self.candidates and addr != self.me:
+                self.candidates[addr] = Member(host, port, candidate=True)
+        if len(self.candidates) > self.max_candidates:
+            ranked = list(self.candidates.values())
+            self.rng.shuffle(ranked)
+            ranked.sort(key=lambda m: m.failures)  # stable: chance among equals
+            self.candidates = {(m.host, m.port): m for m in ranked[:self.max_candidates]}
+
+    def _admit(self, member: Member) -> bool:
+        if len(self.members) >= self.max_members:
+            worst = min(self.members.values(), key=_standing)
+            if worst.state == "alive":  # a newcomer never pushes out a working peer
+                return False
+            del self.members[(worst.host, worst.port)]
+        self.members[(member.host, member.port)] = member
+        return True
 
     def pick(self, exclude: Container[tuple[str, int]] = ()) -> Member | None:
         """A random peer to gossip with: alive, unknown or suspect ones; one
-        round in PROBE_EVERY, a dropped or refusing one (so it is re-admitted
-        when back, or once its exchanges verify again)."""
+        round in PROBE_EVERY (every round while none of those is left), an
+        address to try instead: in turn, a dropped or refusing member (so it
+        is re-admitted when back, or once its exchanges verify again) and a
+        candidate (one of the least failed)."""
         self.rounds += 1
-        usable = [m for m in self.members.values() if (m.host, m.port) != self.me
-                  and (m.host, m.port) not in exclude]
-        live = [m for m in usable if m.state not in ("dropped", "refused")]
-        # A refusal is probed like a drop: it lasts until an exchange verifies.
-        dropped = [m for m in usable if m.state in ("dropped", "refused")]
-        if dropped and (not live or self.rounds % PROBE_EVERY == 0):
-            return self.rng.choice(dropped)
-        return self.rng.choice(live) if live else None
+
+        def usable(pool: dict[tuple[str, int], Member]) -> list[Member]:
+            return [m for a, m in pool.items() if a != self.me and a not in exclude]
+
+        members = usable(self.members)
+        live = [m for m in members if m.state not in ("dropped", "refused")]
+        if live and self.rounds % PROBE_EVERY:
+            return self.rng.choice(live)
+        dropped = [m for m in members if m.state in ("dropped", "refused")]
+        fresh = usable(self.candidates)
+        if fresh:
+            least = min(m.failures for m in fresh)
+            fresh = [m for m in fresh if m.failures == least]
+        turn = (dropped, fresh) if (self.rounds // PROBE_EVERY) % 2 else (fresh, dropped)
+        for pool in (*turn, live):
+            if pool:
+                return self.rng.choice(pool)
+        return None
 
     def ok(self, member: Member, now_s: float) -> None:
-        if member.failures >= DROP_AFTER or member.refused is not None:
+        if member.candidate:
+            self.candidates.pop((member.host, member.port), None)
+            member.candidate = False
+            if self._admit(member):
+                log.info("gossip peer %s:%d verified: a gossip target now", member.host,
+                         member.port)
+        elif member.failures >= DROP_AFTER or member.refused is not None:
             log.info("gossip peer %s:%d is back", member.host, member.port)
         member.failures, member.last_ok_s, member.refused = 0, now_s, None
 
     def failed(self, member: Member, why: str) -> None:
         member.failures += 1
+        if member.candidate:  # a card's address that does not answer: quietly less likely
+            return
         if member.failures == SUSPECT_AFTER:
             log.info("gossip peer %s:%d suspected: %s", member.host, member.port, why)
         elif member.failures == DROP_AFTER:
@@ -340,7 +526,8 @@ class Membership:
                 if m.state in ("alive", "suspect") and (m.host, m.port) != self.me]
 
     def snapshot(self) -> list[dict[str, Any]]:
+        everyone = [*self.members.values(), *self.candidates.values()]
         return [{"host": m.host, "port": m.port, "state": m.state, "failures": m.failures,
                  "last_ok_s": m.last_ok_s, "reason": m.refused}
-                for m in sorted(self.members.values(), key=lambda m: (m.host, m.port))
+                for m in sorted(everyone, key=lambda m: (m.host, m.port))
                 if (m.host, m.port) != self.me]

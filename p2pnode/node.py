@@ -22,14 +22,14 @@ import numpy as np
 
 from agents import consensus
 from agents.encoder import Encoder
-from crdt.votes import Counter, VoteKey, fitness, record_vote, tally
+from crdt.votes import Counter, VoteKey, fitness, record_vote, voices
 from dht import compact
 from dht.index import LocalIndex
 from p2pnode import dna as dna_mod
 from p2pnode.calibrator import FILE as CAL_FILE
 from p2pnode.calibrator import Calibrator
 from p2pnode.dna import Dna
-from p2pnode.errors import BadRequest, NotFound, TooLarge
+from p2pnode.errors import BadRequest, NotFound, SporeError, TooLarge, VerifyError
 from p2pnode.gossip import KIND_DNA, KIND_VOTE, Accepted, GossipStore, vote_key
 from p2pnode.identity import Identity
 from p2pnode.records import MemoryRecord, VoteRecord, decode_vote, make_memory, make_vote
@@ -94,9 +94,6 @@ class Spore:
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="spore-compute")
         self._db = ThreadPoolExecutor(1, thread_name_prefix="spore-db")
         self.counters = {"asks": 0, "teaches": 0, "votes": 0, "rejected": 0}
-        if gossip is not None:
-            for _, item in gossip.with_prefix(KIND_VOTE):
-                self._tally_vote(decode_vote(item))
 
     async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -110,6 +107,7 @@ class Spore:
 
     async def load(self) -> None:
         """Rebuild the in-memory index and vote cache from storage."""
+        self._load_gossiped_votes()
         rows, matrix, scales = await self._on(self._db, self.storage.index_rows, self.dim)
         votes = await self._on(self._db, self.storage.all_votes)
         await self._on(self._compute, self._load_compute, rows, matrix, scales, votes)
@@ -122,14 +120,35 @@ class Spore:
         for v in votes:
             self._cache_vote(v.row, (v.voter, v.region), v.counter, v.qvec)
 
+    def _load_gossiped_votes(self) -> None:
+        """Tally every vote the gossip store holds. At load, not in __init__:
+        the store validates its file at first use, with the daemon's current
+        DNA, which it can read only once this Spore exists."""
+        if self.gossip is None:
+            return
+        for _, item in self.gossip.with_prefix(KIND_VOTE):
+            try:
+                self._tally_vote(decode_vote(item, dim=self.dim))
+            except VerifyError:
+                self._count("votes_dropped")
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
     def _cache_vote(self, row: int, key: VoteKey, counter: Counter,
                     qvec: bytes) -> tuple[int, int]:
-        """Remember a vote for ranking; returns the memory's (up, down) total."""
+        """Remember a vote for ranking; returns the memory's (up, down) voices.
+        A vote whose question is no compact embedding of our dimension (a row
+        of an older version) is dropped and counted: the spore starts anyway."""
         entry = self._votes.setdefault(row, MemoryVotes())
+        try:
+            codes, scale = compact.unpack(qvec, self.dim)
+        except ValueError:
+            self._count("votes_dropped")
+            return voices(entry.counters)
         entry.counters[key] = counter
-        codes, scale = compact.unpack(qvec, self.dim)
-        entry.questions[key] = codes.astype(np.float32) * scale
-        return tally(entry.counters.values())
+        entry.questions[key] = codes, scale
+        return voices(entry.counters)
 
     def check_text(self, text: str, what: str) -> str:
         text = text.strip()
@@ -159,8 +178,7 @@ class Spore:
 
     def _prepare(self, items: Sequence[TeachItem]) -> list[Prepared]:
         texts = [f"{i.question}\n{i.text}" if i.question else i.text for i in items]
-        # Indexed as the record keeps it (float16), as every other spore indexes
-        # it: a memory's cosine is the same wherever it is held (swarm.Found).
+        # Indexed as the record keeps it (float16), as a spore that adopts it does.
         embs = self.encoder.embed(texts).astype("<f2").astype(np.float32)
         codes, scales = compact.to_int8(embs)
         now = self._now_ms()
@@ -340,7 +358,14 @@ class Spore:
         for the best `max(top, AGENT_CANDIDATES)` their memory, cosine and vector."""
         if len(self.index) == 0:
             return [], np.zeros(0, np.float32), 0.0, {}, {}, {}
-        rows, cos = self.index.search(q, CANDIDATES)
+        rows, approx = self.index.search(q, CANDIDATES)
+        # The int8 index finds them; the records' own embeddings score them, as
+        # a spore that fetches them from the swarm does (p2pnode.swarm): a
+        # memory's cosine is the same wherever it is held (int8 here and float
+        # there differed by ~0.001 and flipped near-ties when one was adopted).
+        exact = self._reader.embeddings_by_rows([int(r) for r in rows])
+        cos = np.asarray([float(exact[int(r)] @ q) if int(r) in exact else float(c)
+                          for r, c in zip(rows, approx, strict=True)], np.float32)
         region = np.zeros(len(rows), np.float32)
         overall = np.zeros(len(rows), np.float32)
         for i, row in enumerate(rows):
@@ -353,7 +378,8 @@ class Spore:
         keep = max(top, AGENT_CANDIDATES if self.agents is not None else top)
         found = self._reader.memories_by_rows(ranked_rows[:keep])
         cosines = {int(rows[i]): float(cos[i]) for i in ranking.order[:keep]}
-        vectors = {r: self.index.embedding(r) for r in ranked_rows[:keep]}
+        vectors = {r: exact[r] if r in exact else self.index.embedding(r)
+                   for r in ranked_rows[:keep]}
         return (ranked_rows[:keep], ranking.scores[:keep], ranking.confidence, found, cosines,
                 vectors)
 
@@ -409,7 +435,12 @@ class Spore:
         for vote in votes:
             self._tally_vote(vote)
         if votes:
-            held = await self._on(self._db, self._store_votes, votes)
+            try:
+                held = await self._on(self._db, self._store_votes, votes)
+            except SporeError as exc:  # a full disk…: they stay in the gossip store
+                log.error("cannot store %d gossiped votes: %s", len(votes), exc)
+                self._count("gossip_votes_unstored")
+                held = []
             await self._on(self._compute, self._cache_votes, held)
             self.counters["gossip_votes"] = self.counters.get("gossip_votes", 0) + len(votes)
         for a in accepted:
@@ -419,7 +450,12 @@ class Spore:
     def _store_votes(self, votes: list[VoteRecord]) -> list[tuple[int, VoteRecord]]:
         out = []
         for vote in votes:
-            if self.storage.put_vote(vote):
+            try:
+                stored = self.storage.put_vote(vote)
+            except VerifyError:  # the storage's own bounds; the others go on
+                self._count("gossip_votes_unstored")
+                continue
+            if stored:
                 row = self.storage.memory_by_id(vote.memory_id)
                 if row is not None:
                     out.append((row.row, vote))
@@ -453,10 +489,14 @@ class Spore:
         mine = votes.counters.get(key)
         new = Counter(v.seq, v.up, v.down)
         if mine is None or new > mine:
+            try:  # decoded at our dimension by the gossip validators; never fatal
+                codes, scale = compact.unpack(v.qvec, self.dim)
+            except ValueError:
+                self._count("votes_dropped")
+                return
             votes.counters[key] = new
-            codes, scale = compact.unpack(v.qvec, self.dim)
-            votes.questions[key] = codes.astype(np.float32) * scale
-            self._regions.put(v.memory_id, key, votes.questions[key], new)
+            votes.questions[key] = codes, scale
+            self._regions.put(v.memory_id, key, codes.astype(np.float32) * scale, new)
 
     def _agent_weight(self, familiar: bool) -> float:
         """The agents' say in the ranking, earned: none until they have been
@@ -485,7 +525,7 @@ class Spore:
         """A memory's votes as this spore knows them (gossip converges them)."""
         votes = self._tallies.get(memory_id)
         counters = votes.counters if votes is not None else {}
-        up, down = tally(counters.values())
+        up, down = voices(counters)
         return {"memory_id": memory_id.hex(), "voters": len(counters), "up": up, "down": down,
                 "fitness": round(fitness(up, down), 6)}
 
@@ -505,7 +545,7 @@ class Spore:
 
     def _tally(self, row: int) -> tuple[int, int]:
         votes = self._votes.get(row)
-        return tally(votes.counters.values()) if votes else (0, 0)
+        return voices(votes.counters) if votes else (0, 0)
 
     async def status(self) -> dict[str, Any]:
         memories = await self._on(self._db, self.storage.count_memories)

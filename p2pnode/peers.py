@@ -5,12 +5,17 @@ Peers talk HTTP on TCP at the same host and port as their DHT's UDP socket
 Every request and every answer is signed (p2pnode.peerauth); a request of
 another swarm, a replay, a forgery or an oversized body is refused with 403
 or 413 before anything is read from or written to our state, logged and
-counted, and the reason shows in `spore peers`.
+counted, and the reason shows in `spore peers`. Headers are checked before a
+body is read, a body still arriving is read under a deadline with few places
+per source (ServeLimits), and only a request that verified takes a place to
+be served: slow or unsigned senders never starve signed ones (503 means busy).
 
 Every `interval_s` (with jitter) the loop picks a random live peer and runs
 one push-pull round (p2pnode.gossip.exchange) under a deadline, so a slow or
 dead peer never stalls it; peers that keep failing are suspected, dropped,
-and probed now and then until they answer again. News — an item new to the
+and probed now and then until they answer again. An address that only a peer
+card names is a candidate, probed now and then, and a target once a round
+with it verifies (p2pnode.gossip.Membership). News — an item new to the
 store, taught here or brought by a peer — starts a round at once (at most one
 per fifth of the interval), so a rating spreads in a few round trips.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import json
 import logging
 import math
@@ -27,6 +33,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -52,31 +59,52 @@ from p2pnode.gossip import (
 )
 from p2pnode.identity import Identity, node_id
 from p2pnode.peerauth import Refused, Verifier, sign_reply, sign_request, verify_reply
-from p2pnode.records import decode_agent_card, decode_peer, decode_vote, make_peer
+from p2pnode.records import (
+    MAX_DIM,
+    RecordError,
+    decode_agent_card,
+    decode_peer,
+    decode_vote,
+    make_peer,
+)
 
 log = logging.getLogger("spore.peers")
 
 PATH = "/peer/v1/"
-MAX_CONCURRENT = 8  # peer requests served at once; more get 503
+MAX_CONCURRENT = 8  # verified peer requests served at once; more get 503
 MAX_ROUNDS_IN_FLIGHT = 3  # our own rounds running at once
 NUDGE_GAP = 0.2  # of the interval: the least time between rounds started by news
 REQUEST_HEADERS, REPLY_HEADERS = 576, 375  # bytes of HTTP headers, measured (aiohttp)
 UNSPECIFIED = ("0.0.0.0", "::")  # a card that says so is reached by the address seen
 REFUSAL_LOG_S = 60.0  # one log line per refused address and reason per minute
 
+# What a refusal answers (else 403): busy ones are worth retrying, not a verdict.
+REFUSAL_STATUS = {"too_large": 413, "slow_body": 408, "busy": 503, "busy_key": 503,
+                  "busy_source": 503, "busy_reading": 503}
+
 OnAccepted = Callable[[list[Accepted]], Awaitable[None]]
 Route = Callable[[bytes, bytes], Awaitable[bytes]]  # (sender's public key, body) → reply
 
 
 def validators(swarm: bytes, current_dna: Callable[[], dna_mod.Dna]) -> dict[bytes, Validator]:
-    """How each kind of gossiped item is checked, for the swarm `swarm`."""
+    """How each kind of gossiped item is checked, for the swarm `swarm`: every
+    field by its record's decoder (vectors at the current DNA's dimension,
+    times against the store's `now_ms`), then its key and its swarm. Every
+    refusal is a VerifyError with a `reason` (a counter key)."""
 
-    def dna_item(key: bytes, item: bytes) -> tuple[int, Any]:
+    def dim() -> int | None:
+        encoder = current_dna().fields.get("encoder")
+        d = encoder.get("dim") if isinstance(encoder, dict) else None
+        return d if type(d) is int and 0 < d <= MAX_DIM else None
+
+    def dna_item(key: bytes, item: bytes, now_ms: int) -> tuple[int, Any]:
         if key != KIND_DNA:
-            raise VerifyError("DNA under a wrong key")
+            raise RecordError("dna_key", "DNA under a wrong key")
         candidate = dna_mod.decode(item)
         if candidate.swarm_id != swarm:
-            raise VerifyError("DNA of another swarm")
+            raise RecordError("dna_swarm", "DNA of another swarm")
+        if not 0 < candidate.version < 1 << 31:  # dna_stamp must stay below 2**63
+            raise RecordError("dna_version_range", "DNA version out of range")
         current = current_dna()
         if candidate.hash != current.hash:
             # Raises for a non-founder's DNA or a changed immutable rule; an
@@ -84,26 +112,26 @@ def validators(swarm: bytes, current_dna: Callable[[], dna_mod.Dna]) -> dict[byt
             dna_mod.successor(current, candidate)
         return dna_stamp(candidate), candidate
 
-    def peer_item(key: bytes, item: bytes) -> tuple[int, Any]:
-        card = decode_peer(item)
+    def peer_item(key: bytes, item: bytes, now_ms: int) -> tuple[int, Any]:
+        card = decode_peer(item, now_ms=now_ms)
         if key != KIND_PEER + card.node_id:
-            raise VerifyError("peer card under a wrong key")
+            raise RecordError("peer_key", "peer card under a wrong key")
         if card.swarm != swarm:
-            raise VerifyError("peer card of another swarm")
+            raise RecordError("peer_swarm", "peer card of another swarm")
         return card.seq, card
 
-    def vote_item(key: bytes, item: bytes) -> tuple[int, Any]:
-        vote = decode_vote(item)
+    def vote_item(key: bytes, item: bytes, now_ms: int) -> tuple[int, Any]:
+        vote = decode_vote(item, dim=dim())
         if key != vote_key(vote.memory_id, vote.voter, vote.region):
-            raise VerifyError("vote under a wrong key")
+            raise RecordError("vote_key", "vote under a wrong key")
         return vote.seq, vote
 
-    def agent_item(key: bytes, item: bytes) -> tuple[int, Any]:
-        card = decode_agent_card(item)
+    def agent_item(key: bytes, item: bytes, now_ms: int) -> tuple[int, Any]:
+        card = decode_agent_card(item, dim=dim(), now_ms=now_ms)
         if key != agent_key(card.host, card.agent_id):
-            raise VerifyError("agent card under a wrong key")
+            raise RecordError("agent_key", "agent card under a wrong key")
         if card.swarm != swarm:
-            raise VerifyError("agent card of another swarm")
+            raise RecordError("agent_swarm", "agent card of another swarm")
         return card.seq, card
 
     return {KIND_DNA: dna_item, KIND_PEER: peer_item, KIND_VOTE: vote_item,
@@ -116,18 +144,34 @@ def dna_stamp(dna: dna_mod.Dna) -> int:
     return (dna.version << 32) | (0xFFFFFFFF - int.from_bytes(dna.hash[:4], "big"))
 
 
+@dataclass(frozen=True, kw_only=True)
+class ServeLimits:
+    """What unverified peers may hold of this spore. A request's headers are
+    checked before its body is read, its body is read under a deadline, and
+    only a request that verified takes one of the `work` places: a slow or
+    unsigned sender never holds what honest ones need."""
+
+    work: int = MAX_CONCURRENT  # verified requests served at once; more get 503
+    reads: int = 64  # bodies still arriving, read at once (a whole one needs no place)
+    reads_per_source: int = 4  # of those, from one IPv4 address or IPv6 /64
+    read_deadline_s: float = 5.0  # a body still arriving then: 408, connection closed
+
+
 class PeerService:
     def __init__(self, *, identity: Identity, swarm: bytes, store: GossipStore, host: str,
                  port: int, seeds: list[tuple[str, int]], interval_s: float,
                  contacts: Callable[[], list[tuple[str, int]]], on_accepted: OnAccepted,
                  capacity: Callable[[], int] = lambda: 0, timeout_s: float = 2.0,
-                 rng: random.Random | None = None,
+                 rng: random.Random | None = None, limits: ServeLimits = ServeLimits(),
                  trace: aiohttp.TraceConfig | None = None) -> None:
         self.identity, self.swarm, self.store = identity, swarm, store
         self.host, self.port, self.interval_s, self.timeout_s = host, port, interval_s, timeout_s
         self.contacts, self.on_accepted, self.capacity = contacts, on_accepted, capacity
         self.rng = rng or random.Random()
         self.verifier = Verifier(swarm)
+        self.limits = limits
+        # Seeds and DHT contacts are gossip targets at once; addresses only a
+        # peer card names are candidates until a round with them verifies.
         self.members = Membership((host, port), self.rng)
         for h, p in seeds:
             self.members.know(h, p)
@@ -135,7 +179,8 @@ class PeerService:
         self.counters: dict[str, int] = {}
         self.refusals: dict[str, dict[str, Any]] = {}  # address → why we refused it
         self.routes: dict[str, Route] = {}  # more signed routes (the agents': score, …)
-        self._busy = asyncio.Semaphore(MAX_CONCURRENT)
+        self._busy = asyncio.Semaphore(limits.work)
+        self._reading: dict[str, int] = {}  # source → bodies being read from it
         # News (an item new to the store, ours or a peer's) starts a round at
         # once instead of at the next tick: a vote reaches the swarm in a few
         # round trips, not a few intervals. The ticks remain the anti-entropy.
@@ -230,31 +275,39 @@ class PeerService:
     # --- one round, as the initiator -------------------------------------------------
 
     def _learn(self) -> None:
-        for host, port in self.contacts():
+        for host, port in self.contacts():  # they answered the DHT's signed challenge
             self.members.know(host, port)
         root = self.store.digest().root
         if root == self._learnt_root:  # no new peer card since the last round
             return
         self._learnt_root = root
+        named: list[tuple[str, int]] = []
         for _, item in self.store.with_prefix(KIND_PEER):
             try:
                 card = decode_peer(item)  # verified when it came in; cheap (memoised)
             except VerifyError:
                 continue
             if card.public_key != self.identity.public_key and card.host not in UNSPECIFIED:
-                self.members.know(card.host, card.port)
+                named.append((card.host, card.port))
+        self.members.propose(named)  # a card may name any address: candidates only
 
     async def round(self) -> bool:
-        """One push-pull round with a random peer; True if it completed."""
+        """One push-pull round with a random peer; True if it completed. Its
+        deadline bounds the whole round: connecting, sending and reading both
+        requests (a tarpit holds it that long at most)."""
         self._learn()
         member = self.members.pick(self.blocked)
         if member is None:
             self.count("idle_rounds")
             return False
+        probe = member.candidate
+        if probe:
+            self.count("candidate_probes")
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         try:
-            stats = await asyncio.wait_for(
-                exchange(self.store, lambda route, body: self._call(member, route, body)),
-                self.timeout_s)
+            async with asyncio.timeout_at(deadline):
+                stats = await exchange(
+                    self.store, lambda route, body: self._call(member, route, body, deadline))
         except Refused as exc:
             member.refused = exc.reason
             self.count(f"refused_by_peer_{exc.reason}")
@@ -267,6 +320,8 @@ class PeerService:
             self.count("failed_rounds")
             return False
         self.members.ok(member, time.monotonic())
+        if probe:
+            self.count("candidates_verified")
         self.count("rounds")
         self.count("same_rounds" if stats.same else "sync_rounds")
         self.count("items_pushed", stats.sent)
@@ -278,10 +333,12 @@ class PeerService:
     async def request(self, host: str, port: int, route: str, body: bytes,
                       timeout_s: float) -> bytes:
         """One signed request to a peer's route, with a deadline (raises on failure)."""
-        return await asyncio.wait_for(self._call(self.members.know(host, port), route, body),
-                                      timeout_s)
+        member = self.members.find(host, port) or Member(host, port)  # never listed by this
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        async with asyncio.timeout_at(deadline):
+            return await self._call(member, route, body, deadline)
 
-    async def _call(self, member: Member, route: str, body: bytes) -> bytes:
+    async def _call(self, member: Member, route: str, body: bytes, deadline: float) -> bytes:
         if self._session is None:
             raise SporeError("the peer service is not started")
         nonce = os.urandom(16)
@@ -290,7 +347,11 @@ class PeerService:
                                int(time.time() * 1000), nonce)
         self.count("bytes_sent", len(body) + REQUEST_HEADERS)
         url = f"http://{_host(member.host)}:{member.port}{path}"
-        async with self._session.post(url, data=body, headers=headers) as resp:
+        # aiohttp's own timer too, so connect and read stop at the deadline
+        # even where the caller's is not the one that fires.
+        left = aiohttp.ClientTimeout(total=max(deadline - asyncio.get_running_loop().time(),
+                                               0.001))
+        async with self._session.post(url, data=body, headers=headers, timeout=left) as resp:
             reply = await read_bounded(resp.content, MAX_BODY)
             self.count("bytes_received", len(reply) + REPLY_HEADERS)
             if resp.status == 403:
@@ -313,46 +374,79 @@ class PeerService:
         peer = request.remote or "?"
         if route not in ("sync", "delta") and route not in self.routes:
             raise web.HTTPNotFound()
+        try:
+            key, body = await self._verified(request, peer)
+        except Refused as exc:
+            response = self._refuse(peer, exc)
+            if not request.content.is_eof():  # never wait for the rest of a refused body
+                await _close_after(request, response)
+            return response
+        if self._blocked_key(key):
+            return self._refuse(peer, Refused("blocked", "partitioned by the operator"))
+        self._heard_from(key)
+        self.refusals.pop(peer, None)  # a refusal lasts until a request verifies
         if self._busy.locked():
             self.count("busy")
             return web.json_response({"error": "busy", "reason": "busy"}, status=503)
         async with self._busy:
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                return self._refuse(peer, Refused("too_large", f"body over {MAX_BODY} bytes"),
-                                    413)
-            try:
-                key = self.verifier.check(request.headers, request.method, request.path, body,
-                                          int(time.time() * 1000))
-            except Refused as exc:
-                return self._refuse(peer, exc)
-            if self._blocked_key(key):
-                return self._refuse(peer, Refused("blocked", "partitioned by the operator"))
-            self._heard_from(key)
-            self.refusals.pop(peer, None)  # a refusal lasts until a request verifies
-            accepted: list[Accepted] = []
-            try:
-                if route == "sync":
-                    reply = self.store.answer_sync(body)
-                elif route == "delta":
-                    reply, accepted = self.store.answer_delta(body)
-                else:
-                    reply = await self.routes[route](key, body)
-            except (sync.DecodeError, VerifyError) as exc:
-                reason = getattr(exc, "reason", "malformed")
-                return self._refuse(peer, Refused(str(reason), str(exc)), 400)
-            self.count(f"served_{route}")
-            if accepted:
-                self.count("items_pulled", len(accepted))
-                self._spawn(self.on_accepted(accepted))
-            nonce = bytes.fromhex(request.headers["Spore-Nonce"])
-            self.count("bytes_received", len(body) + REQUEST_HEADERS)
-            self.count("bytes_sent", len(reply) + REPLY_HEADERS)
-            return web.Response(body=reply, headers=sign_reply(self.identity, nonce, reply),
-                                content_type="application/octet-stream")
+            return await self._answer(request, route, key, body, peer)
 
-    def _refuse(self, peer: str, exc: Refused, status: int = 403) -> web.Response:
+    async def _verified(self, request: web.Request, peer: str) -> tuple[bytes, bytes]:
+        """(sender's key, body) of a request that verified, else Refused: the
+        headers are checked before the body is read, the body under a deadline."""
+        self.verifier.precheck(request.headers, int(time.time() * 1000))
+        if (request.content_length or 0) > MAX_BODY:
+            raise Refused("too_large", f"body over {MAX_BODY} bytes")
+        body = await self._read(request, _source(peer))
+        return self.verifier.check(request.headers, request.method, request.path, body,
+                                   int(time.time() * 1000)), body
+
+    async def _read(self, request: web.Request, source: str) -> bytes:
+        """The body. One that has all arrived is read at once; one still on
+        its way holds a reading place (few per source) until the deadline."""
+        if request.content.is_eof():
+            return await _read_body(request)
+        if self._reading.get(source, 0) >= self.limits.reads_per_source:
+            raise Refused("busy_source", f"{self.limits.reads_per_source} bodies from this "
+                          "address are being read already")
+        if sum(self._reading.values()) >= self.limits.reads:
+            raise Refused("busy_reading", f"{self.limits.reads} bodies are being read already")
+        self._reading[source] = self._reading.get(source, 0) + 1
+        try:
+            async with asyncio.timeout(self.limits.read_deadline_s):
+                return await _read_body(request)
+        except TimeoutError:
+            raise Refused("slow_body", f"the body took over {self.limits.read_deadline_s:g} s"
+                          ) from None
+        finally:
+            self._reading[source] -= 1
+            if not self._reading[source]:
+                del self._reading[source]
+
+    async def _answer(self, request: web.Request, route: str, key: bytes, body: bytes,
+                      peer: str) -> web.Response:
+        accepted: list[Accepted] = []
+        try:
+            if route == "sync":
+                reply = self.store.answer_sync(body)
+            elif route == "delta":
+                reply, accepted = self.store.answer_delta(body)
+            else:
+                reply = await self.routes[route](key, body)
+        except (sync.DecodeError, VerifyError) as exc:
+            reason = getattr(exc, "reason", "malformed")
+            return self._refuse(peer, Refused(str(reason), str(exc)), 400)
+        self.count(f"served_{route}")
+        if accepted:
+            self.count("items_pulled", len(accepted))
+            self._spawn(self.on_accepted(accepted))
+        nonce = bytes.fromhex(request.headers["Spore-Nonce"])
+        self.count("bytes_received", len(body) + REQUEST_HEADERS)
+        self.count("bytes_sent", len(reply) + REPLY_HEADERS)
+        return web.Response(body=reply, headers=sign_reply(self.identity, nonce, reply),
+                            content_type="application/octet-stream")
+
+    def _refuse(self, peer: str, exc: Refused, status: int | None = None) -> web.Response:
         self.count(f"refused_{exc.reason}")
         now = time.monotonic()
         last = self.refusals.get(peer)
@@ -361,16 +455,24 @@ class PeerService:
         self.refusals[peer] = {"reason": exc.reason, "detail": str(exc), "at": now}
         if len(self.refusals) > 1024:
             self.refusals.pop(next(iter(self.refusals)))
-        return web.json_response({"error": str(exc), "reason": exc.reason}, status=status)
+        return web.json_response({"error": str(exc), "reason": exc.reason},
+                                 status=status or REFUSAL_STATUS.get(exc.reason, 403))
 
     def _heard_from(self, public_key: bytes) -> None:
-        """A peer that gossips to us is alive (a dropped one is re-admitted)."""
+        """A member that gossips to us is alive (a dropped one is re-admitted).
+        Its card's address is not proven by that (a signer may name any
+        address), so an address not yet a member only becomes a candidate."""
         item = self.store.get(KIND_PEER + node_id(public_key))
         if item is None:
             return
         card = decode_peer(item)
-        if card.host not in UNSPECIFIED:
-            self.members.ok(self.members.know(card.host, card.port), time.monotonic())
+        if card.host in UNSPECIFIED:
+            return
+        member = self.members.find(card.host, card.port)
+        if member is not None and not member.candidate:
+            self.members.ok(member, time.monotonic())
+        else:
+            self.members.propose([(card.host, card.port)])
 
     def _blocked_key(self, public_key: bytes) -> bool:
         if not self.blocked:
@@ -414,3 +516,33 @@ async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
 
 def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _source(address: str) -> str:
+    """Who a reading place is counted against: an IPv4 address, or an IPv6
+    /64 (what one host is usually given: its addresses are one source)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+async def _read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise Refused("too_large", f"body over {MAX_BODY} bytes") from None
+
+
+async def _close_after(request: web.Request, response: web.StreamResponse) -> None:
+    """Send `response`, then close the connection: aiohttp would otherwise
+    keep reading (and discarding) the rest of the body for its lingering time."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()

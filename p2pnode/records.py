@@ -1,46 +1,210 @@
-"""Signed records: memories, per-voter vote entries and peer cards.
+"""Signed records: memories, per-voter vote entries, peer cards and agent cards.
 
 A record travels as ``msgpack([body, signature])`` where ``body`` is the
 canonical msgpack of a fixed-order list and the signature covers a domain
 prefix plus exactly those bytes. Decoding keeps the original body bytes: we
 never verify a re-encoding of a parsed structure.
+
+Every field of a decoded record is hostile until checked, and each record
+type is checked in one place, its ``decode_*`` (DESIGN.md 5b): exact sizes of
+keys and vectors, finite floats, integers in [0, 2**63), times not ahead of
+the holder's clock by more than MAX_SKEW_MS, host names, text. A refusal is a
+:class:`RecordError` whose ``reason`` names the field and the check (a
+counter key, from a fixed set). The ``make_*`` functions sign what they are
+given (a spore's own records, and tests' hostile ones): the decoders judge.
+
+Vectors travel as compact embeddings (dht.compact: a float32 scale, then
+dim int8 codes). A caller that knows the swarm's dimension (the DNA's) passes
+``dim`` and the size must be exact; without it the size must be that of some
+dimension in [1, MAX_DIM].
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import math
+import re
+import struct
 from dataclasses import dataclass
 
 import msgpack
 import numpy as np
 
+from dht import compact
 from p2pnode.errors import VerifyError
 from p2pnode.identity import PUBLIC_KEY_BYTES, Identity, verify
 
+__all__ = [
+    "AGENT_CARD_DOMAIN", "MAX_CAPACITY", "MAX_DIM", "MAX_INT", "MAX_ORIGIN_CHARS",
+    "MAX_RECORD_BYTES", "MAX_SKEW_MS", "MEMORY_DOMAIN", "PEER_DOMAIN", "VOTE_DOMAIN",
+    "AgentCard", "MemoryRecord", "PeerRecord", "RecordError", "VoteRecord",
+    "decode_agent_card", "decode_memory", "decode_peer", "decode_vote", "make_agent_card",
+    "make_memory", "make_peer", "make_vote",
+]
+
 MEMORY_DOMAIN = b"sporemind/memory/v1"
 VOTE_DOMAIN = b"sporemind/vote/v1"
+PEER_DOMAIN = b"sporemind/peer/v1"
+AGENT_CARD_DOMAIN = b"sporemind/agent-card/v1"
 MAX_RECORD_BYTES = 64 * 1024
+MAX_INT = (1 << 63) - 1  # what SQLite and every msgpack reader can hold (as dht.codec)
+MAX_DIM = 4096  # of any vector, when the caller does not know the swarm's
+MAX_SKEW_MS = 5 * 60 * 1000  # how far ahead of the holder's clock a time may be
+MAX_HOST_CHARS = 253  # a DNS name
+MAX_ORIGIN_CHARS = 1024  # what Spore.teach keeps of an origin
+MAX_CAPACITY = 1 << 16  # guest agents a card may offer (config caps a spore at 256)
+MAX_FITNESS = 1e6
+ID_BYTES = 32  # memory ids, regions, swarm ids, agent ids: SHA-256 sized
 _VERSION = 1
+_SCALE = struct.Struct("<f")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+# Never in a label a terminal or a log shows: C0 and C1 controls, DEL, line and
+# paragraph separators, zero-width and bidi controls. A fixed list, not
+# unicodedata's: every spore must judge a record alike, whatever its Python.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+class RecordError(VerifyError):
+    """A record refused by its decoder; `reason` names the field and the check
+    (``qvec_size``, ``seq_range``, ``created_ms_future``, ``host_invalid``…)
+    or the record (``record_malformed``, ``record_signature``…)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 def _pack(obj: object) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def _unpack_signed(data: bytes, what: str) -> tuple[bytes, bytes, list[object]]:
-    """Split wire bytes into (body bytes, signature, decoded body list)."""
+def _unpack_signed(data: bytes, what: str, tag: str, n_fields: int
+                   ) -> tuple[bytes, bytes, list[object]]:
+    """Split wire bytes into (body bytes, signature, decoded body list) of a
+    v1 record of kind `tag` with `n_fields` fields."""
+    if not isinstance(data, bytes):
+        raise RecordError("record_malformed", f"a {what} record must be bytes")
     if len(data) > MAX_RECORD_BYTES:
-        raise VerifyError(f"{what} record of {len(data)} bytes exceeds {MAX_RECORD_BYTES}")
+        raise RecordError("record_too_large",
+                          f"{what} record of {len(data)} bytes exceeds {MAX_RECORD_BYTES}")
     try:
         outer = msgpack.unpackb(data, raw=False)
         body, sig = outer
         fields = msgpack.unpackb(body, raw=False)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise VerifyError(f"malformed {what} record: {exc}") from exc
+        raise RecordError("record_malformed", f"malformed {what} record: {exc}") from exc
     if not isinstance(body, bytes) or not isinstance(sig, bytes) or not isinstance(fields, list):
-        raise VerifyError(f"malformed {what} record: wrong outer types")
+        raise RecordError("record_malformed", f"malformed {what} record: wrong outer types")
+    if len(fields) != n_fields or fields[0] != tag or type(fields[1]) is not int \
+            or fields[1] != _VERSION:
+        raise RecordError("record_version", f"not a v1 {what} record")
     return body, sig, fields
 
+
+def _verify(key: bytes, domain: bytes, body: bytes, sig: bytes) -> None:
+    try:
+        verify(key, domain, body, sig)
+    except RecordError:
+        raise
+    except VerifyError as exc:
+        raise RecordError("record_signature", str(exc)) from exc
+
+
+# --- field checks: each raises RecordError("<field>_<check>", …) ----------------------
+
+def _blob(value: object, field: str, sizes: tuple[int, ...]) -> bytes:
+    if not isinstance(value, bytes):
+        raise RecordError(f"{field}_type", f"{field} must be bytes")
+    if len(value) not in sizes:
+        raise RecordError(f"{field}_size", f"{field} is {len(value)} bytes, not "
+                          + " or ".join(map(str, sizes)))
+    return value
+
+
+def _uint(value: object, field: str, limit: int = MAX_INT) -> int:
+    # bool is an int in Python, but a msgpack `true` is no counter
+    if type(value) is not int:
+        raise RecordError(f"{field}_type", f"{field} must be an integer")
+    if not 0 <= value <= limit:  # never format it: str() of a huge int raises
+        raise RecordError(f"{field}_range", f"{field} is out of range [0, {limit}]")
+    return value
+
+
+def _time(value: object, field: str, now_ms: int | None) -> int:
+    t = _uint(value, field)
+    if now_ms is not None and t > now_ms + MAX_SKEW_MS:
+        raise RecordError(f"{field}_future", f"{field} is {t - now_ms} ms ahead of this "
+                          f"spore's clock (the limit is {MAX_SKEW_MS} ms)")
+    return t
+
+
+def _compact(value: object, field: str, dim: int | None, positive: bool) -> bytes:
+    """A compact embedding (dht.compact) of `dim` values (or of some dimension
+    in [1, MAX_DIM]) with a finite scale, > 0 if `positive` (a question's
+    embedding is a unit vector: never all zero)."""
+    if not isinstance(value, bytes):
+        raise RecordError(f"{field}_type", f"{field} must be bytes")
+    n = len(value) - compact.SCALE_BYTES
+    if dim is not None and n != dim:
+        raise RecordError(f"{field}_size", f"{field} is {len(value)} bytes, not "
+                          f"{compact.packed_size(dim)}")
+    if not 1 <= n <= MAX_DIM:
+        raise RecordError(f"{field}_size", f"{field} is {len(value)} bytes, not "
+                          f"{compact.packed_size(1)}..{compact.packed_size(MAX_DIM)}")
+    (scale,) = _SCALE.unpack_from(value)
+    if not math.isfinite(scale) or scale < 0 or (positive and scale == 0):
+        raise RecordError(f"{field}_scale", f"{field} has an invalid scale {scale!r}")
+    return value
+
+
+def _text(value: object, field: str, max_chars: int, label: bool) -> str:
+    """A string; a `label` (one line a log or terminal shows) has no control
+    characters and at most `max_chars` characters."""
+    if not isinstance(value, str):
+        raise RecordError(f"{field}_type", f"{field} must be a string")
+    if label and len(value) > max_chars:
+        raise RecordError(f"{field}_size", f"{field} is over {max_chars} characters")
+    if label and _CONTROL.search(value):
+        raise RecordError(f"{field}_control", f"{field} has control characters")
+    return value
+
+
+def _host(value: object) -> str:
+    """An IP address, or a DNS host name (ASCII letters, digits, '-', '.')."""
+    if not isinstance(value, str):
+        raise RecordError("host_type", "host must be a string")
+    if not 0 < len(value) <= MAX_HOST_CHARS:
+        raise RecordError("host_size", f"host must be 1..{MAX_HOST_CHARS} characters")
+    if "%" not in value:  # no IPv6 zone: it names an interface of the writer's own
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+    # "127.1" or "1.2.3.4.5" are no names: resolvers read digits as an address
+    if _HOSTNAME.fullmatch(value) is None or value.rstrip(".").rsplit(".", 1)[-1].isdigit():
+        raise RecordError("host_invalid", "host is neither an IP address nor a DNS name")
+    return value
+
+
+def _embedding(value: object, dim: int | None) -> bytes:
+    """float16 little-endian, `dim` values (or 1..MAX_DIM), all finite."""
+    if not isinstance(value, bytes):
+        raise RecordError("embedding_type", "embedding must be bytes")
+    n, odd = divmod(len(value), 2)
+    if dim is not None and (odd or n != dim):
+        raise RecordError("embedding_size", f"embedding is {len(value)} bytes, not {2 * dim}")
+    if odd or not 1 <= n <= MAX_DIM:
+        raise RecordError("embedding_size", f"embedding is {len(value)} bytes, not an even "
+                          f"number in 2..{2 * MAX_DIM}")
+    if not np.isfinite(np.frombuffer(value, dtype="<f2")).all():
+        raise RecordError("embedding_finite", "embedding has NaN or infinite values")
+    return value
+
+
+# --- memories ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class MemoryRecord:
@@ -68,6 +232,14 @@ class MemoryRecord:
     def vector(self) -> np.ndarray:
         return np.frombuffer(self.embedding, dtype="<f2").astype(np.float32)
 
+    @staticmethod
+    def stored_vector(wire: bytes) -> np.ndarray:
+        """The embedding of a stored record's wire bytes as float32, read
+        without checking it again (a record is decoded before it is stored)."""
+        body, _ = msgpack.unpackb(wire, raw=False)
+        emb = msgpack.unpackb(body, raw=False)[4]
+        return np.frombuffer(emb, dtype="<f2").astype(np.float32)
+
 
 def make_memory(
     identity: Identity,
@@ -88,21 +260,27 @@ def make_memory(
                         dna_hash, body, sig)
 
 
-def decode_memory(data: bytes) -> MemoryRecord:
-    """Parse and verify a memory record; raises VerifyError on anything wrong."""
-    body, sig, f = _unpack_signed(data, "memory")
-    if len(f) != 9 or f[0] != "memory" or f[1] != _VERSION:
-        raise VerifyError("not a v1 memory record")
+def decode_memory(data: bytes, *, dim: int | None = None,
+                  now_ms: int | None = None) -> MemoryRecord:
+    """Parse, check and verify a memory record; RecordError on anything wrong.
+    With `now_ms` (a holder storing it), a creation time ahead of it by more
+    than MAX_SKEW_MS is refused."""
+    body, sig, f = _unpack_signed(data, "memory", "memory", 9)
     _, _, question, answer, emb, author, created, origin, dna_hash = f
-    if not (isinstance(question, str) and isinstance(answer, str) and isinstance(origin, str)
-            and isinstance(emb, bytes) and isinstance(author, bytes)
-            and isinstance(dna_hash, bytes) and isinstance(created, int)):
-        raise VerifyError("memory record has fields of the wrong type")
-    if len(author) != PUBLIC_KEY_BYTES or len(emb) % 2:
-        raise VerifyError("memory record has a malformed author key or embedding")
-    verify(author, MEMORY_DOMAIN, body, sig)
-    return MemoryRecord(question, answer, emb, author, created, origin, dna_hash, body, sig)
+    rec = MemoryRecord(
+        question=_text(question, "question", MAX_RECORD_BYTES, label=False),
+        answer=_text(answer, "answer", MAX_RECORD_BYTES, label=False),
+        embedding=_embedding(emb, dim),
+        author=_blob(author, "author", (PUBLIC_KEY_BYTES,)),
+        created_ms=_time(created, "created_ms", now_ms),
+        origin=_text(origin, "origin", MAX_ORIGIN_CHARS, label=True),
+        dna_hash=_blob(dna_hash, "dna_hash", (ID_BYTES,)),
+        body=body, signature=sig)
+    _verify(rec.author, MEMORY_DOMAIN, body, sig)
+    return rec
 
+
+# --- votes ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class VoteRecord:
@@ -110,7 +288,7 @@ class VoteRecord:
 
     memory_id: bytes
     voter: bytes
-    region: bytes  # bucket key of the question (32 bytes)
+    region: bytes  # the question's region key (32 bytes, p2pnode.regions)
     qvec: bytes  # compact embedding of the question (dht.compact)
     up: int
     down: int
@@ -139,24 +317,24 @@ def make_vote(
     return VoteRecord(memory_id, identity.public_key, region, qvec, up, down, seq, body, sig)
 
 
-def decode_vote(data: bytes) -> VoteRecord:
-    body, sig, f = _unpack_signed(data, "vote")
-    if len(f) != 9 or f[0] != "vote" or f[1] != _VERSION:
-        raise VerifyError("not a v1 vote record")
+def decode_vote(data: bytes, *, dim: int | None = None) -> VoteRecord:
+    """Parse, check and verify a vote entry; RecordError on anything wrong.
+    Its counters are bounded by its seq (each rating raises seq by one)."""
+    body, sig, f = _unpack_signed(data, "vote", "vote", 9)
     _, _, memory_id, voter, region, qvec, up, down, seq = f
-    if not (isinstance(memory_id, bytes) and isinstance(voter, bytes)
-            and isinstance(region, bytes) and isinstance(qvec, bytes)
-            and all(isinstance(n, int) and n >= 0 for n in (up, down, seq))):
-        raise VerifyError("vote record has fields of the wrong type")
-    if len(voter) != PUBLIC_KEY_BYTES or len(memory_id) != 32 or len(region) != 32:
-        raise VerifyError("vote record has a malformed key, memory id or region")
-    verify(voter, VOTE_DOMAIN, body, sig)
-    return VoteRecord(memory_id, voter, region, qvec, up, down, seq, body, sig)  # type: ignore[arg-type]
+    last = _uint(seq, "seq")
+    rec = VoteRecord(
+        memory_id=_blob(memory_id, "memory_id", (ID_BYTES,)),
+        voter=_blob(voter, "voter", (PUBLIC_KEY_BYTES,)),
+        region=_blob(region, "region", (ID_BYTES,)),
+        qvec=_compact(qvec, "qvec", dim, positive=True),
+        up=_uint(up, "up", last), down=_uint(down, "down", last), seq=last,
+        body=body, signature=sig)
+    _verify(rec.voter, VOTE_DOMAIN, body, sig)
+    return rec
 
 
-PEER_DOMAIN = b"sporemind/peer/v1"
-MAX_HOST_CHARS = 253
-
+# --- peer cards -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class PeerRecord:
@@ -188,24 +366,26 @@ def make_peer(identity: Identity, *, swarm: bytes, host: str, port: int, capacit
     return PeerRecord(identity.public_key, swarm, host, port, capacity, seq, body, sig)
 
 
-def decode_peer(data: bytes) -> PeerRecord:
-    body, sig, f = _unpack_signed(data, "peer")
-    if len(f) != 8 or f[0] != "peer" or f[1] != _VERSION:
-        raise VerifyError("not a v1 peer record")
+def decode_peer(data: bytes, *, now_ms: int | None = None) -> PeerRecord:
+    """Parse, check and verify a peer card; RecordError on anything wrong. Its
+    seq is its writer's clock (ms): with `now_ms`, one too far ahead is refused."""
+    body, sig, f = _unpack_signed(data, "peer", "peer", 8)
     _, _, key, swarm, host, port, capacity, seq = f
-    if not (isinstance(key, bytes) and len(key) == PUBLIC_KEY_BYTES
-            and isinstance(swarm, bytes) and len(swarm) == 32
-            and isinstance(host, str) and 0 < len(host) <= MAX_HOST_CHARS
-            and type(port) is int and 0 < port < 65536
-            and type(capacity) is int and capacity >= 0 and type(seq) is int and seq >= 0):
-        raise VerifyError("peer record has fields of the wrong type")
-    verify(key, PEER_DOMAIN, body, sig)
-    return PeerRecord(key, swarm, host, port, capacity, seq, body, sig)
+    port_n = _uint(port, "port", 65535)
+    if port_n == 0:
+        raise RecordError("port_range", "port is out of range [1, 65535]")
+    rec = PeerRecord(
+        public_key=_blob(key, "key", (PUBLIC_KEY_BYTES,)),
+        swarm=_blob(swarm, "swarm", (ID_BYTES,)),
+        host=_host(host), port=port_n,
+        capacity=_uint(capacity, "capacity", MAX_CAPACITY),
+        seq=_time(seq, "seq", now_ms),
+        body=body, signature=sig)
+    _verify(rec.public_key, PEER_DOMAIN, body, sig)
+    return rec
 
 
-AGENT_CARD_DOMAIN = b"sporemind/agent-card/v1"
-SPECIALTY_BYTES = 4096  # the compact specialty vector (dht.compact: int8 codes + scale)
-
+# --- agent cards ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class AgentCard:
@@ -240,21 +420,25 @@ def make_agent_card(identity: Identity, *, agent_id: bytes, swarm: bytes, genera
                      interactions, specialty, alive, seq, body, sig)
 
 
-def decode_agent_card(data: bytes) -> AgentCard:
-    body, sig, f = _unpack_signed(data, "agent card")
-    if len(f) != 12 or f[0] != "agent-card" or f[1] != _VERSION:
-        raise VerifyError("not a v1 agent card")
+def decode_agent_card(data: bytes, *, dim: int | None = None,
+                      now_ms: int | None = None) -> AgentCard:
+    """Parse, check and verify an agent card; RecordError on anything wrong. Its
+    specialty may be all zero (a fresh agent); its seq is the host's clock (ms)."""
+    body, sig, f = _unpack_signed(data, "agent card", "agent-card", 12)
     _, _, agent_id, host, swarm, generation, parent, fit, interactions, spec, alive, seq = f
-    if not (isinstance(agent_id, bytes) and len(agent_id) == 32
-            and isinstance(host, bytes) and len(host) == PUBLIC_KEY_BYTES
-            and isinstance(swarm, bytes) and len(swarm) == 32
-            and isinstance(parent, bytes) and len(parent) in (0, 32)
-            and type(generation) is int and generation >= 0
-            and isinstance(fit, float) and -1e6 < fit < 1e6
-            and type(interactions) is int and interactions >= 0
-            and isinstance(spec, bytes) and len(spec) <= SPECIALTY_BYTES
-            and isinstance(alive, bool) and type(seq) is int and seq >= 0):
-        raise VerifyError("agent card has fields of the wrong type")
-    verify(host, AGENT_CARD_DOMAIN, body, sig)
-    return AgentCard(agent_id, host, swarm, generation, parent, fit, interactions, spec, alive,
-                     seq, body, sig)
+    if not isinstance(fit, float) or not -MAX_FITNESS < fit < MAX_FITNESS:  # NaN fails too
+        raise RecordError("fitness_range", f"fitness must be a float within ±{MAX_FITNESS:g}")
+    if not isinstance(alive, bool):
+        raise RecordError("alive_type", "alive must be a boolean")
+    card = AgentCard(
+        agent_id=_blob(agent_id, "agent_id", (ID_BYTES,)),
+        host=_blob(host, "host_key", (PUBLIC_KEY_BYTES,)),
+        swarm=_blob(swarm, "swarm", (ID_BYTES,)),
+        generation=_uint(generation, "generation"),
+        parent=_blob(parent, "parent", (0, ID_BYTES)),
+        fitness=fit, interactions=_uint(interactions, "interactions"),
+        specialty=_compact(spec, "specialty", dim, positive=False),
+        alive=alive, seq=_time(seq, "seq", now_ms),
+        body=body, signature=sig)
+    _verify(card.host, AGENT_CARD_DOMAIN, body, sig)
+    return card

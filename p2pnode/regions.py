@@ -6,8 +6,10 @@ punctuation or spacing (`question_text`), and is kept under a region that is
 that very question (`region_key`): two questions never share a counter. What
 a vote says counts only for the same question (`agents.consensus.
 region_weights`); an up vote on a question like this one only brings its
-memory in as a candidate (`RegionIndex.said`: recalled). No locks: each
-instance belongs to one thread of the node (see p2pnode.node).
+memory in as a candidate (`RegionIndex.said`: recalled). Whatever its
+counters claim, a voter is one voice per memory, here as in the overall
+fitness (crdt.votes.voices): one key cannot bury or lift an answer alone.
+No locks: each instance belongs to one thread of the node (see p2pnode.node).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agents import consensus
-from crdt.votes import Counter, VoteKey, fitness, tally
+from crdt.votes import Counter, VoteKey, fitness, stance, voices
 
 __all__ = ["MemoryVotes", "RegionIndex", "Said", "question_text", "region_key"]
 
@@ -51,64 +53,85 @@ class Said:
 
 @dataclass
 class MemoryVotes:
-    """The votes on one memory, as the ranking needs them."""
+    """The votes on one memory, as the ranking needs them. Questions are kept
+    as their compact int8 codes and scale (~0.5 KB a vote, not 1.5 KB)."""
 
     counters: dict[VoteKey, Counter] = field(default_factory=dict)
-    questions: dict[VoteKey, np.ndarray] = field(default_factory=dict)
+    questions: dict[VoteKey, tuple[np.ndarray, float]] = field(default_factory=dict)
 
     def region_fitness(self, query: np.ndarray) -> float:
-        keys = list(self.counters)
-        qs = np.stack([self.questions[k] for k in keys])
-        w = consensus.region_weights(query, qs)
-        up = sum(wi * self.counters[k].up for wi, k in zip(w, keys, strict=True))
-        down = sum(wi * self.counters[k].down for wi, k in zip(w, keys, strict=True))
-        return fitness(float(up), float(down))
+        """Fitness from the votes cast on this very question, one per voter."""
+        keys = [k for k in self.counters if k in self.questions]
+        if not keys:
+            return 0.0
+        codes = np.stack([self.questions[k][0] for k in keys]).astype(np.float32)
+        scales = np.array([self.questions[k][1] for k in keys], np.float32)
+        w = consensus.region_weights(query, codes * scales[:, None])
+        return fitness(*voices({k: self.counters[k] for k, wi in zip(keys, w, strict=True)
+                                if wi > 0}))
 
     def overall(self) -> float:
-        return fitness(*tally(self.counters.values()))
+        return fitness(*voices(self.counters))
 
 
 class RegionIndex:
     """Every gossiped vote's question embedding in one matrix: what people said
-    about each memory for questions like q, in one product per ask."""
+    about each memory for questions like q, in one product per ask, and the
+    voices counted in numpy (a flood of votes on one question costs an ask
+    milliseconds, not a Python loop per vote)."""
 
     def __init__(self, dim: int) -> None:
         self._row: dict[tuple[bytes, VoteKey], int] = {}
-        self._memory: list[bytes] = []
+        self._ids: dict[bytes, int] = {}  # memory ids and voter keys, as small ints
+        self._names: list[bytes] = []
         self._q = np.zeros((0, dim), np.float32)
-        self._counts = np.zeros((0, 2), np.float32)  # up, down
+        self._who = np.zeros(0, np.int64)  # memory id << 32 | voter id, per row
+        self._stance = np.zeros(0, np.int8)  # crdt.votes.stance of each entry
+
+    def _id(self, name: bytes) -> int:
+        got = self._ids.get(name)
+        if got is None:
+            got = self._ids[name] = len(self._names)
+            self._names.append(name)
+        return got
 
     def put(self, memory_id: bytes, key: VoteKey, q: np.ndarray, c: Counter) -> None:
         row = self._row.get((memory_id, key))
         if row is None:
-            row = self._row[(memory_id, key)] = len(self._memory)
-            self._memory.append(memory_id)
+            row = self._row[(memory_id, key)] = len(self._row)
             if row >= len(self._q):  # grow by doubling
                 grow = max(64, len(self._q))
                 self._q = np.concatenate([self._q, np.zeros((grow, self._q.shape[1]),
                                                              np.float32)])
-                self._counts = np.concatenate([self._counts, np.zeros((grow, 2), np.float32)])
+                self._who = np.concatenate([self._who, np.zeros(grow, np.int64)])
+                self._stance = np.concatenate([self._stance, np.zeros(grow, np.int8)])
+            self._who[row] = self._id(memory_id) << 32 | self._id(key[0])
         self._q[row] = q
-        self._counts[row] = (c.up, c.down)
+        self._stance[row] = stance(c)
 
     def said(self, q: np.ndarray, recall_max: int) -> Said:
         """Region fitness (consensus.region_weights, votes.fitness) per memory
         with votes on this very question, and up to `recall_max` memories rated
-        up (net) for questions like it (consensus.near_questions), best first."""
-        n = len(self._memory)
+        up (net) for questions like it (consensus.near_questions), best first.
+        Each voter is one voice per memory in both."""
+        n = len(self._row)
         if n == 0:
             return Said({}, [])
-        same = consensus.region_weights(q, self._q[:n])
-        near = consensus.near_questions(q, self._q[:n])
-        sums: dict[bytes, list[float]] = {}
-        for r in np.nonzero(same > 0)[0]:
-            acc = sums.setdefault(self._memory[r], [0.0, 0.0])
-            acc[0] += float(same[r] * self._counts[r, 0])
-            acc[1] += float(same[r] * self._counts[r, 1])
-        ups: dict[bytes, float] = {}
-        for r in np.nonzero(near)[0]:
-            m = self._memory[r]
-            ups[m] = ups.get(m, 0.0) + float(self._counts[r, 0] - self._counts[r, 1])
+        same = self._voices(np.nonzero(consensus.region_weights(q, self._q[:n]) > 0)[0])
+        near = self._voices(np.nonzero(consensus.near_questions(q, self._q[:n]))[0])
+        ups = {m: up - down for m, (up, down) in near.items()}
         recalled = sorted((m for m, net in ups.items() if net > 0), key=lambda m: -ups[m])
-        return Said({m: fitness(up, down) for m, (up, down) in sums.items()},
-                    recalled[:recall_max])
+        return Said({m: fitness(*counts) for m, counts in same.items()}, recalled[:recall_max])
+
+    def _voices(self, rows: np.ndarray) -> dict[bytes, tuple[int, int]]:
+        """memory → (up, down) voices over `rows`: a voter's entries together
+        are one voice, by the sign of their stances' sum."""
+        if len(rows) == 0:
+            return {}
+        pairs, at = np.unique(self._who[rows], return_inverse=True)
+        says = np.sign(np.bincount(at.ravel(), weights=self._stance[rows], minlength=len(pairs)))
+        memories, of = np.unique(pairs >> 32, return_inverse=True)
+        up = np.bincount(of.ravel(), weights=says > 0, minlength=len(memories))
+        down = np.bincount(of.ravel(), weights=says < 0, minlength=len(memories))
+        return {self._names[int(m)]: (int(u), int(d))
+                for m, u, d in zip(memories, up, down, strict=True)}

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import numpy as np
 import pytest
 
 from crdt import sync
+from dht import compact
 from p2pnode import dna as dna_mod
 from p2pnode.errors import StateError
 from p2pnode.gossip import (
@@ -47,8 +49,11 @@ def store(path: Path | None = None, dna: dna_mod.Dna = DNA) -> GossipStore:
     return s
 
 
+QVEC = compact.pack(np.ones(4, np.int8), 0.25)  # a compact question vector at the DNA's dim
+
+
 def vote(voter: Identity, memory: bytes, seq: int, up: int = 1) -> tuple[bytes, bytes]:
-    v = make_vote(voter, memory_id=memory, region=bytes(32), qvec=b"q", up=up, down=seq - up,
+    v = make_vote(voter, memory_id=memory, region=bytes(32), qvec=QVEC, up=up, down=seq - up,
                   seq=seq)
     return vote_key(memory, voter.public_key, bytes(32)), v.wire
 
@@ -147,7 +152,7 @@ def test_agent_cards_are_the_hosts_own_and_spread_by_seq() -> None:
 
     def card(seq: int, signer: Identity = host, swarm: bytes = DNA.swarm_id) -> bytes:
         return make_agent_card(signer, agent_id=agent, swarm=swarm, generation=1,
-                               parent=b"", fitness=0.5, interactions=seq, specialty=b"s",
+                               parent=b"", fitness=0.5, interactions=seq, specialty=bytes(8),
                                alive=True, seq=seq).wire
 
     key = agent_key(host.public_key, agent)
@@ -262,8 +267,8 @@ def test_a_silent_peer_is_suspected_dropped_probed_and_readmitted() -> None:
 
 def test_a_fresh_replica_catches_up_on_thousands_of_items_page_by_page() -> None:
     a, b = store(), store()
-    voter = Identity.from_seed(b"many")
-    items = dict(vote(voter, os.urandom(32), 1) for _ in range(5000))
+    voters = [Identity.from_seed(b"many %d" % i) for i in range(2)]  # 4,096 a voter at most
+    items = dict(vote(voters[i % 2], os.urandom(32), 1) for i in range(5000))
     a.offer(items)
     rounds = 0
     while a.items != b.items:  # more than one listing (4096) and many deltas (256) of work

@@ -67,3 +67,24 @@ def test_second_lock_is_refused(tmp_path: Path) -> None:
         StateLock(tmp_path).acquire()
     first.release()
     StateLock(tmp_path).acquire()
+
+
+def test_the_reader_scores_by_the_records_own_embedding(tmp_path: Path) -> None:
+    """Local candidates are scored by the float16 embedding the signed record
+    holds, exactly as a spore that fetches the record scores it."""
+    db = Storage(tmp_path / "spore.sqlite3")
+    rng = np.random.default_rng(7)
+    items = []
+    for text in ("a", "b", "c"):
+        emb = rng.normal(size=DIM).astype(np.float32)
+        rec = make_memory(ME, question="", answer=text, embedding=emb / np.linalg.norm(emb),
+                          created_ms=1, origin="taught", dna_hash=b"d" * 32)
+        items.append((rec, bytes(range(DIM)), 0.5))
+    stored = db.add_memories(items)
+    reader = db.reader()
+    got = reader.embeddings_by_rows([row for row, _, _ in stored])
+    for (row, _, _), (rec, _, _) in zip(stored, items, strict=True):
+        np.testing.assert_array_equal(got[row], rec.vector())
+    assert reader.embeddings_by_rows([]) == {}
+    reader.close()
+    db.close()

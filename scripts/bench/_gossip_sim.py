@@ -16,6 +16,9 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from dht import compact
 from p2pnode import dna as dna_mod
 from p2pnode.gossip import KIND_DNA, KIND_PEER, Call, GossipStore, exchange, vote_key
 from p2pnode.identity import Identity
@@ -39,9 +42,13 @@ def bench_dna() -> dna_mod.Dna:
                          encoder_sha256="00" * 32, dim=4, created_ms=1, seed=bytes(16))
 
 
-def vote_item(memory_id: bytes) -> tuple[bytes, bytes]:
-    vote = make_vote(VOTER, memory_id=memory_id, region=REGION, qvec=b"q", up=1, down=0, seq=1)
-    return vote_key(memory_id, VOTER.public_key, REGION), vote.wire
+QVEC = compact.pack(np.ones(4, np.int8), 0.25)  # a question vector at the DNA's dim
+VOTERS = [Identity.from_seed(b"gossip bench voter %d" % i) for i in range(16)]
+
+
+def vote_item(memory_id: bytes, voter: Identity = VOTER) -> tuple[bytes, bytes]:
+    vote = make_vote(voter, memory_id=memory_id, region=REGION, qvec=QVEC, up=1, down=0, seq=1)
+    return vote_key(memory_id, voter.public_key, REGION), vote.wire
 
 
 @dataclass
@@ -70,7 +77,8 @@ def converged_swarm(n: int, extra_memories: int = 0) -> list[GossipStore]:
         card = make_peer(Identity.from_seed(b"node %d" % i), swarm=dna.swarm_id,
                          host="127.0.0.1", port=10_000 + i, capacity=0, seq=1)
         template.offer({KIND_PEER + card.node_id: card.wire})
-    template.offer(dict(vote_item(b"m" + i.to_bytes(31, "big"))
+    # 4,096 votes a voter at most (p2pnode.gossip.Caps)
+    template.offer(dict(vote_item(b"m" + i.to_bytes(31, "big"), VOTERS[i % len(VOTERS)])
                         for i in range(extra_memories)))
     stores = []
     for _ in range(n):

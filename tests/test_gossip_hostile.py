@@ -1,0 +1,245 @@
+"""Hostile gossip items against the real store (SQLite file) and a real spore.
+
+Measured before (NOTES.md, 2026-11-30): a vote with a 0-byte question vector
+passed the validator, killed the gossip handler and made every spore it
+reached unable to restart; a vote with seq 2^63 raised OverflowError with a
+SQLite transaction open, so every later write failed; the store had no cap
+per writer. Now: refused with a reason and counted, the rest of the batch
+kept, the next write works, a store holding a bad item (an older version's)
+drops it on load and starts, and quotas hold under a flood of fresh keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crdt import sync
+from dht import compact
+from p2pnode import dna as dna_mod
+from p2pnode.gossip import KIND_DNA, KIND_PEER, KIND_VOTE, Caps, GossipStore, vote_key
+from p2pnode.identity import Identity
+from p2pnode.peerauth import sign_request
+from p2pnode.peers import validators
+from p2pnode.records import make_peer, make_vote
+from tests.conftest import Daemon, wait_for
+
+DIM = 384
+FOUNDER = Identity.from_seed(b"hostile gossip founder")
+DNA = dna_mod.found(FOUNDER, swarm="hostile", encoder_name="e", encoder_sha256="00" * 32,
+                    dim=DIM, created_ms=1)
+QVEC = compact.pack(np.full(DIM, 7, np.int8), 0.01)
+REGION = b"r" * 32
+MEM = b"m" * 32
+MALLORY = Identity.from_seed(b"mallory")
+FLOOD = 40_000
+Item = tuple[bytes, bytes]
+
+
+def store(path: Path | None = None, caps: Caps | None = None) -> GossipStore:
+    s = GossipStore(validators(DNA.swarm_id, lambda: DNA), path, caps=caps or Caps())
+    s.offer({KIND_DNA: DNA.wire})
+    return s
+
+
+def vote(voter: Identity, memory: bytes = MEM, *, qvec: bytes = QVEC, seq: int = 1,
+         up: int = 1, down: int = 0) -> Item:
+    v = make_vote(voter, memory_id=memory, region=REGION, qvec=qvec, up=up, down=down, seq=seq)
+    return vote_key(memory, voter.public_key, REGION), v.wire
+
+
+def hostile() -> list[Item]:
+    return [vote(MALLORY, qvec=b""), vote(MALLORY, b"n" * 32, seq=2**63, up=2**63)]
+
+
+def _rows(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+
+# --- the store -----------------------------------------------------------------------------
+
+def test_hostile_votes_in_a_batch_are_refused_the_honest_ones_kept(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite3"
+    s = store(path)
+    honest = [vote(Identity.from_seed(b"honest %d" % i)) for i in range(3)]
+    accepted = s.offer([honest[0], *hostile(), honest[1], honest[2]])
+    assert {a.key for a in accepted} == {k for k, _ in honest}
+    assert s.counters["refused_qvec_size"] == 1 and s.counters["refused_seq_range"] == 1
+    later = vote(Identity.from_seed(b"later"))
+    assert len(s.offer([later])) == 1  # the next write works
+    s.close()
+    again = store(path)
+    assert all(again.get(k) == item for k, item in [*honest, later])
+    assert all(again.get(k) is None for k, _ in hostile())
+    assert "dropped_on_load" not in again.counters and _rows(path) == 5  # and the DNA
+
+
+class _FailingOnce:
+    """A connection whose next executemany writes one row, then raises."""
+
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self.con, self.armed = con, True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.con, name)
+
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> Any:
+        if self.armed:
+            self.armed = False
+            self.con.executemany(sql, rows[:1])
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return self.con.executemany(sql, rows)
+
+
+def test_a_write_that_fails_is_rolled_back_and_the_next_one_works(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite3"
+    s = store(path)
+    con = s._db
+    assert con is not None
+    s._db = _FailingOnce(con)  # type: ignore[assignment]
+    lost = [vote(Identity.from_seed(b"lost %d" % i)) for i in range(2)]
+    assert len(s.offer(lost)) == 2  # held in memory (peers send it again)
+    assert s.counters["persist_errors"] == 1 and not con.in_transaction
+    kept = vote(Identity.from_seed(b"kept"))
+    assert len(s.offer([kept])) == 1
+    s.close()
+    again = store(path)
+    assert again.get(kept[0]) == kept[1]
+    assert all(again.get(k) is None for k, _ in lost)  # nothing of the failed write
+
+
+def test_a_store_file_holding_bad_items_drops_them_on_load_and_starts(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite3"
+    s = store(path)
+    honest = vote(Identity.from_seed(b"honest"))
+    s.offer([honest])
+    s.close()
+    (k0, empty), (k1, huge) = hostile()
+    future = make_peer(MALLORY, swarm=DNA.swarm_id, host="10.0.0.9", port=7151, capacity=1,
+                       seq=int(time.time() * 1000) + 3_600_000)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # as an older version kept them
+        db.executemany("INSERT INTO items(key, stamp, item) VALUES (?,?,?)", [
+            (k0, 1, empty), (k1, -1, huge), (KIND_VOTE + os.urandom(48), 1, b"\x93garbage"),
+            (KIND_PEER + future.node_id, 1, future.wire), (b"Vtext", 1, "not bytes")])
+    again = store(path)
+    assert again.get(honest[0]) == honest[1] and again.get(k0) is None
+    assert again.counters["dropped_on_load"] == 5
+    for reason in ("qvec_size", "seq_range", "record_malformed", "seq_future"):
+        assert again.counters[f"dropped_on_load_{reason}"] >= 1, again.counters
+    assert _rows(path) == 2  # gone from the file too: the DNA and the honest vote
+    again.close()
+
+
+def test_a_voter_s_quota_refuses_new_keys_but_its_newer_items_replace(tmp_path: Path) -> None:
+    s = store(tmp_path / "g.sqlite3", Caps(votes_per_voter=64))
+    items = [vote(MALLORY, i.to_bytes(32, "big")) for i in range(100)]
+    assert len(s.offer(items)) == 64 and s.counters["refused_quota"] == 36
+    first_key = items[0][0]
+    newer = vote(MALLORY, (0).to_bytes(32, "big"), seq=2, up=1, down=1)
+    assert newer[0] == first_key and len(s.offer([newer])) == 1  # its own, newer: replaces
+    assert len(s.offer([vote(Identity.from_seed(b"someone else"))])) == 1  # others unhurt
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_quotas_hold_under_a_flood_of_fresh_keys(tmp_path: Path) -> None:
+    """40,000 votes from 40,000 fresh keys, the first 5,000 on one memory:
+    the store holds Caps().votes of them, Caps().votes_per_memory on that
+    memory, refuses the rest as `quota`, and still takes peer cards."""
+    caps = Caps()
+    path = tmp_path / "g.sqlite3"
+    s = store(path)
+    flood = [vote(Identity.from_seed(b"fresh %d" % i),
+                  MEM if i < 5000 else (i % 64).to_bytes(32, "big")) for i in range(FLOOD)]
+    rss = _rss_mb()
+    started = time.perf_counter()
+    for i in range(0, FLOOD, sync.MAX_DELTA_ITEMS):  # as deltas bring them: fresh bytes
+        s.offer(sync.decode_delta(sync.encode_delta(dict(flood[i:i + sync.MAX_DELTA_ITEMS]))))
+    took = time.perf_counter() - started
+    grown = _rss_mb() - rss
+    votes = s.with_prefix(KIND_VOTE)
+    assert len(votes) == caps.votes
+    assert len(s.with_prefix(KIND_VOTE + MEM)) == caps.votes_per_memory
+    assert s.counters["refused_quota"] == FLOOD - caps.votes
+    disk = sum(p.stat().st_size for p in tmp_path.iterdir())
+    print(f"\nflood: {FLOOD} votes in {took:.1f} s; held {len(votes)}; RSS +{grown:.0f} MB "
+          f"({grown * 2**20 / len(votes):.0f} B/vote); file {disk / 2**20:.0f} MB "
+          f"({disk / len(votes):.0f} B/vote)")
+    assert grown < 100  # ~1.3 KB a vote: ~43 MB at the cap, with room for the allocator
+    assert s.offer([vote(Identity.from_seed(b"late honest"), b"x" * 32)]) == []
+    card = make_peer(Identity.from_seed(b"new spore"), swarm=DNA.swarm_id, host="10.0.0.2",
+                     port=7151, capacity=1, seq=1)
+    assert len(s.offer({KIND_PEER + card.node_id: card.wire})) == 1  # other kinds unhurt
+    newer = vote(Identity.from_seed(b"fresh 0"), MEM, seq=2, up=2)  # the first one held
+    assert len(s.offer([newer])) == 1  # a writer's newer item still replaces its own
+    s.close()
+    assert _rows(path) == caps.votes + 2  # the DNA, the card
+
+
+# --- a real spore --------------------------------------------------------------------------
+
+def _post_delta(d: Daemon, items: dict[bytes, bytes]) -> tuple[int, Any]:
+    swarm = bytes.fromhex(d.json("GET", "/v1/status")["swarm_id"])
+    body = sync.pack([sync.encode_delta(items), []])
+    headers = sign_request(Identity.from_seed(b"a member"), swarm, "POST", "/peer/v1/delta",
+                           body, int(time.time() * 1000), os.urandom(16))
+    req = urllib.request.Request(f"http://{d.dht}/peer/v1/delta", data=body, method="POST",
+                                 headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _gossip_counters(d: Daemon) -> dict[str, int]:
+    return d.json("GET", "/v1/status")["gossip"]["counters"]  # type: ignore[no-any-return]
+
+
+def test_a_spore_refuses_hostile_votes_keeps_serving_and_restarts(daemon: Daemon) -> None:
+    daemon.start()
+    taught = daemon.json("POST", "/v1/teach", {"text": "journalctl -k shows the kernel log."})
+    memory = bytes.fromhex(taught["id"])
+    honest = vote(Identity.from_seed(b"honest member"), memory)
+    empty = vote(MALLORY, memory, qvec=b"")
+    huge = vote(MALLORY, b"n" * 32, seq=2**63, up=2**63)
+    code, _ = _post_delta(daemon, dict([empty, huge, honest]))
+    assert code == 200
+    wait_for(lambda: daemon.json("GET", f"/v1/votes/{memory.hex()}")["voters"] == 1, 20,
+             "the honest vote in the tally")
+    counters = _gossip_counters(daemon)
+    assert counters["refused_qvec_size"] == 1 and counters["refused_seq_range"] == 1
+    assert daemon.json("POST", "/v1/ask", {"question": "kernel log?"})["answer"]
+
+    # An older version's leftovers, in both stores: the spore must start anyway.
+    assert daemon.stop() == 0
+    with contextlib.closing(sqlite3.connect(daemon.state_dir / "gossip.sqlite3")) as db, db:
+        db.executemany("INSERT INTO items(key, stamp, item) VALUES (?,?,?)",
+                       [(empty[0], 1, empty[1]), (huge[0], -1, huge[1])])
+    with contextlib.closing(sqlite3.connect(daemon.state_dir / "spore.sqlite3")) as db, db:
+        db.execute("INSERT INTO votes(memory, voter, region, seq, up, down, qvec, record)"
+                   " VALUES (?,?,?,?,?,?,?,?)",
+                   (memory, MALLORY.public_key, REGION, 1, 0, 1, b"", empty[1]))
+    daemon.start()
+    status = daemon.json("GET", "/v1/status")
+    assert status["gossip"]["counters"]["dropped_on_load"] == 2
+    assert status["counters"]["votes_dropped"] == 1
+    assert daemon.json("GET", f"/v1/votes/{memory.hex()}")["voters"] == 1
+    assert daemon.json("POST", "/v1/ask", {"question": "kernel log?"})["answer"]
+    assert daemon.stop() == 0
+    assert "Traceback" not in daemon.log.read_text()
+

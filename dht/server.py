@@ -159,19 +159,29 @@ class SporeDHT(Server):  # type: ignore[misc]
             log.error("DHT background task failed", exc_info=task.exception())
 
     async def bootstrap(self, addrs: Iterable[tuple[str, int]]) -> int:
-        """Admit the given peers, then look ourselves up; returns how many answered."""
-        resolved = [await self._resolve(host, port) for host, port in addrs]
+        """Admit the given peers, then look ourselves up; returns how many answered.
+
+        Raises DhtError if a host name does not resolve (resolve() first to
+        skip those and still try the others)."""
+        resolved = [await self.resolve(host, port) for host, port in addrs]
         for addr in resolved:
             self.proto.revive(addr)
-        peers = await asyncio.gather(*(self.proto.ensure(a) for a in resolved))
+        answered = await self.admit(resolved)
         await self.lookup(self.node.id)
+        return answered
+
+    async def admit(self, addrs: Iterable[Addr]) -> int:
+        """Handshake with each (IP, port) not admitted yet, without a lookup and
+        without forgiving recent timeouts; returns how many are admitted."""
+        peers = await asyncio.gather(*(self.proto.ensure(a) for a in addrs))
         return sum(p is not None for p in peers)
 
     async def bootstrap_node(self, addr: Addr) -> Node | None:
-        peer = await self.proto.ensure(await self._resolve(*addr))
+        peer = await self.proto.ensure(await self.resolve(*addr))
         return None if peer is None else Node(peer.id, *peer.addr)
 
-    async def _resolve(self, host: str, port: int) -> Addr:
+    async def resolve(self, host: str, port: int) -> Addr:
+        """(IP, port) of a peer named by host name or IP; raises DhtError."""
         # Peers are matched by the address their datagrams come from: use IPs.
         try:
             return str(ipaddress.ip_address(host)), port

@@ -75,10 +75,10 @@ def prepare_state(cfg: Config, swarm: str | None = None) -> tuple[Identity, dna_
     return identity, dna, True
 
 
-def _api_token(cfg: Config) -> str | None:
-    """Beyond loopback, writes need a token kept (0600) in the state directory."""
-    if cfg.loopback_only:
-        return None
+def _api_token(cfg: Config) -> str:
+    """The API token, kept (0600) in the state directory: DNA changes need it
+    always (a web page can reach a loopback API), and beyond loopback every
+    route but /healthz."""
     path = cfg.state_dir / TOKEN_FILE
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -145,7 +145,8 @@ async def _serve_locked(cfg: Config) -> None:
         await agents.start(peers)
         await peers.start(cfg.advertise_host or host)
         spore.peers = peers
-        runner = web.AppRunner(make_app(spore, _api_token(cfg)), access_log=None,
+        runner = web.AppRunner(make_app(spore, _api_token(cfg), loopback_only=cfg.loopback_only,
+                                        host=cfg.api_host), access_log=None,
                                handler_cancellation=True)
         await runner.setup()
         try:
@@ -193,7 +194,8 @@ async def _serve_until_stopped(cfg: Config, spore: Spore, notifier: Notifier) ->
     notifier.send(ready="1", status=f"serving {status['memories']} memories on {cfg.api_url}")
     async with asyncio.TaskGroup() as services:
         tasks = [services.create_task(_watchdog(notifier, cfg.watchdog_usec)),
-                 services.create_task(_republish(spore, cfg.republish_s))]
+                 services.create_task(_republish(spore, cfg.republish_s)),
+                 services.create_task(_keep_joined(spore))]
         if spore.peers is not None:
             tasks.append(services.create_task(_gossip(spore.peers)))
         await stop.wait()
@@ -226,6 +228,22 @@ async def _republish(spore: Spore, every_s: float) -> None:
             had_peers = has_peers
             swarm.expire()
             await asyncio.sleep(min(every_s, REPUBLISH_TICK_S))
+
+
+async def _keep_joined(spore: Spore) -> None:
+    """Retry the DHT's bootstrap peers (and the live gossip peers) while the
+    routing table is empty: spores started together at boot, or the founder
+    last, still form one swarm."""
+    swarm = spore.swarm
+    assert swarm is not None
+    with contextlib.suppress(asyncio.CancelledError):
+        await swarm.keep_joined(lambda: _gossip_addresses(spore))
+
+
+def _gossip_addresses(spore: Spore) -> list[tuple[str, int]]:
+    if spore.peers is None:
+        return []
+    return [(m.host, m.port) for m in spore.peers.members.live()]
 
 
 async def _gossip(peers: PeerService) -> None:

@@ -8,19 +8,21 @@ index entries and signed records travel: never a question's text.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dht import codec, compact
+from dht import codec
 from dht.guard import MAX_VALUE
 from dht.index import sketch_planes
 from dht.keys import bucket_key, bucket_keys, hyperplanes, table_codes
@@ -44,6 +46,12 @@ DHT_DB = "dht.sqlite3"
 DECODED_CACHE = 2048  # bucket values remembered decoded (by digest)
 RULES = ValueRules(validate=codec.validate_value, merge=codec.merge_values,
                    key_id=codec.dht_id, node_id=codec.node_dht_id)
+# Keeping joined: a spore started before its peers (every spore at once at
+# boot, the founder last) retries them instead of staying alone for good.
+JOIN_CHECK_S = 2.0  # how often a joined spore looks at its (local) routing table
+ALONE_WARN_EVERY_S = 60.0
+GOSSIP_ADMIT_EVERY_S = 10.0  # live gossip peers missing from the table are tried this often
+Addr = tuple[str, int]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +81,47 @@ class SwarmSettings:
     read_width: int = 1  # replicas an ask reads first (the others only for what they lack)
 
 
+@dataclass
+class Backoff:
+    """Delays between bootstrap attempts: `first_s` doubling up to `cap_s`, each
+    shortened by up to `jitter` of itself, so spores started together (a boot)
+    do not retry in step."""
+
+    rng: random.Random
+    first_s: float = 0.5
+    cap_s: float = 30.0
+    jitter: float = 0.25
+    failures: int = 0
+
+    def next_s(self) -> float:
+        step = min(self.cap_s, self.first_s * 2.0 ** min(self.failures, 30))
+        self.failures += 1
+        return step * (1.0 - self.jitter * self.rng.random())
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+@dataclass
+class JoinState:
+    """What keeping joined knows, for its next round, `status()` and the log."""
+
+    backoff: Backoff
+    delay_s: float = 0.0  # until the next round
+    next_at: float | None = None  # when the next bootstrap attempt is due (alone only)
+    attempts: int = 0  # bootstrap attempts in all
+    in_row: int = 0  # attempts since the table last had contacts
+    last_answered: int | None = None
+    tried: tuple[str, ...] = ()
+    unresolved: dict[str, str] = field(default_factory=dict)
+    gossip: int = 0  # live gossip peers (beyond the configured ones) at the last round
+    joined: bool = False  # the table had contacts at the end of the last round
+    ever_joined: bool = False
+    alone_since: float | None = None
+    warned_at: float = float("-inf")
+    admit_at: float = float("-inf")  # when gossip peers the table lacks are tried next
+
+
 @dataclass(frozen=True)
 class Found:
     """A memory found in the swarm, verified, with its cosine to the question."""
@@ -86,9 +135,12 @@ class Found:
 class Swarm:
     def __init__(self, *, identity: Identity, dna: Dna, state_dir: Path, dim: int,
                  settings: SwarmSettings, now_ms: Callable[[], int] | None = None,
-                 bind: Bind = bind_udp) -> None:
+                 bind: Bind = bind_udp, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
         self.identity, self.dna, self.settings = identity, dna, settings
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self._clock = clock
+        self.join = JoinState(Backoff(rng or random.Random()))
         self.store = ValueStore(state_dir / DHT_DB)
         self.dht = SporeDHT(identity=identity, dna_hash=dna.swarm_id, store=self.store, rules=RULES,
                             config=DhtConfig(replicas=int(dna.fields["replication"]),
@@ -105,15 +157,147 @@ class Swarm:
         self.sketch = sketch_planes(dna.lsh.seed, codec.BITS_BYTES * 8, dim).reshape(-1, dim)
         self._decoded: OrderedDict[bytes, list[codec.IndexEntry]] = OrderedDict()
         self.counters = {"published": 0, "unreplicated": 0, "remote_found": 0,
-                         "remote_rejected": 0, "expired": 0}
+                         "remote_rejected": 0, "expired": 0, "bootstrap_attempts": 0,
+                         "rejoins": 0}
 
     async def start(self) -> tuple[str, int]:
+        """Bind, and make the first attempt to join (`keep_joined` makes the next)."""
         addr = await self.dht.start(self.settings.host, self.settings.port)
         if self.settings.peers:
-            answered = await self.dht.bootstrap(self.settings.peers)
-            log.info("DHT on udp %s:%d, %d of %d peers answered", *addr, answered,
-                     len(self.settings.peers))
+            await self.join_round()
+            log.info("DHT on udp %s:%d, %d of %d peers answered", *addr,
+                     self.join.last_answered or 0, len(self.settings.peers))
         return addr
+
+    # joining ---------------------------------------------------------------
+    async def keep_joined(self, extra: Callable[[], Iterable[Addr]] = tuple, *,
+                          sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """The service that keeps this spore in the DHT, until cancelled: while
+        the routing table is empty and there are peers to join (configured, or
+        live gossip peers from `extra`), bootstrap again with backoff; while
+        joined, admit the gossip peers the table lacks."""
+        while True:
+            await self._until_round(sleep)
+            await self.join_round(list(extra()))
+
+    async def _until_round(self, sleep: Callable[[float], Awaitable[None]]) -> None:
+        """Wait out the delay of the last round, in steps of at most JOIN_CHECK_S,
+        ending early when a peer reached us first (its log line and a lookup of
+        our own id then come at once, not after up to a backoff cap)."""
+        left = self.join.delay_s
+        while left > 0 and (self.join.joined or not self.dht.contacts()):
+            step = min(left, JOIN_CHECK_S)
+            await sleep(step)
+            left -= step
+
+    async def join_round(self, extra: Sequence[Addr] = ()) -> float:
+        """One round of keeping joined; returns (and keeps) the seconds until the next."""
+        j = self.join
+        j.gossip = len(set(extra) - set(self.settings.peers))
+        had_contacts = bool(self.dht.contacts())
+        was_joined = j.joined and had_contacts
+        if had_contacts:
+            if not was_joined:  # a peer reached us first: learn its neighbours too
+                await self.dht.lookup(self.dht.node_id)
+            await self._admit_missing(extra)
+        elif targets := _targets(self.settings.peers, extra, self.dht.address):
+            if j.joined:
+                log.info("DHT routing table empty: joining again")
+            await self._bootstrap(targets)
+        j.joined = bool(self.dht.contacts())
+        if j.joined and not was_joined:
+            self._on_joined()
+        return self._plan_next()
+
+    def _plan_next(self) -> float:
+        """The delay until the next round: a look at the table while joined (or
+        with nobody to join), the next backoff step while alone."""
+        j = self.join
+        if j.joined or not self.alone():
+            j.delay_s, j.next_at, j.alone_since = JOIN_CHECK_S, None, None
+        else:
+            j.delay_s = j.backoff.next_s()
+            j.next_at = self._clock() + j.delay_s
+            self._note_alone()
+        return j.delay_s
+
+    def alone(self) -> bool:
+        """No DHT contact although there are peers to join (configured, or gossip's)."""
+        return not self.dht.contacts() and bool(self.settings.peers or self.join.gossip)
+
+    async def _bootstrap(self, targets: Sequence[Addr]) -> None:
+        j = self.join
+        j.attempts, j.in_row = j.attempts + 1, j.in_row + 1
+        self._count("bootstrap_attempts")
+        j.tried = tuple(f"{host}:{port}" for host, port in targets)
+        addrs = await self._resolved(targets)
+        try:
+            j.last_answered = await self.dht.bootstrap(addrs)
+        except SporeError as exc:  # DhtError among them: this attempt failed, the next may not
+            j.last_answered = 0
+            self._count("bootstrap_errors")
+            log.debug("DHT bootstrap from %s: %s", ", ".join(j.tried), exc)
+
+    async def _resolved(self, targets: Sequence[Addr]) -> list[Addr]:
+        """The targets as (IP, port); a name that does not resolve (DNS not up
+        yet at boot, a typo) is counted, kept for status, and tried next round."""
+        out, self.join.unresolved = [], {}
+        for host, port in targets:
+            try:
+                out.append(await self.dht.resolve(host, port))
+            except DhtError as exc:
+                self._count("bootstrap_unresolved")
+                self.join.unresolved[f"{host}:{port}"] = str(exc)
+        return out
+
+    async def _admit_missing(self, extra: Sequence[Addr]) -> None:
+        """Admit the live gossip peers the table lacks (spores that bootstrapped
+        through one peer at the same moment learn of each other only so, until
+        an hourly refresh), at most every GOSSIP_ADMIT_EVERY_S."""
+        now = self._clock()
+        if not extra or now < self.join.admit_at:
+            return
+        self.join.admit_at = now + GOSSIP_ADMIT_EVERY_S
+        known = {(c.ip, c.port) for c in self.dht.contacts()}
+        missing = [a for a in _targets((), extra, self.dht.address) if a not in known]
+        if missing:
+            self._count("gossip_admitted", await self.dht.admit(await self._resolved(missing)))
+
+    def _on_joined(self) -> None:
+        j = self.join
+        if j.ever_joined:
+            self._count("rejoins")
+        log.info("DHT joined: %d contacts after %d attempts", len(self.dht.contacts()), j.in_row)
+        j.ever_joined, j.in_row, j.warned_at = True, 0, float("-inf")
+        j.backoff.reset()
+
+    def _note_alone(self) -> None:
+        """WARNING when it finds itself alone, again every ALONE_WARN_EVERY_S while so."""
+        j, now = self.join, self._clock()
+        if j.alone_since is None:
+            j.alone_since = now
+        elif now - j.warned_at < ALONE_WARN_EVERY_S:
+            return
+        j.warned_at = now
+        unresolved = f", unresolved: {', '.join(j.unresolved)}" if j.unresolved else ""
+        configured = ", ".join(f"{h}:{p}" for h, p in self.settings.peers) or "none"
+        log.warning("DHT alone: no contacts although peers are configured (%s) or known by "
+                    "gossip (%d more); %d bootstrap attempts in %.0f s, the last to %d "
+                    "addresses: %d answered%s; next in %.1f s", configured, j.gossip, j.in_row,
+                    now - j.alone_since, len(j.tried), j.last_answered or 0, unresolved,
+                    j.delay_s)
+
+    def _join_status(self) -> dict[str, Any]:
+        j, now = self.join, self._clock()
+        return {"peers": [f"{host}:{port}" for host, port in self.settings.peers],
+                "gossip_peers": j.gossip, "attempts": j.attempts,
+                "attempts_since_joined": j.in_row, "last_attempt_answered": j.last_answered,
+                "last_tried": list(j.tried), "unresolved": dict(j.unresolved),
+                "alone_for_s": None if j.alone_since is None else round(now - j.alone_since, 1),
+                "next_retry_s": None if j.next_at is None else round(max(0.0, j.next_at - now), 1)}
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
 
     async def stop(self) -> None:
         await self.dht.stop()
@@ -231,18 +415,17 @@ class Swarm:
             self.counters["remote_rejected"] += 1
             return None
         up, down = content.tally()
-        # Scored as a local index scores it (int8 of the record's embedding): a
-        # memory's cosine is the same fetched or held, so adopting it moves no
-        # ranking (a float cosine here differed by ~0.001 and flipped near-ties).
-        codes, scales = compact.to_int8(rec.vector()[None, :])
-        return Found(rec, float((codes[0].astype(np.float32) @ q) * scales[0]), up, down)
+        # By the record's own (float16) embedding, as a spore that holds it
+        # ranks it (p2pnode.node): adopting a memory moves no ranking.
+        return Found(rec, float(rec.vector() @ q), up, down)
 
     async def locate(self, memory_id: bytes) -> list[tuple[str, str, int]]:
         return await self.dht.locate(memory_id)
 
     def status(self) -> dict[str, Any]:
         return {"dht_address": f"{self.dht.address[0]}:{self.dht.address[1]}",
-                "contacts": len(self.dht.contacts()), "store": self.store.stats(),
+                "contacts": len(self.dht.contacts()), "alone": self.alone(),
+                "bootstrap": self._join_status(), "store": self.store.stats(),
                 "counters": {**self.dht.counters, **self.counters}}
 
     def _entries(self, value: bytes | None) -> list[codec.IndexEntry]:
@@ -278,3 +461,6 @@ class Swarm:
         self.counters["expired"] += self.store.expire(self._now_ms(), ttl)
 
 
+def _targets(peers: Iterable[Addr], extra: Iterable[Addr], me: Addr) -> list[Addr]:
+    """Configured peers first, then gossip's; each once, never ourselves."""
+    return [a for a in dict.fromkeys([*peers, *extra]) if a != me]

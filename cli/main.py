@@ -241,7 +241,10 @@ def dna_export(ctx: click.Context, path: str | None) -> None:
 def dna_update(ctx: click.Context, assignments: tuple[str, ...], as_json: bool) -> None:
     """Publish a new DNA version (founders only); the running daemon signs it
     and the swarm spreads it."""
-    data = client(ctx).post("/v1/dna", {"set": _assignments(assignments)})
+    changes = _assignments(assignments)
+    api = client(ctx)
+    api.need_token()  # DNA changes need the token, on loopback too
+    data = api.post("/v1/dna", {"set": changes})
     emit(as_json, data, lambda: click.echo(json.dumps(data, indent=2)))
 
 
@@ -350,7 +353,16 @@ def _status_lines(data: dict[str, Any]) -> str:
     if dht:
         lines.append(f"{'dht':10} {dht['dht_address']} udp, {dht['contacts']} contacts, "
                      f"holding {dht['store']['count']} values for the swarm")
+        if dht.get("alone"):
+            lines.append(_alone_line(dht.get("bootstrap") or {}))
     return "\n".join(lines)
+
+
+def _alone_line(boot: dict[str, Any]) -> str:
+    peers = ", ".join(boot.get("peers") or []) or "gossip peers"
+    return (f"{'':10} ALONE: no DHT contact although peers are configured ({peers}); "
+            f"{boot.get('attempts_since_joined', 0)} bootstrap attempts, "
+            f"next in {boot.get('next_retry_s')} s")
 
 
 @main.command()

@@ -12,6 +12,7 @@ from p2pnode.config import Config
 from p2pnode.errors import SporeError
 
 TIMEOUT_S = 120.0
+TOKEN_FILE = "api.token"  # written (0600) by the daemon in its state directory
 
 
 class DaemonUnreachable(SporeError):
@@ -25,13 +26,33 @@ class ApiError(SporeError):
 
 
 class Client:
+    """Sends the daemon's API token whenever it can read it: DNA changes need
+    it on loopback too, and beyond loopback every request does."""
+
     def __init__(self, cfg: Config, timeout: float = TIMEOUT_S) -> None:
         self.base = cfg.api_url
         self.timeout = timeout
+        self.token_file = cfg.state_dir / TOKEN_FILE
         self.token: str | None = None
-        token_file = cfg.state_dir / "api.token"
-        if not cfg.loopback_only and token_file.exists():
-            self.token = token_file.read_text().strip()
+        self.token_problem = ""  # why there is no token
+        self.token_unreadable = False  # the file is there, but not for this user
+        try:
+            self.token = self.token_file.read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            self.token_problem = f"there is no {self.token_file} (is the daemon running?)"
+            return
+        except (OSError, UnicodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self.token_problem = f"cannot read {self.token_file}: {why}"
+        if self.token is None:
+            self.token_problem = self.token_problem or f"{self.token_file} is empty"
+            self.token_unreadable = True
+
+    def need_token(self) -> None:
+        """Raise now, before any call, when the token file is there but unreadable
+        (a missing file is left to the daemon: it may not run, or be older)."""
+        if self.token_unreadable:
+            raise SporeError(f"{self.token_problem}; run as the user that runs the daemon")
 
     def get(self, path: str) -> dict[str, Any]:
         return self._call("GET", path, None)
@@ -49,8 +70,11 @@ class Client:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return _decode(resp.read())
         except urllib.error.HTTPError as exc:
-            payload = _decode(exc.read())
-            raise ApiError(exc.code, str(payload.get("error", exc.reason))) from None
+            message = str(_decode(exc.read()).get("error", exc.reason))
+            if exc.code == 401 and self.token is None:
+                message += (f"\n{self.token_problem}: run as the user that runs the daemon "
+                            "(or give its --state-dir)")
+            raise ApiError(exc.code, message) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise DaemonUnreachable(f"no spore daemon at {self.base} ({reason})") from None

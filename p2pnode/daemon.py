@@ -23,7 +23,7 @@ from agents.encoder import EncoderError, file_sha256, load_encoder
 from dht.server import bind_udp
 from p2pnode import dna as dna_mod
 from p2pnode.agentnet import AgentNet
-from p2pnode.api import make_app
+from p2pnode.api import ApiRunner, make_app
 from p2pnode.colony import AGENTS_DB, Colony
 from p2pnode.config import Config
 from p2pnode.egress import Egress, tapped_bind, trace_config
@@ -145,9 +145,9 @@ async def _serve_locked(cfg: Config) -> None:
         await agents.start(peers)
         await peers.start(cfg.advertise_host or host)
         spore.peers = peers
-        runner = web.AppRunner(make_app(spore, _api_token(cfg), loopback_only=cfg.loopback_only,
-                                        host=cfg.api_host), access_log=None,
-                               handler_cancellation=True)
+        app = make_app(spore, _api_token(cfg), loopback_only=cfg.loopback_only,
+                       host=cfg.api_host)
+        runner = ApiRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
         try:
             await _start_site(runner, cfg)

@@ -1,11 +1,21 @@
-"""The OpenAPI 3.1 document of the local API (served at /v1/openapi.json)."""
+"""The OpenAPI 3.1 document of the local API (served at /v1/openapi.json).
+
+It is the contract the API keeps (tests/test_schemathesis.py fuzzes a real
+daemon against it): what it calls valid is served, what it calls invalid is
+refused with a 4xx, and every answer is JSON.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-_ERR = {"description": "error", "content": {"application/json": {"schema": {
-    "$ref": "#/components/schemas/Error"}}}}
+_ERR = {"description": "error: {error: what to fix}", "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/Error"}}}}
+_OK = {"type": "object"}
+
+# What Python's str.strip() removes (the daemon refuses a text that is only
+# that), spelled out: a regex's \s differs from it (\x1c-\x1f, \x85, \ufeff).
+_SPACE = "".join(f"\\u{c:04x}" for c in range(0x10000) if chr(c).isspace())
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -13,12 +23,15 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _op(summary: str, body: dict[str, Any] | None = None,
-        params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    op: dict[str, Any] = {
-        "summary": summary,
-        "responses": {"200": {"description": "ok", **_json({"type": "object"})},
-                      "4XX": _ERR},
-    }
+        params: list[dict[str, Any]] | None = None, *, created: bool = False,
+        writes: bool = False) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": {"description": "ok", **_json(_OK)}}
+    if created:
+        responses["201"] = {"description": "created (new)", **_json(_OK)}
+    responses["4XX"] = _ERR
+    if writes:
+        responses["507"] = {**_ERR, "description": "the disk is full: nothing was stored"}
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
     if body is not None:
         op["requestBody"] = {"required": True, **_json(body)}
     if params:
@@ -31,49 +44,74 @@ def _obj(required: list[str], **props: dict[str, Any]) -> dict[str, Any]:
             "additionalProperties": False}
 
 
+def _query(name: str, high: int, default: int) -> dict[str, Any]:
+    return {"name": name, "in": "query", "schema": {
+        "type": "integer", "minimum": 0, "maximum": high, "default": default}}
+
+
 _STR = {"type": "string"}
-_TEXT = {"type": "string", "minLength": 1, "description": "UTF-8, at most max_text_bytes"}
-_INT_Q = {"in": "query", "schema": {"type": "integer", "minimum": 0}}
+_TEXT = {"type": "string", "pattern": f"[^{_SPACE}]",
+         "description": "UTF-8 with some non-space character, at most max_text_bytes "
+                        "(16 KiB by default; more is refused with 413)"}
+# An origin is a label other spores show on one line (p2pnode.records):
+# at most MAX_ORIGIN characters, no control character.
+MAX_ORIGIN = 1024
+ORIGIN_CONTROL = "[\\u0000-\\u001f\\u007f-\\u009f]"
+_ORIGIN = {"type": "string", "maxLength": MAX_ORIGIN, "not": {"pattern": ORIGIN_CONTROL},
+           "description": "where the text came from (a file, a URL): one line"}
+_ID = {"name": "id", "in": "path", "required": True,
+       "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
+_RULES = """JSON in, JSON out. Bodies must be sent as `Content-Type: application/json`
+(else 415) and hold only the documented fields (else 400). Requests from web
+pages of other sites are refused with 403: a Host header other than this API's
+own names (localhost, 127.0.0.1, [::1], the bound address), a cross-site
+`Origin` or `Sec-Fetch-Site: cross-site`. The token (`Authorization: Bearer`,
+from `api.token` in the daemon's state directory) is needed for POST /v1/dna,
+and for every route but /healthz when the API is bound beyond loopback
+(else 401)."""
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "Sporemind local API", "version": "1"},
+    "info": {"title": "Sporemind local API", "version": "1", "description": _RULES},
     "paths": {
         "/healthz": {"get": _op("liveness")},
         "/v1/status": {"get": _op("node status and counters")},
         "/v1/dna": {"get": _op("the swarm DNA this spore runs"),
-                    "post": _op("publish a new DNA version (founders only)", _obj(
+                    "post": {**_op("publish a new DNA version (founders only)", _obj(
                         ["set"], set={"type": "object", "description":
                                       "division_threshold, mutation_sigma, "
-                                      "fitness_half_life_days, founders"}))},
-        "/v1/teach": {"post": _op("teach one memory", _obj(
-            ["text"], text=_TEXT, question=_STR, origin=_STR))},
+                                      "fitness_half_life_days, founders"}), writes=True),
+                             "security": [{"token": []}]}},
+        "/v1/teach": {"post": _op("teach one memory (201 when new, 200 when known)", _obj(
+            ["text"], text=_TEXT, question=_STR, origin=_ORIGIN), created=True, writes=True)},
         "/v1/ingest": {"post": _op("store a batch of document chunks", _obj(
             ["chunks"], chunks={"type": "array", "minItems": 1, "maxItems": 256,
-                                "items": _obj(["text"], text=_TEXT, origin=_STR)}))},
+                                "items": _obj(["text"], text=_TEXT, origin=_ORIGIN)}),
+            writes=True)},
         "/v1/ask": {"post": _op("answer a question from memory", _obj(
             ["question"], question=_TEXT, top={"type": "integer", "minimum": 1,
-                                               "maximum": 20}))},
-        "/v1/rate": {"post": _op("rate an answer", _obj(
-            ["answer_id", "vote"], answer_id=_STR, vote={"enum": ["up", "down"]}))},
+                                               "maximum": 20, "default": 3}))},
+        "/v1/rate": {"post": _op("rate an answer (404: no such answer id)", _obj(
+            ["answer_id", "vote"], answer_id=_STR,
+            vote={"type": "string", "enum": ["up", "down"]}), writes=True)},
         "/v1/memories": {"get": _op("list memories, newest first", params=[
-            {"name": "limit", **_INT_Q}, {"name": "offset", **_INT_Q}])},
-        "/v1/memories/{id}": {"get": _op("one memory with its votes", params=[
-            {"name": "id", "in": "path", "required": True,
-             "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}])},
+            _query("limit", 1000, 20), _query("offset", 10**9, 0)])},
+        "/v1/memories/{id}": {"get": _op("one memory with its votes", params=[_ID])},
         "/v1/peers": {"get": _op("DHT contacts, gossip members and refused peers")},
-        "/v1/votes/{id}": {"get": _op("a memory's votes as gossip converged them", params=[
-            {"name": "id", "in": "path", "required": True,
-             "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}])},
+        "/v1/votes/{id}": {"get": _op("a memory's votes as gossip converged them",
+                                      params=[_ID])},
         "/v1/gossip": {"get": _op("gossip state: items, digest root, members, counters")},
         "/v1/agents": {"get": _op("this spore's agents, the swarm's agent registry with the "
                                   "lineage tree, recent births, divisions and deaths")},
         "/v1/gossip/block": {"post": _op("stop gossiping with these peers (a partition)", _obj(
-            ["peers"], peers={"type": "array", "items": _STR}))},
-        "/v1/dht/locate/{id}": {"get": _op("which spores hold a memory", params=[
-            {"name": "id", "in": "path", "required": True,
-             "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}])},
+            ["peers"], peers={"type": "array", "items": {
+                "type": "string", "description": "HOST:PORT"}}))},
+        "/v1/dht/locate/{id}": {"get": _op("which spores hold a memory", params=[_ID])},
         "/v1/openapi.json": {"get": _op("this document")},
     },
-    "components": {"schemas": {"Error": _obj(["error"], error=_STR)}},
+    "components": {
+        "schemas": {"Error": _obj(["error"], error=_STR)},
+        "securitySchemes": {"token": {"type": "http", "scheme": "bearer", "description":
+                                      "the token in api.token in the state directory"}},
+    },
 }

@@ -366,10 +366,14 @@ class Swarm:
         fetch = self.settings.small_swarm_fetch if small else self.settings.fetch_per_ask
         keys = bucket_keys(q, self.dna.lsh, self.planes, budget)
         values = await self._get_many(keys)
-        entries: dict[bytes, codec.IndexEntry] = {}
+        # Every author's entry for a memory id is kept: a forger's entry for
+        # another author's memory must not stand in for the author's own.
+        entries: dict[bytes, list[codec.IndexEntry]] = {}
         for value in values.values():
             for e in self._entries(value):
-                entries.setdefault(e.memory_id, e)
+                listed = entries.setdefault(e.memory_id, [])
+                if all(x.author != e.author for x in listed):
+                    listed.append(e)
         here = await exclude
         for memory_id in here & entries.keys():
             del entries[memory_id]
@@ -377,20 +381,47 @@ class Swarm:
             for memory_id in [m for m in entries if rejected(m)]:
                 del entries[memory_id]
                 self.counters["skipped_rejected"] = self.counters.get("skipped_rejected", 0) + 1
-        # Fewest differing sketch bits first (what codec.cosine_estimate ranks by).
-        qbits = int.from_bytes(codec.embedding_bits(self.sketch @ q), "big")
-        best = sorted(entries.values(),
-                      key=lambda e: (qbits ^ int.from_bytes(e.bits, "big")).bit_count())
-        best = best[: max(limit, fetch)]
-        extra = [m for m in recalled if m not in here and m not in {e.memory_id for e in best}]
-        contents = await self._get_many([e.memory_id for e in best] + extra)
-        found = [self._content(e.memory_id, contents.get(e.memory_id), q, e.author)
-                 for e in best]
+        best = self._fetch_order(q, entries, max(limit, fetch))
+        extra = [m for m in recalled if m not in here and m not in {m for m, _ in best}]
+        contents = await self._get_many([m for m, _ in best] + extra)
+        found = [self._content(m, contents.get(m), q, {e.author for e in entries[m]})
+                 for m, _ in best]
         found += [self._content(m, contents.get(m), q) for m in extra]
         self.counters["recalled"] = self.counters.get("recalled", 0) + len(extra)
         out = [f for f in found if f is not None]
         self.counters["remote_found"] += len(out)
         return out
+
+    def _fetch_order(self, q: np.ndarray, entries: dict[bytes, list[codec.IndexEntry]],
+                     n: int) -> list[tuple[bytes, bytes]]:
+        """The n memories whose content is worth fetching, as (id, author of the
+        entry that ranked it): fewest differing sketch bits first (what
+        codec.cosine_estimate ranks by), no author taking more than half of them
+        while other authors' candidates wait (the sketch is the writer's claim:
+        one key cannot take the budget; a lone author still fills it)."""
+        qbits = int.from_bytes(codec.embedding_bits(self.sketch @ q), "big")
+
+        def distance(e: codec.IndexEntry) -> int:
+            return (qbits ^ int.from_bytes(e.bits, "big")).bit_count()
+        ranked = sorted((min(listed, key=distance) for listed in entries.values()), key=distance)
+        cap = max(1, n // 2)
+        taken: dict[bytes, int] = {}
+        first: list[codec.IndexEntry] = []
+        waiting: list[codec.IndexEntry] = []
+        for e in ranked:
+            if len(first) == n:
+                break
+            if taken.get(e.author, 0) < cap:
+                taken[e.author] = taken.get(e.author, 0) + 1
+                first.append(e)
+            else:
+                waiting.append(e)
+        chosen = first + waiting[: n - len(first)]
+        left_out = len(waiting) - (len(chosen) - len(first))  # passed over for others
+        if left_out:
+            self.counters["fetch_author_capped"] = (
+                self.counters.get("fetch_author_capped", 0) + left_out)
+        return [(e.memory_id, e.author) for e in sorted(chosen, key=distance)]
 
     async def _get_many(self, keys: list[bytes]) -> dict[bytes, bytes | None]:
         try:
@@ -400,9 +431,9 @@ class Swarm:
             return {}
 
     def _content(self, memory_id: bytes, data: bytes | None, q: np.ndarray,
-                 author: bytes | None = None) -> Found | None:
+                 authors: set[bytes] | None = None) -> Found | None:
         """A fetched content value, verified: its key, signature and swarm (and
-        the author its index entry named)."""
+        an author one of its index entries named)."""
         if data is None:
             return None
         try:
@@ -411,7 +442,7 @@ class Swarm:
             self.counters["remote_rejected"] += 1
             return None
         rec = content.memory
-        if (author is not None and rec.author != author) or rec.dna_hash != self.dna.swarm_id:
+        if (authors is not None and rec.author not in authors) or rec.dna_hash != self.dna.swarm_id:
             self.counters["remote_rejected"] += 1
             return None
         up, down = content.tally()

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import Daemon
 
@@ -204,8 +208,12 @@ def test_beyond_loopback_writes_need_the_token(daemon: Daemon) -> None:
     daemon.start()
     token = daemon.state_dir / "api.token"
     assert token.exists() and (token.stat().st_mode & 0o777) == 0o600
-    code, body = daemon.http("POST", "/v1/teach", {"text": "no token, no write"})
-    assert code == 401 and "api.token" in body["error"]
-    assert daemon.http("GET", "/v1/status")[0] == 200  # reads stay open
+    req = urllib.request.Request(daemon.url + "/v1/teach", method="POST",
+                                 data=json.dumps({"text": "no token, no write"}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=10)
+    assert refused.value.code == 401 and "api.token" in json.loads(refused.value.read())["error"]
+    assert daemon.http("GET", "/v1/status")[0] == 200  # with the token (Daemon.http sends it)
     assert daemon.cli_json("teach", "the CLI sends the token")["new"]
     daemon.stop()

@@ -32,7 +32,7 @@ from p2pnode.gossip import KIND_DNA, GossipStore
 from p2pnode.identity import Identity, load_or_create
 from p2pnode.lock import StateLock
 from p2pnode.node import Spore
-from p2pnode.peers import PeerService, validators
+from p2pnode.peers import HEADER_DEADLINE_S, PeerService, validators
 from p2pnode.service import Notifier
 from p2pnode.storage import DB_FILE, Storage
 from p2pnode.swarm import Swarm, SwarmSettings
@@ -42,6 +42,7 @@ TOKEN_FILE = "api.token"
 ENCODER_NAME = "all-MiniLM-L6-v2-int8-rq"
 ENCODER_DIM = 384
 REPUBLISH_TICK_S = 2.0
+FAULT_LOG_S = 300.0  # a store fault in a background service is logged this often
 GOSSIP_DB = "gossip.sqlite3"
 DRAIN_S = 10.0  # background publishing allowed to finish on stop
 
@@ -147,7 +148,8 @@ async def _serve_locked(cfg: Config) -> None:
         spore.peers = peers
         app = make_app(spore, _api_token(cfg), loopback_only=cfg.loopback_only,
                        host=cfg.api_host)
-        runner = ApiRunner(app, access_log=None, handler_cancellation=True)
+        runner = ApiRunner(app, access_log=None, handler_cancellation=True,
+                           keepalive_timeout=HEADER_DEADLINE_S)
         await runner.setup()
         try:
             await _start_site(runner, cfg)
@@ -213,21 +215,35 @@ async def _republish(spore: Spore, every_s: float) -> None:
     assert swarm is not None
     loop = asyncio.get_running_loop()
     last, had_peers = float("-inf"), False
+    last_fault = float("-inf")
     with contextlib.suppress(asyncio.CancelledError):
         while True:
-            has_peers = bool(swarm.dht.contacts())
-            # Also at once when the first peers appear: what was taught while
-            # alone reaches the swarm without waiting an interval.
-            if has_peers and (loop.time() - last >= every_s or not had_peers):
-                last = loop.time()
-                records = await spore.own_records()
-                items = [kv for rec in records for kv in swarm.values_for(rec)]
-                items.extend(swarm.held_items())
-                done = await swarm.dht.republish(items)
-                log.debug("republished %d of %d values", done, len(items))
-            had_peers = has_peers
-            swarm.expire()
+            try:
+                last, had_peers = await _republish_once(spore, swarm, every_s, last, had_peers)
+            except StateError as exc:
+                # A damaged dht.sqlite3 (or spore.sqlite3) page: the spore keeps
+                # serving what it can and says so, once every few minutes.
+                if loop.time() - last_fault > FAULT_LOG_S:
+                    last_fault = loop.time()
+                    log.error("republish and expiry paused: %s", exc)
             await asyncio.sleep(min(every_s, REPUBLISH_TICK_S))
+
+
+async def _republish_once(spore: Spore, swarm: Swarm, every_s: float, last: float,
+                          had_peers: bool) -> tuple[float, bool]:
+    loop = asyncio.get_running_loop()
+    has_peers = bool(swarm.dht.contacts())
+    # Also at once when the first peers appear: what was taught while alone
+    # reaches the swarm without waiting an interval.
+    if has_peers and (loop.time() - last >= every_s or not had_peers):
+        last = loop.time()
+        records = await spore.own_records()
+        items = [kv for rec in records for kv in swarm.values_for(rec)]
+        items.extend(swarm.held_items())
+        done = await swarm.dht.republish(items)
+        log.debug("republished %d of %d values", done, len(items))
+    swarm.expire()
+    return last, has_peers
 
 
 async def _keep_joined(spore: Spore) -> None:

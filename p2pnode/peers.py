@@ -71,6 +71,10 @@ from p2pnode.records import (
 log = logging.getLogger("spore.peers")
 
 PATH = "/peer/v1/"
+# aiohttp closes a connection whose headers never complete only at its
+# keep-alive timeout (default: about an hour): 50 such slow connections held
+# 50 sockets. Also the idle time before a kept-alive connection is closed.
+HEADER_DEADLINE_S = 10.0
 MAX_CONCURRENT = 8  # verified peer requests served at once; more get 503
 MAX_ROUNDS_IN_FLIGHT = 3  # our own rounds running at once
 NUDGE_GAP = 0.2  # of the interval: the least time between rounds started by news
@@ -202,7 +206,8 @@ class PeerService:
     async def start(self, advertise_host: str) -> None:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post(PATH + "{route}", self._serve)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
+                                     keepalive_timeout=HEADER_DEADLINE_S)
         await self._runner.setup()
         try:
             await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()

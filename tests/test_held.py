@@ -288,10 +288,6 @@ def test_a_damaged_store_or_dna_stops_the_daemon_naming_it(
     assert got.after == got.before  # the damaged file and every other one, as they were
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a damaged page of dht.sqlite3's index is not read at start: the spore serves, then "
-    "the first expiry raises StateError out of the service TaskGroup (ExceptionGroup "
-    "traceback, exit 1)"))
 def test_a_damaged_dht_index_stops_cleanly_or_is_lived_with(
         refusals: dict[tuple[str, str], Refusal]) -> None:
     got = refusals[DHT_INDEX]
@@ -445,9 +441,6 @@ def test_slow_headers_hold_nothing_honest_requests_need(
     assert slowloris.answered() == 0  # all still open: the attack really held them
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "aiohttp (3.14) closes a connection whose headers never complete only at its "
-    "keepalive_timeout (3630 s) after connect; neither face sets a header deadline"))
 def test_slow_headers_are_closed_by_the_server(running: Daemon, slowloris: _Slowloris) -> None:
     wait_for(lambda: slowloris.answered() == 2 * SLOW, 15,
              "the server to close every connection still sending its headers after 15 s")

@@ -181,7 +181,8 @@ class PeerService:
             self.members.know(h, p)
         self.blocked: set[tuple[str, int]] = set()  # operator's partition (`/v1/gossip/block`)
         self.counters: dict[str, int] = {}
-        self.refusals: dict[str, dict[str, Any]] = {}  # address → why we refused it
+        self.refusals: dict[str, dict[str, Any]] = {}  # address and key → why we refused it
+        self._refusal_logged: dict[tuple[str, str], float] = {}  # (address, reason) → when
         self.routes: dict[str, Route] = {}  # more signed routes (the agents': score, …)
         self._busy = asyncio.Semaphore(limits.work)
         self._reading: dict[str, int] = {}  # source → bodies being read from it
@@ -376,7 +377,7 @@ class PeerService:
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         route = request.match_info["route"]
-        peer = request.remote or "?"
+        peer = _who(request)
         if route not in ("sync", "delta") and route not in self.routes:
             raise web.HTTPNotFound()
         try:
@@ -402,7 +403,7 @@ class PeerService:
         self.verifier.precheck(request.headers, int(time.time() * 1000))
         if (request.content_length or 0) > MAX_BODY:
             raise Refused("too_large", f"body over {MAX_BODY} bytes")
-        body = await self._read(request, _source(peer))
+        body = await self._read(request, _source(request.remote or "?"))
         return self.verifier.check(request.headers, request.method, request.path, body,
                                    int(time.time() * 1000)), body
 
@@ -454,9 +455,15 @@ class PeerService:
     def _refuse(self, peer: str, exc: Refused, status: int | None = None) -> web.Response:
         self.count(f"refused_{exc.reason}")
         now = time.monotonic()
-        last = self.refusals.get(peer)
-        if last is None or last["reason"] != exc.reason or now - last["at"] > REFUSAL_LOG_S:
+        # One line per source address and reason a minute, however many keys
+        # it signs with (fresh keys are free).
+        said = (peer.split(" ")[0], exc.reason)
+        if now - self._refusal_logged.get(said, -math.inf) > REFUSAL_LOG_S:
+            self._refusal_logged[said] = now
             log.warning("refused a peer request from %s (%s): %s", peer, exc.reason, exc)
+            if len(self._refusal_logged) > 1024:
+                self._refusal_logged.pop(next(iter(self._refusal_logged)))
+        self.refusals.pop(peer, None)  # newest last
         self.refusals[peer] = {"reason": exc.reason, "detail": str(exc), "at": now}
         if len(self.refusals) > 1024:
             self.refusals.pop(next(iter(self.refusals)))
@@ -517,6 +524,16 @@ async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
         if size > limit:
             raise VerifyError(f"a peer reply over {limit} bytes")
     return b"".join(chunks)
+
+
+def _who(request: web.Request) -> str:
+    """Whom a refusal is recorded against: the source address and the key the
+    request claims (spores behind one address are told apart, so one that
+    verifies does not clear another's refusal)."""
+    claimed = request.headers.get("Spore-Key", "")[:16]
+    if claimed and all(c in "0123456789abcdef" for c in claimed):
+        return f"{request.remote or '?'} key {claimed}…"
+    return request.remote or "?"
 
 
 def _host(host: str) -> str:

@@ -105,9 +105,17 @@ class Spore:
     def call(self, method: str, path: str, body: Any = None) -> Any:
         assert self.conn is not None
         data = None if body is None else json.dumps(body)
-        self.conn.request(method, path, body=data,
-                          headers={"Content-Type": "application/json"})
-        resp = self.conn.getresponse()
+        headers = {"Content-Type": "application/json"}
+        try:
+            self.conn.request(method, path, body=data, headers=headers)
+            resp = self.conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # The daemon closes a kept-alive connection idle for 10 s (its
+            # header deadline): the request was not sent; send it again.
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+            self.conn.request(method, path, body=data, headers=headers)
+            resp = self.conn.getresponse()
         payload = json.loads(resp.read())
         if resp.status >= 400:
             raise RuntimeError(f"{method} {path}: {resp.status} {payload}")

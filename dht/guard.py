@@ -224,12 +224,13 @@ class TokenBuckets:
         self.rate, self.burst, self.max_sources, self.clock = rate_per_s, burst, max_sources, clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def take(self, source: str) -> bool:
+    def take(self, source: str, cost: float = 1.0) -> bool:
+        """Take `cost` tokens from `source`'s bucket if it holds them all."""
         now = self.clock()
         tokens, last = self._buckets.pop(source, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
-        allowed = tokens >= 1.0
-        self._buckets[source] = (tokens - allowed, now)
+        allowed = tokens >= cost
+        self._buckets[source] = (tokens - cost if allowed else tokens, now)
         if len(self._buckets) > self.max_sources:
             self._buckets.popitem(last=False)
         return allowed

@@ -16,10 +16,14 @@
   peer checks it (p2pnode.colony.check_guest) before anything of it runs. If
   no peer has more room than we do, the child stays here.
 * **Hostile members**: score and adopt take a bounded number of requests per
-  peer (token buckets); every route decodes its one wire shape with exact
-  types and sizes (agents.guard), and refuses anything else with a typed
-  reason counted as ``<route>_refused_<reason>``. A guest's standing is what
-  this spore measured (p2pnode.colony), never what its lineage claims.
+  peer (token buckets) and per source address (p2pnode.peers.ROUTE_RATES:
+  fresh keys are free), and a peer's scoring or genome check waits for the
+  compute thread behind a few others at most (`COMPUTE_QUEUED`, else
+  ``busy_compute``: an ask here never queues behind a flood); every route
+  decodes its one wire shape with exact types and sizes (agents.guard), and
+  refuses anything else with a typed reason counted as
+  ``<route>_refused_<reason>``. A guest's standing is what this spore
+  measured (p2pnode.colony), never what its lineage claims.
 * **Registry**: every agent has a card in the gossiped map, signed by its
   host (fitness, interactions, specialty, alive), so every spore sees the
   whole population.
@@ -83,6 +87,11 @@ ADOPT_DEADLINE_S = 5.0
 ANSWERS_KEPT = 4096  # answers whose participants we remember for a rating
 SCORE_RATE = (20.0, 40.0)  # per peer: score requests a second, and at once
 ADOPT_RATE = (0.1, 4.0)  # per peer: one adoption every 10 s, 4 at once
+# Peers' jobs waiting for (or on) the compute thread at once, by route (a
+# scoring takes ~0.5 ms, a genome check 2-5 ms): an ask waits behind 40 ms of
+# them at most. Honest placements come in bursts (learning.py: 23 of them
+# refused with room for one).
+COMPUTE_QUEUED = {"score": 8, "adopt": 8}
 RATE_PEERS = 1024  # peers whose buckets are kept (the least recently heard go first)
 BAD_CARDS_KEPT = 4096
 
@@ -104,7 +113,7 @@ class Verdict:
 class _Cards:
     """The other spores' live agents' specialties, unit length, one row each."""
 
-    root: bytes  # gossip root they were read at
+    seen: int  # the gossip store's count of agent card changes, when they were read
     built: float  # time.monotonic() then
     hosts: list[bytes]
     matrix: np.ndarray
@@ -134,12 +143,13 @@ class AgentNet:
         self.counters: dict[str, int] = {}
         self._answers: OrderedDict[str, _Answer] = OrderedDict()
         self._card_seq = 0
-        self._cards = _Cards(b"", -CARDS_REFRESH_S, [], np.zeros((0, 0), np.float32))
+        self._cards = _Cards(-1, -CARDS_REFRESH_S, [], np.zeros((0, 0), np.float32))
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stale: dict[bytes, Agent] = {}  # cards whose update waits (publish_cards)
         self._card_sent: dict[bytes, float] = {}  # agent id -> time.monotonic() of its card
         self._bad_cards: set[bytes] = set()  # gossip keys of cards ranking skipped (counted once)
         self.scorings = Scorings()
+        self._queued = dict.fromkeys(COMPUTE_QUEUED, 0)  # peers' jobs queued for compute, by route
         # What a peer may ask of us; "place": what we offer a peer, within its limit.
         self._rates = {route: TokenBuckets(rate, burst, RATE_PEERS, clock)
                        for route, (rate, burst) in (("score", SCORE_RATE), ("adopt", ADOPT_RATE),
@@ -161,6 +171,21 @@ class AgentNet:
                 self.count(f"{route}_refused_{getattr(exc, 'reason', 'malformed')}")
                 raise
         return counted
+
+    def _peers_job(self, route: str, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        """fn(*args) on the compute thread for a peer, unless COMPUTE_QUEUED of
+        this route's wait there already: then Rejected at once, not queued
+        (asks come first)."""
+        if self._queued[route] >= COMPUTE_QUEUED[route]:
+            raise Rejected("busy_compute", f"busy with peers' {route} requests")
+        self._queued[route] += 1
+        return self._queued_job(route, fn, *args)
+
+    async def _queued_job(self, route: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await self.compute(fn, *args)
+        finally:
+            self._queued[route] -= 1
 
     def _take(self, route: str, sender: bytes) -> None:
         if not self._rates[route].take(sender.hex()):
@@ -261,10 +286,10 @@ class AgentNet:
 
     def _specialists(self, q: np.ndarray) -> list[bytes]:
         """Hosts (public keys) whose live agents are the closest specialists for q:
-        one matrix product over the others' cards (rebuilt when gossip changed,
-        at most every CARDS_REFRESH_S: votes change it on every rating)."""
-        root, now = self.gossip.digest().root, time.monotonic()
-        if root != self._cards.root and now - self._cards.built >= CARDS_REFRESH_S:
+        one matrix product over the others' cards (rebuilt when agent cards
+        changed, at most every CARDS_REFRESH_S: ratings change them)."""
+        seen, now = self.gossip.changes.get(KIND_AGENT, 0), time.monotonic()
+        if seen != self._cards.seen and now - self._cards.built >= CARDS_REFRESH_S:
             hosts: list[bytes] = []
             vecs: list[np.ndarray] = []
             for card, v in self._cards_read():
@@ -273,7 +298,7 @@ class AgentNet:
                     vecs.append(v / (float(np.linalg.norm(v)) + 1e-9))
             matrix = np.stack(vecs).astype(np.float32) if vecs else np.zeros((0, len(q)),
                                                                               np.float32)
-            self._cards = _Cards(root, now, hosts, matrix)
+            self._cards = _Cards(seen, now, hosts, matrix)
         cards = self._cards
         if not cards.hosts:
             return []
@@ -351,7 +376,8 @@ class AgentNet:
         self._take("score", sender)
         rid, q, vecs, raw = decode_score_request(body)
         self.scorings.check_new(sender, rid)
-        got: Scored = await self.compute(self.colony.score, q, vecs, self._now_ms())
+        got: Scored = await self._peers_job("score", self.colony.score, q, vecs,
+                                            self._now_ms())
         scores = got.scores.astype(np.float16)
         self.scorings.add(sender, rid, Scoring(self.clock(), q, got.ids, scores,
                                                 row_hashes(raw)))
@@ -474,8 +500,9 @@ class AgentNet:
         self._take("adopt", sender)
         lineage_wire, genome, spec = decode_adoption(body)
         self.colony.admit(lineage_wire, sender, self._now_ms())
+        check = self._peers_job("adopt", check_guest, lineage_wire, genome, spec)
         try:
-            birth = await self.compute(check_guest, lineage_wire, genome, spec)
+            birth = await check
         except VerifyError as exc:
             self.count(f"genome_rejected_{getattr(exc, 'reason', 'lineage')}")
             log.warning("refused a peer's agent: %s", exc)

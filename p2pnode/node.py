@@ -1,8 +1,10 @@
 """The spore's memory service: teach, ask, rate, list — the single-spore walk.
 
 Two worker threads keep blocking work off the event loop: `compute` owns the
-encoder, the in-memory index and the vote cache (so they need no locks), and
-`db` owns the SQLite storage. Each request makes at most a couple of hops.
+encoder and the in-memory index (so they need no locks), and `db` owns the
+SQLite storage. Each request makes at most a couple of hops. The event loop
+owns the one vote book (p2pnode.regions.RegionIndex): every vote this spore
+knows, its own and gossip's, by memory id, whoever holds the memory.
 """
 
 from __future__ import annotations
@@ -22,19 +24,19 @@ import numpy as np
 
 from agents import consensus
 from agents.encoder import Encoder
-from crdt.votes import Counter, VoteKey, fitness, record_vote, voices
+from crdt.votes import Counter, fitness, record_vote
 from dht import compact
 from dht.index import LocalIndex
 from p2pnode import dna as dna_mod
 from p2pnode.calibrator import FILE as CAL_FILE
 from p2pnode.calibrator import Calibrator
 from p2pnode.dna import Dna
-from p2pnode.errors import BadRequest, NotFound, SporeError, TooLarge, VerifyError
+from p2pnode.errors import BadRequest, NotFound, TooLarge, VerifyError
 from p2pnode.gossip import KIND_DNA, KIND_VOTE, Accepted, GossipStore, vote_key
 from p2pnode.identity import Identity
 from p2pnode.records import MemoryRecord, VoteRecord, decode_vote, make_memory, make_vote
-from p2pnode.regions import MemoryVotes, RegionIndex, question_text, region_key
-from p2pnode.storage import AnswerRow, MemoryRow, Storage, StoredVote
+from p2pnode.regions import RegionIndex, Said, question_text, region_key
+from p2pnode.storage import AnswerRow, MemoryRow, Storage
 from p2pnode.swarm import Found, Swarm
 
 if TYPE_CHECKING:
@@ -68,10 +70,9 @@ class Spore:
         self.identity, self.dna, self.storage, self.encoder = identity, dna, storage, encoder
         self.swarm, self.gossip, self.state_dir = swarm, gossip, state_dir
         self.peers: PeerService | None = None  # set by the daemon once serving
-        # Every memory's votes as gossip converged them, by memory id (the
-        # event loop's): ranks swarm answers, whoever holds them.
-        self._tallies: dict[bytes, MemoryVotes] = {}
-        self._regions = RegionIndex(encoder.dim)
+        # Every vote known, ours and gossip's, by memory id (the event loop's):
+        # ranks local and swarm answers alike.
+        self._book = RegionIndex(encoder.dim)
         self.agents: AgentNet | None = None  # set by the daemon: the colony among peers
         # Per rated answer: (agents' top-1 id, cosine's top-1 id); and who was
         # right on the last up votes, for the agents' say (_agent_weight).
@@ -89,7 +90,6 @@ class Spore:
         self.dim = encoder.dim
         self.lsh = dna.lsh
         self.index = LocalIndex(self.lsh, self.dim)
-        self._votes: dict[int, MemoryVotes] = {}  # by memory row; owned by the compute thread
         self._reader = storage.reader()  # used by the compute thread only
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="spore-compute")
         self._db = ThreadPoolExecutor(1, thread_name_prefix="spore-db")
@@ -106,19 +106,16 @@ class Spore:
         return int(self.clock() * 1000)
 
     async def load(self) -> None:
-        """Rebuild the in-memory index and vote cache from storage."""
+        """Rebuild the in-memory index and the vote book from storage."""
         self._load_gossiped_votes()
         rows, matrix, scales = await self._on(self._db, self.storage.index_rows, self.dim)
-        votes = await self._on(self._db, self.storage.all_votes)
-        await self._on(self._compute, self._load_compute, rows, matrix, scales, votes)
-        await self._on(self._db, self.calibration.load)
-
-    def _load_compute(self, rows: np.ndarray, matrix: np.ndarray, scales: np.ndarray,
-                      votes: list[StoredVote]) -> None:
+        # Our own votes (and those an older version stored): gossip holds
+        # them too, unless the spore runs without it.
+        for v in await self._on(self._db, self.storage.all_votes):
+            self._tally(v.memory, v.voter, v.region, v.qvec, v.counter)
         if len(rows):
-            self.index.add_compact(rows, matrix, scales)
-        for v in votes:
-            self._cache_vote(v.row, (v.voter, v.region), v.counter, v.qvec)
+            await self._on(self._compute, self.index.add_compact, rows, matrix, scales)
+        await self._on(self._db, self.calibration.load)
 
     def _load_gossiped_votes(self) -> None:
         """Tally every vote the gossip store holds. At load, not in __init__:
@@ -135,20 +132,18 @@ class Spore:
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
-    def _cache_vote(self, row: int, key: VoteKey, counter: Counter,
-                    qvec: bytes) -> tuple[int, int]:
-        """Remember a vote for ranking; returns the memory's (up, down) voices.
-        A vote whose question is no compact embedding of our dimension (a row
-        of an older version) is dropped and counted: the spore starts anyway."""
-        entry = self._votes.setdefault(row, MemoryVotes())
+    def _tally_vote(self, v: VoteRecord) -> None:
+        self._tally(v.memory_id, v.voter, v.region, v.qvec, Counter(v.seq, v.up, v.down))
+
+    def _tally(self, memory_id: bytes, voter: bytes, region: bytes, qvec: bytes,
+               counter: Counter) -> None:
+        """Put a vote in the book. One whose question is no compact embedding
+        of our dimension (a row of an older version) is dropped and counted:
+        the spore starts anyway."""
         try:
-            codes, scale = compact.unpack(qvec, self.dim)
+            self._book.put_compact(memory_id, (voter, region), qvec, counter)
         except ValueError:
             self._count("votes_dropped")
-            return voices(entry.counters)
-        entry.counters[key] = counter
-        entry.questions[key] = codes, scale
-        return voices(entry.counters)
 
     def check_text(self, text: str, what: str) -> str:
         text = text.strip()
@@ -218,17 +213,17 @@ class Spore:
         # q ranks by cosine; qr (the question's words, p2pnode.regions) finds
         # the votes cast on this very question.
         q, qr = await self._on(self._compute, self._embed, question)
+        said = self._book.said(qr, RECALLED_MAX)  # what people said of this question
         # The local search runs on the compute thread while the swarm's bucket
         # lookups are in flight; the swarm waits for it only before fetching
         # content (what is here need not be fetched).
-        ranked = asyncio.ensure_future(self._on(self._compute, self._rank, q, qr, top))
+        ranked = asyncio.ensure_future(self._local(q, said, top))
 
         async def local_ids() -> set[bytes]:
             rows, _, _, found, _, _ = await ranked
             return {found[r].id for r in rows if r in found}
 
         remote: list[Found] = []
-        said = self._regions.said(qr, RECALLED_MAX)  # what people said of this question
         regions = said.fitness
 
         def rejected(memory_id: bytes) -> bool:  # rated down for this question
@@ -248,9 +243,9 @@ class Spore:
         for f in remote:
             # Votes travel by gossip to every spore: a swarm answer is ranked
             # with all of them (and those on questions like this one).
-            votes = self._tallies.get(f.record.id)
-            region = votes.region_fitness(qr) if votes is not None else 0.0
-            overall = votes.overall() if votes is not None else fitness(f.up, f.down)
+            entries, up, down = self._book.voices(f.record.id)
+            region = regions.get(f.record.id, 0.0)
+            overall = fitness(up, down) if entries else fitness(f.up, f.down)
             score = float(consensus.combine(np.array([f.cosine]), np.array([overall]),
                                             np.array([region])).scores[0])
             cands.append(_Cand(len(cands), _remote_source(f.record, score), score,
@@ -332,15 +327,9 @@ class Spore:
         [(row, mid, new)] = self.storage.add_memories([(rec, codes[0].tobytes(),
                                                         float(scales[0]))])
         self._remember(answer_id, qr, row, mid)
-        if new:
+        if new:  # the votes on it are in the book already (by memory id)
             self._compute.submit(self.index.add_compact, np.asarray([row], np.int64), codes,
                                  scales)
-            # Votes that came by gossip before we held it now rank it here too.
-            votes = self.storage.all_votes(mid)
-            if votes:
-                self._compute.submit(self._load_compute, np.zeros(0, np.int64),
-                                     np.zeros((0, self.dim), np.int8), np.zeros(0, np.float32),
-                                     votes)
 
     def _embed(self, question: str) -> tuple[np.ndarray, np.ndarray]:
         """The question's embedding, and that of its words alone (the same
@@ -351,37 +340,41 @@ class Spore:
             return q, q
         return q, np.asarray(self.encoder.embed([words])[0], dtype=np.float32)
 
-    def _rank(self, q: np.ndarray, qr: np.ndarray, top: int
-              ) -> tuple[list[int], np.ndarray, float, dict[int, MemoryRow], dict[int, float],
-                         dict[int, np.ndarray]]:
+    async def _local(self, q: np.ndarray, said: Said, top: int
+                     ) -> tuple[list[int], np.ndarray, float, dict[int, MemoryRow],
+                                dict[int, float], dict[int, np.ndarray]]:
         """The local candidates, best first: rows, combined scores, confidence, and
-        for the best `max(top, AGENT_CANDIDATES)` their memory, cosine and vector."""
-        if len(self.index) == 0:
+        for the best `max(top, AGENT_CANDIDATES)` their memory, cosine and vector.
+        Found on the compute thread, ranked here with what people said."""
+        rows, cos, found, vectors = await self._on(self._compute, self._candidates, q)
+        if not rows:
             return [], np.zeros(0, np.float32), 0.0, {}, {}, {}
-        rows, approx = self.index.search(q, CANDIDATES)
+        ids = [found[r].id if r in found else b"" for r in rows]
+        region = np.asarray([said.fitness.get(m, 0.0) for m in ids], np.float32)
+        overall = np.asarray([self._book.overall(m) for m in ids], np.float32)
+        ranking = consensus.combine(cos, overall, region)
+        keep = max(top, AGENT_CANDIDATES if self.agents is not None else top)
+        kept = [rows[int(i)] for i in ranking.order[:keep]]
+        cosines = {rows[int(i)]: float(cos[i]) for i in ranking.order[:keep]}
+        return (kept, ranking.scores[:keep], ranking.confidence,
+                {r: found[r] for r in kept if r in found}, cosines, {r: vectors[r] for r in kept})
+
+    def _candidates(self, q: np.ndarray) -> tuple[list[int], np.ndarray, dict[int, MemoryRow],
+                                                  dict[int, np.ndarray]]:
+        """The nearest CANDIDATES rows by cosine, with their memories and vectors."""
+        if len(self.index) == 0:
+            return [], np.zeros(0, np.float32), {}, {}
+        found_rows, approx = self.index.search(q, CANDIDATES)
+        rows = [int(r) for r in found_rows]
         # The int8 index finds them; the records' own embeddings score them, as
         # a spore that fetches them from the swarm does (p2pnode.swarm): a
         # memory's cosine is the same wherever it is held (int8 here and float
         # there differed by ~0.001 and flipped near-ties when one was adopted).
-        exact = self._reader.embeddings_by_rows([int(r) for r in rows])
-        cos = np.asarray([float(exact[int(r)] @ q) if int(r) in exact else float(c)
+        exact = self._reader.embeddings_by_rows(rows)
+        cos = np.asarray([float(exact[r] @ q) if r in exact else float(c)
                           for r, c in zip(rows, approx, strict=True)], np.float32)
-        region = np.zeros(len(rows), np.float32)
-        overall = np.zeros(len(rows), np.float32)
-        for i, row in enumerate(rows):
-            votes = self._votes.get(int(row))
-            if votes is not None:
-                region[i] = votes.region_fitness(qr)
-                overall[i] = votes.overall()
-        ranking = consensus.combine(cos, overall, region)
-        ranked_rows = [int(rows[i]) for i in ranking.order]
-        keep = max(top, AGENT_CANDIDATES if self.agents is not None else top)
-        found = self._reader.memories_by_rows(ranked_rows[:keep])
-        cosines = {int(rows[i]): float(cos[i]) for i in ranking.order[:keep]}
-        vectors = {r: exact[r] if r in exact else self.index.embedding(r)
-                   for r in ranked_rows[:keep]}
-        return (ranked_rows[:keep], ranking.scores[:keep], ranking.confidence, found, cosines,
-                vectors)
+        vectors = {r: exact[r] if r in exact else self.index.embedding(r) for r in rows}
+        return rows, cos, self._reader.memories_by_rows(rows), vectors
 
     def _remember(self, answer_id: str, qr: np.ndarray, row: int, memory_id: bytes) -> None:
         codes, scales = compact.to_int8(qr[None, :])
@@ -394,13 +387,12 @@ class Spore:
         answer = await self._on(self._db, self.storage.answer, answer_id)
         if answer is None:
             raise NotFound(f"no answer with id {answer_id!r} (ids come from `spore ask`)")
-        vote, key, counter = await self._on(self._compute, self._next_vote, answer, up)
+        vote = self._next_vote(answer, up)
         await self._on(self._db, self.storage.put_vote, vote)
         if self.gossip is not None:  # every spore of the swarm gets it
             self.gossip.offer({vote_key(vote.memory_id, vote.voter, vote.region): vote.wire})
-            self._tally_vote(vote)
-        overall = await self._on(self._compute, self._cache_vote, answer.row, key, counter,
-                                 answer.qvec)
+        self._tally_vote(vote)
+        _, ups, downs = self._book.voices(answer.memory)
         self.counters["votes"] += 1
         if self.calibration.rated(answer_id, up):
             self.calibration.refit()
@@ -415,55 +407,27 @@ class Spore:
                                                 duel[1] == answer.memory.hex()))
         return {"memory_id": answer.memory.hex(), "vote": "up" if up else "down",
                 "agents_rated": agents,
-                "up": overall[0], "down": overall[1],
-                "fitness": round(fitness(*overall), 4)}
+                "up": ups, "down": downs, "fitness": round(fitness(ups, downs), 4)}
 
-    def _next_vote(self, answer: AnswerRow, up: bool) -> tuple[VoteRecord, VoteKey, Counter]:
-        key = (self.identity.public_key, answer.region)
-        votes = self._votes.get(answer.row)
-        counter = record_vote(votes.counters.get(key) if votes else None, up)
-        vote = make_vote(self.identity, memory_id=answer.memory, region=answer.region,
+    def _next_vote(self, answer: AnswerRow, up: bool) -> VoteRecord:
+        mine = self._book.counter(answer.memory, (self.identity.public_key, answer.region))
+        counter = record_vote(mine, up)
+        return make_vote(self.identity, memory_id=answer.memory, region=answer.region,
                          qvec=answer.qvec, up=counter.up, down=counter.down, seq=counter.seq)
-        return vote, key, counter
 
     # gossip -------------------------------------------------------------
     async def on_gossip(self, accepted: list[Accepted]) -> None:
-        """Apply what gossip brought: others' votes (stored, and used for
-        ranking where we hold the memory) and a newer swarm DNA."""
-        votes = [a.record for a in accepted if a.key[:1] == KIND_VOTE
-                 and a.record.voter != self.identity.public_key]
+        """Apply what gossip brought: votes (into the book: the gossip store
+        keeps them on disk) and a newer swarm DNA."""
+        votes = [a.record for a in accepted if a.key[:1] == KIND_VOTE]
         for vote in votes:
             self._tally_vote(vote)
-        if votes:
-            try:
-                held = await self._on(self._db, self._store_votes, votes)
-            except SporeError as exc:  # a full disk…: they stay in the gossip store
-                log.error("cannot store %d gossiped votes: %s", len(votes), exc)
-                self._count("gossip_votes_unstored")
-                held = []
-            await self._on(self._compute, self._cache_votes, held)
-            self.counters["gossip_votes"] = self.counters.get("gossip_votes", 0) + len(votes)
+        others = sum(v.voter != self.identity.public_key for v in votes)
+        if others:
+            self.counters["gossip_votes"] = self.counters.get("gossip_votes", 0) + others
         for a in accepted:
             if a.key == KIND_DNA and a.record.hash != self.dna.hash:
                 await self.adopt_dna(a.record)
-
-    def _store_votes(self, votes: list[VoteRecord]) -> list[tuple[int, VoteRecord]]:
-        out = []
-        for vote in votes:
-            try:
-                stored = self.storage.put_vote(vote)
-            except VerifyError:  # the storage's own bounds; the others go on
-                self._count("gossip_votes_unstored")
-                continue
-            if stored:
-                row = self.storage.memory_by_id(vote.memory_id)
-                if row is not None:
-                    out.append((row.row, vote))
-        return out
-
-    def _cache_votes(self, held: list[tuple[int, VoteRecord]]) -> None:
-        for row, v in held:
-            self._cache_vote(row, (v.voter, v.region), Counter(v.seq, v.up, v.down), v.qvec)
 
     async def adopt_dna(self, new: Dna) -> None:
         """A newer version of our swarm's DNA (validated by the gossip store)."""
@@ -482,21 +446,6 @@ class Spore:
         if self.gossip is not None:
             self.gossip.offer({KIND_DNA: new.wire})
         return new.show()
-
-    def _tally_vote(self, v: VoteRecord) -> None:
-        votes = self._tallies.setdefault(v.memory_id, MemoryVotes())
-        key = (v.voter, v.region)
-        mine = votes.counters.get(key)
-        new = Counter(v.seq, v.up, v.down)
-        if mine is None or new > mine:
-            try:  # decoded at our dimension by the gossip validators; never fatal
-                codes, scale = compact.unpack(v.qvec, self.dim)
-            except ValueError:
-                self._count("votes_dropped")
-                return
-            votes.counters[key] = new
-            votes.questions[key] = codes, scale
-            self._regions.put(v.memory_id, key, codes.astype(np.float32) * scale, new)
 
     def _agent_weight(self, familiar: bool) -> float:
         """The agents' say in the ranking, earned: none until they have been
@@ -523,10 +472,8 @@ class Spore:
 
     def votes_for(self, memory_id: bytes) -> dict[str, Any]:
         """A memory's votes as this spore knows them (gossip converges them)."""
-        votes = self._tallies.get(memory_id)
-        counters = votes.counters if votes is not None else {}
-        up, down = voices(counters)
-        return {"memory_id": memory_id.hex(), "voters": len(counters), "up": up, "down": down,
+        entries, up, down = self._book.voices(memory_id)
+        return {"memory_id": memory_id.hex(), "voters": entries, "up": up, "down": down,
                 "fitness": round(fitness(up, down), 6)}
 
     # read ---------------------------------------------------------------
@@ -539,17 +486,12 @@ class Spore:
         if row is None:
             raise NotFound(f"no memory with id {memory_id.hex()}")
         out = _memory_json(row)
-        up, down = await self._on(self._compute, self._tally, row.row)
+        _, up, down = self._book.voices(row.id)
         out.update(up=up, down=down, fitness=round(fitness(up, down), 4))
         return out
 
-    def _tally(self, row: int) -> tuple[int, int]:
-        votes = self._votes.get(row)
-        return voices(votes.counters) if votes else (0, 0)
-
     async def status(self) -> dict[str, Any]:
         memories = await self._on(self._db, self.storage.count_memories)
-        votes = await self._on(self._db, self.storage.count_votes)
         return {
             "node_id": self.identity.node_id.hex(),
             "public_key": self.identity.public_key.hex(),
@@ -559,7 +501,7 @@ class Spore:
             "encoder": self.dna.fields["encoder"]["name"],
             "memories": memories,
             "indexed": len(self.index),
-            "votes": votes,
+            "votes": len(self._book),  # vote entries known (ours and gossip's)
             "uptime_s": round(self.clock() - self.started, 1),
             "counters": dict(self.counters),
             "rss_mb": _rss_mb(),

@@ -9,6 +9,10 @@ counted, and the reason shows in `spore peers`. Headers are checked before a
 body is read, a body still arriving is read under a deadline with few places
 per source (ServeLimits), and only a request that verified takes a place to
 be served: slow or unsigned senders never starve signed ones (503 means busy).
+What one source address may make us do, whatever keys it signs with, is
+budgeted (Intake): requests a second (fewer for the costly agent routes) and
+gossip items a second (by key too), checked before the work they pay for;
+past a budget, 429 `rate_limited`, counted.
 
 Every `interval_s` (with jitter) the loop picks a random live peer and runs
 one push-pull round (p2pnode.gossip.exchange) under a deadline, so a slow or
@@ -32,14 +36,15 @@ import math
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from crdt import sync
+from dht.guard import TokenBuckets
 from p2pnode import dna as dna_mod
 from p2pnode.errors import SporeError, VerifyError
 from p2pnode.gossip import (
@@ -54,6 +59,7 @@ from p2pnode.gossip import (
     Membership,
     Validator,
     agent_key,
+    decode_delta_request,
     exchange,
     vote_key,
 )
@@ -84,7 +90,14 @@ REFUSAL_LOG_S = 60.0  # one log line per refused address and reason per minute
 
 # What a refusal answers (else 403): busy ones are worth retrying, not a verdict.
 REFUSAL_STATUS = {"too_large": 413, "slow_body": 408, "busy": 503, "busy_key": 503,
-                  "busy_source": 503, "busy_reading": 503}
+                  "busy_source": 503, "busy_reading": 503, "busy_compute": 503,
+                  "rate_limited": 429}
+SOURCES_KEPT = 4096  # sources (and keys) whose intake budgets are kept; the least recent go
+# The costly routes (p2pnode.agentnet's) per source address, whatever keys
+# sign: requests a second, and at once. Honest, 7 spores behind one address
+# (scripts/bench/learning.py): 14 score requests in one second at most, 4.6 a
+# second over ten; 11 adoptions (an agent genome checked each) in 85 s.
+ROUTE_RATES = {"score": (8.0, 32.0), "feedback": (8.0, 32.0), "adopt": (0.2, 32.0)}
 
 OnAccepted = Callable[[list[Accepted]], Awaitable[None]]
 Route = Callable[[bytes, bytes], Awaitable[bytes]]  # (sender's public key, body) → reply
@@ -159,6 +172,48 @@ class ServeLimits:
     reads: int = 64  # bodies still arriving, read at once (a whole one needs no place)
     reads_per_source: int = 4  # of those, from one IPv4 address or IPv6 /64
     read_deadline_s: float = 5.0  # a body still arriving then: 408, connection closed
+    # What one source may make us do whatever keys it signs with, as token
+    # buckets (a second, at once); over it: 429 rate_limited (Intake). Honest
+    # peaks, 7 spores behind one address gossiping every 0.5 s while rating
+    # (scripts/bench/learning.py): 39 requests and 107 pushed items in one
+    # second, 22 and 40 a second over ten.
+    requests: tuple[float, float] = (64.0, 256.0)  # signed requests, any route
+    items: tuple[float, float] = (64.0, 512.0)  # gossip items pushed to us (by key too)
+    routes: Mapping[str, tuple[float, float]] = field(default_factory=lambda: dict(ROUTE_RATES))
+
+    def __post_init__(self) -> None:
+        if self.items[1] < sync.MAX_DELTA_ITEMS:
+            raise ValueError(f"an items burst under {sync.MAX_DELTA_ITEMS} refuses full deltas")
+
+
+class Intake:
+    """What any one sender may make this spore do: requests a second by
+    source (an IPv4 address or IPv6 /64: fresh keys are free, addresses are
+    not), more for the costly routes (ServeLimits.routes), and gossip items
+    a second by source and by key. Checked before the work it pays for (a
+    request's before its body is read, items' before their signatures), so
+    a refusal costs little; each one is `Refused("rate_limited")`."""
+
+    def __init__(self, limits: ServeLimits, clock: Callable[[], float] = time.monotonic) -> None:
+        self._requests = TokenBuckets(*limits.requests, SOURCES_KEPT, clock)
+        self._items = TokenBuckets(*limits.items, SOURCES_KEPT, clock)
+        self._items_by_key = TokenBuckets(*limits.items, SOURCES_KEPT, clock)
+        self._routes = {route: TokenBuckets(per_s, burst, SOURCES_KEPT, clock)
+                        for route, (per_s, burst) in limits.routes.items()}
+
+    def request(self, source: str, route: str) -> None:
+        if not self._requests.take(source):
+            raise Refused("rate_limited", f"over {self._requests.rate:g} requests a second "
+                          "from this address")
+        bucket = self._routes.get(route)
+        if bucket is not None and not bucket.take(source):
+            raise Refused("rate_limited", f"over {bucket.rate:g} {route} requests a second "
+                          "from this address")
+
+    def items(self, source: str, key: bytes, n: int) -> None:
+        if not (self._items.take(source, n) and self._items_by_key.take(key.hex(), n)):
+            raise Refused("rate_limited", f"over {self._items.rate:g} gossip items a second "
+                          "from this address or key")
 
 
 class PeerService:
@@ -174,6 +229,7 @@ class PeerService:
         self.rng = rng or random.Random()
         self.verifier = Verifier(swarm)
         self.limits = limits
+        self.intake = Intake(limits)
         # Seeds and DHT contacts are gossip targets at once; addresses only a
         # peer card names are candidates until a round with them verifies.
         self.members = Membership((host, port), self.rng)
@@ -195,7 +251,7 @@ class PeerService:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.card_seq = 0
-        self._learnt_root = b""
+        self._learnt_cards = -1  # the store's count of peer card changes, when last read
         self._trace = trace
         self._advertise, self._card_capacity = "", -1
 
@@ -283,10 +339,10 @@ class PeerService:
     def _learn(self) -> None:
         for host, port in self.contacts():  # they answered the DHT's signed challenge
             self.members.know(host, port)
-        root = self.store.digest().root
-        if root == self._learnt_root:  # no new peer card since the last round
+        seen = self.store.changes.get(KIND_PEER, 0)
+        if seen == self._learnt_cards:  # no new peer card since the last round
             return
-        self._learnt_root = root
+        self._learnt_cards = seen
         named: list[tuple[str, int]] = []
         for _, item in self.store.with_prefix(KIND_PEER):
             try:
@@ -381,7 +437,7 @@ class PeerService:
         if route not in ("sync", "delta") and route not in self.routes:
             raise web.HTTPNotFound()
         try:
-            key, body = await self._verified(request, peer)
+            key, body = await self._verified(request, route, peer)
         except Refused as exc:
             response = self._refuse(peer, exc)
             if not request.content.is_eof():  # never wait for the rest of a refused body
@@ -397,13 +453,17 @@ class PeerService:
         async with self._busy:
             return await self._answer(request, route, key, body, peer)
 
-    async def _verified(self, request: web.Request, peer: str) -> tuple[bytes, bytes]:
-        """(sender's key, body) of a request that verified, else Refused: the
-        headers are checked before the body is read, the body under a deadline."""
+    async def _verified(self, request: web.Request, route: str, peer: str
+                        ) -> tuple[bytes, bytes]:
+        """(sender's key, body) of a request that verified, else Refused: its
+        source's budget and the headers are checked before the body is read,
+        the body under a deadline."""
+        source = _source(request.remote or "?")
+        self.intake.request(source, route)
         self.verifier.precheck(request.headers, int(time.time() * 1000))
         if (request.content_length or 0) > MAX_BODY:
             raise Refused("too_large", f"body over {MAX_BODY} bytes")
-        body = await self._read(request, _source(request.remote or "?"))
+        body = await self._read(request, source)
         return self.verifier.check(request.headers, request.method, request.path, body,
                                    int(time.time() * 1000)), body
 
@@ -436,12 +496,14 @@ class PeerService:
             if route == "sync":
                 reply = self.store.answer_sync(body)
             elif route == "delta":
-                reply, accepted = self.store.answer_delta(body)
+                items, want = decode_delta_request(body)
+                self.intake.items(_source(request.remote or "?"), key, len(items))
+                reply, accepted = self.store.answer_items(items, want)
             else:
                 reply = await self.routes[route](key, body)
         except (sync.DecodeError, VerifyError) as exc:
-            reason = getattr(exc, "reason", "malformed")
-            return self._refuse(peer, Refused(str(reason), str(exc)), 400)
+            reason = str(getattr(exc, "reason", "malformed"))
+            return self._refuse(peer, Refused(reason, str(exc)), REFUSAL_STATUS.get(reason, 400))
         self.count(f"served_{route}")
         if accepted:
             self.count("items_pulled", len(accepted))

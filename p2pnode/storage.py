@@ -1,10 +1,13 @@
 """SQLite storage of memories, votes and given answers (WAL).
 
 One thread owns a Storage (the daemon's database worker); nothing here is
-async. Memories and votes are written through a connection with
-``synchronous=FULL``: a teach is acknowledged only after its transaction is
-in the WAL and fsynced, so it survives kill -9 and (on honest storage) power
-loss. Answers are a convenience for `spore rate` and use ``NORMAL``: they
+async. Memories and this spore's own votes are written through a connection
+with ``synchronous=FULL``: a teach or a rating is acknowledged only after its
+transaction is in the WAL and fsynced, so it survives kill -9 and (on honest
+storage) power loss. Other spores' votes are not written here: the gossip
+store (p2pnode.gossip) keeps them, and their voters and peers hold them too
+(one fsync per gossiped vote was the db thread's whole time under a flood).
+Answers are a convenience for `spore rate` and use ``NORMAL``: they
 survive a crash of the process, the last few may be lost on power loss.
 
 Every SQLite file of the spore (through `connect_wal` and `transaction`):
@@ -477,7 +480,8 @@ class Storage:
     # votes ------------------------------------------------------------
     @_faults
     def put_vote(self, vote: VoteRecord) -> bool:
-        """Merge a vote entry: kept only if its seq is higher than what is stored."""
+        """Merge one of our vote entries: kept only if its seq is higher than
+        what is stored."""
         for name, value in (("seq", vote.seq), ("up", vote.up), ("down", vote.down)):
             check_int(f"a vote's {name}", value)
         with self._tx(self._durable) as con:
@@ -493,7 +497,8 @@ class Storage:
 
     @_faults
     def all_votes(self, memory_id: bytes | None = None) -> list[StoredVote]:
-        """The votes on memories held here (on one, if `memory_id` is given)."""
+        """The votes stored on memories held here (on one, if `memory_id` is
+        given): ours, and others' an older version stored."""
         sql = ("SELECT m.row, v.memory, v.voter, v.region, v.seq, v.up, v.down, v.qvec"
                " FROM votes v JOIN memories m ON m.id = v.memory")
         cur = (self._durable.execute(sql) if memory_id is None

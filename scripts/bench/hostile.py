@@ -52,8 +52,8 @@ GOAL_RATIO, GOAL_RSS_MB, GOAL_STALL_MS = 2.0, 250.0, 100.0
 PROBE_EVERY_S, SAMPLE_EVERY_S = 0.010, 0.25
 # What peerauth and the peer service refuse by (the rest of gossip's refused_* are items).
 REQUEST_REASONS = {"unsigned", "malformed", "another_swarm", "stale", "replay", "bad_signature",
-                   "busy", "busy_key", "busy_source", "busy_reading", "too_large", "slow_body",
-                   "blocked", "rate_limited"}
+                   "busy", "busy_key", "busy_source", "busy_reading", "busy_compute", "too_large",
+                   "slow_body", "blocked", "rate_limited"}
 
 
 # --- the victim -----------------------------------------------------------------------

@@ -1,0 +1,104 @@
+"""The spore's one vote book (p2pnode.regions.RegionIndex) says what the vote
+CRDT says (crdt.votes): each memory's voices, kept as votes come, equal
+`voices` over the merged entries, whatever the order, updates and stances;
+`said` is those voices over the votes cast on the same question."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crdt.votes import Counter, VoteKey, fitness, merge_votes, voices
+from dht import compact
+from p2pnode.regions import RegionIndex
+
+DIM = 8
+RNG = np.random.default_rng(2)
+QUESTIONS = []
+for _ in range(3):
+    _x = RNG.standard_normal((1, DIM)).astype(np.float32)
+    _codes, _scales = compact.to_int8(_x / np.linalg.norm(_x))
+    QUESTIONS.append(compact.pack(_codes[0], float(_scales[0])))
+MEMORIES = [b"m%d" % i for i in range(3)]
+VOTERS = [b"v%d" % i for i in range(4)]
+
+votes = st.lists(st.tuples(st.sampled_from(MEMORIES), st.sampled_from(VOTERS),
+                           st.integers(0, 2), st.integers(1, 4), st.integers(0, 4),
+                           st.integers(0, 4)), max_size=60)
+
+
+def _question(i: int) -> np.ndarray:
+    codes, scale = compact.unpack(QUESTIONS[i], DIM)
+    return codes.astype(np.float32) * scale
+
+
+@settings(max_examples=200, deadline=None)
+@given(votes)
+def test_the_book_counts_voices_as_the_crdt_does(cast: list[tuple[bytes, bytes, int, int, int,
+                                                                  int]]) -> None:
+    book = RegionIndex(DIM)
+    merged: dict[bytes, dict[VoteKey, Counter]] = {m: {} for m in MEMORIES}
+    question_of: dict[bytes, int] = {}
+    for memory, voter, q, seq, up, down in cast:
+        up, down = min(up, seq), min(down, seq - min(up, seq))
+        region = b"r%d" % q  # a region is its question: one question per region
+        counter = Counter(seq, up, down)
+        book.put_compact(memory, (voter, region), QUESTIONS[q], counter)
+        merged[memory] = merge_votes(merged[memory], {(voter, region): counter})
+        question_of[region] = q
+    for memory in MEMORIES:
+        entries, up, down = book.voices(memory)
+        assert (up, down) == voices(merged[memory])
+        assert entries == len(merged[memory])
+        assert book.overall(memory) == fitness(*voices(merged[memory]))
+        for (voter, region), counter in merged[memory].items():
+            assert book.counter(memory, (voter, region)) == counter
+    for q in range(len(QUESTIONS)):
+        said = book.said(_question(q), recall_max=0)
+        expected = {m: fitness(*voices({k: c for k, c in merged[m].items()
+                                        if question_of[k[1]] == q}))
+                    for m in MEMORIES
+                    if any(question_of[k[1]] == q for k in merged[m])}
+        assert said.fitness == expected
+
+
+def test_an_older_or_equal_entry_changes_nothing() -> None:
+    book = RegionIndex(DIM)
+    key = (b"v", b"r")
+    assert book.put_compact(b"m", key, QUESTIONS[0], Counter(2, 0, 2))
+    assert not book.put_compact(b"m", key, QUESTIONS[0], Counter(2, 0, 2))
+    assert not book.put_compact(b"m", key, QUESTIONS[0], Counter(1, 1, 0))
+    assert book.voices(b"m") == (1, 0, 1) and len(book) == 1
+    assert book.put_compact(b"m", key, QUESTIONS[0], Counter(5, 3, 2))
+    assert book.voices(b"m") == (1, 1, 0)
+
+
+def test_a_question_of_another_dimension_is_refused() -> None:
+    book = RegionIndex(DIM)
+    other = compact.pack(np.ones(DIM + 1, np.int8), 0.1)
+    with pytest.raises(ValueError, match="compact embedding"):
+        book.put_compact(b"m", (b"v", b"r"), other, Counter(1, 1, 0))
+    assert len(book) == 0 and book.voices(b"m") == (0, 0, 0)
+
+
+def test_a_flood_of_voters_on_one_question_costs_a_few_hundred_bytes_each() -> None:
+    voters = [RNG.bytes(32) for _ in range(4000)]
+    tracemalloc.start()
+    try:
+        book = RegionIndex(384)
+        x = RNG.standard_normal((1, 384)).astype(np.float32)
+        codes, scales = compact.to_int8(x / np.linalg.norm(x))
+        qvec = compact.pack(codes[0], float(scales[0]))
+        before = tracemalloc.get_traced_memory()[0]
+        for i, voter in enumerate(voters):
+            book.put_compact(b"m%d" % (i % 50), (voter, b"r" * 32), qvec, Counter(1, 0, 1))
+        per_vote = (tracemalloc.get_traced_memory()[0] - before) / len(voters)
+    finally:
+        tracemalloc.stop()
+    assert per_vote < 400, per_vote  # was ~3.4 KB in three copies (issue 10)
+    said = book.said(codes[0].astype(np.float32) * scales[0], recall_max=4)
+    assert len(said.fitness) == 50 and all(f < 0 for f in said.fitness.values())

@@ -12,13 +12,16 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from p2pnode.client import Client, DaemonUnreachable
 from p2pnode.config import Config, load_config
 from p2pnode.errors import SporeError
+
+if TYPE_CHECKING:
+    from p2pnode.membership import Invitation
 
 F = TypeVar("F", bound=Callable[..., Any])
 EX_UNAVAILABLE = 69
@@ -87,69 +90,114 @@ def main(ctx: click.Context, state_dir: Path | None, config_dir: Path | None,
 
 @main.command()
 @click.option("--swarm", help="Name of the swarm to found (default: solo-<node id>).")
-@click.option("--join", "join", metavar="DNA_FILE",
-              help="Join the swarm whose signed DNA is in DNA_FILE (- for standard input) "
-                   "instead of founding one.")
+@click.option("--open", "open_swarm", is_flag=True,
+              help="Found an open swarm (anyone with its DNA file joins, paying a small "
+                   "puzzle per identity) instead of an invite-only one.")
+@click.option("--puzzle-bits", type=click.IntRange(0, 32), default=None, metavar="BITS",
+              help="With --open: the identity puzzle's difficulty (default 20: about a "
+                   "second per identity here, a few on a Raspberry Pi; each bit doubles "
+                   "it; 0 makes identities free, as swarms from before membership).")
+@click.option("--join", "join", metavar="CODE_OR_FILE",
+              help="Join a swarm instead of founding one: an invitation code (from "
+                   "`spore invite` on a member), or a file holding one, or a swarm's "
+                   "signed DNA file for an open swarm (- for standard input).")
 @click.option("--peer", "peers", multiple=True, metavar="HOST:PORT",
               help="With --join: a spore of that swarm to join through (its DHT port); "
                    "repeatable; kept in config.toml.")
 @json_option
 @click.pass_context
-def init(ctx: click.Context, swarm: str | None, join: str | None, peers: tuple[str, ...],
-         as_json: bool) -> None:
+def init(ctx: click.Context, swarm: str | None, open_swarm: bool, puzzle_bits: int | None,
+         join: str | None, peers: tuple[str, ...], as_json: bool) -> None:
     """Create this spore's identity, and found its swarm or join one (`node run`
-    founds one too if there is none)."""
+    founds an invite swarm too if there is none)."""
     from p2pnode.daemon import prepare_state
 
     if swarm is not None and join is not None:
         raise click.UsageError("--swarm founds a swarm and --join joins one: give only one")
+    if open_swarm and join is not None:
+        raise click.UsageError("--open founds an open swarm; a joined swarm's DNA says "
+                               "whether it is open")
+    if puzzle_bits is not None and not open_swarm:
+        raise click.UsageError("--puzzle-bits goes with --open (an invite swarm needs none)")
     if peers and join is None:
         raise click.UsageError("--peer goes with --join (to found a swarm, give no peer)")
     cfg = config(ctx)
     if join is not None:
         _init_join(cfg, join, peers, as_json)
         return
-    identity, dna, founded = prepare_state(cfg, swarm)
+    identity, dna, founded = prepare_state(cfg, swarm, puzzle_bits=puzzle_bits,
+                                           membership="open" if open_swarm else "invite")
     data = {"node_id": identity.node_id.hex(), "state_dir": str(cfg.state_dir),
             "swarm": dna.fields["swarm"], "swarm_id": dna.swarm_id.hex(),
-            "version": dna.version, "dna_hash": dna.hash.hex(), "founded": founded}
-    emit(as_json, data, lambda: click.echo(
-        f"{'founded' if founded else 'already have'} swarm {data['swarm']} "
-        f"(id {data['swarm_id'][:16]}…, dna v{data['version']} {data['dna_hash'][:16]}…)\n"
-        f"node {data['node_id']}\nstate {cfg.state_dir}"))
+            "version": dna.version, "dna_hash": dna.hash.hex(), "founded": founded,
+            "membership": dna.membership}
+    emit(as_json, data, lambda: click.echo(_founded_lines(data, cfg.state_dir)))
+
+
+def _founded_lines(data: dict[str, Any], state_dir: Path) -> str:
+    how = ("invite: bring devices in with `spore invite`" if data["membership"] == "invite"
+           else "open: share its DNA with `spore dna export`")
+    return (f"{'founded' if data['founded'] else 'already have'} swarm {data['swarm']} "
+            f"(id {data['swarm_id'][:16]}…, dna v{data['version']} "
+            f"{data['dna_hash'][:16]}…)\nmembership {how}\n"
+            f"node {data['node_id']}\nstate {state_dir}")
 
 
 def _init_join(cfg: Config, join: str, peers: tuple[str, ...], as_json: bool) -> None:
-    from cli.join import NotDna, adopt, peer_strings, read_dna, with_peers, write_text
+    from cli import join as join_mod
+    from p2pnode import dna as dna_mod
     from p2pnode.config import CONFIG_FILE
     from p2pnode.daemon import ensure_state_dir, prepare_state
     from p2pnode.errors import ConfigError
 
     try:
-        wanted = peer_strings(peers)
-        offered = read_dna(join, sys.stdin.buffer)
-    except (NotDna, ConfigError) as exc:
+        wanted = join_mod.peer_strings(peers)
+        offered = join_mod.invitation_or_dna(join, sys.stdin.buffer)
+    except (join_mod.NotDna, ConfigError) as exc:
         raise InputError(str(exc)) from exc
     conf_file = cfg.config_dir / CONFIG_FILE
     old_text = conf_file.read_text(encoding="utf-8") if conf_file.exists() else ""
-    new_text = with_peers(old_text, conf_file, wanted) if wanted else old_text
     ensure_state_dir(cfg.state_dir)
-    dna, adopted = adopt(cfg.state_dir, offered)
+    if isinstance(offered, dna_mod.Dna):
+        _, adopted = join_mod.adopt(cfg.state_dir, offered)
+        offered_version = offered.version
+    else:
+        wanted = list(dict.fromkeys([join_mod.inviter_address(offered), *wanted]))
+        adopted, offered_version = _redeem(cfg, offered), 0
+    new_text = join_mod.with_peers(old_text, conf_file, wanted) if wanted else old_text
     identity, dna, _ = prepare_state(cfg)  # finds the DNA just adopted: founds nothing
     if new_text != old_text:
-        write_text(conf_file, new_text)
+        join_mod.write_text(conf_file, new_text)
     data = {"node_id": identity.node_id.hex(), "state_dir": str(cfg.state_dir),
             "swarm": dna.fields["swarm"], "swarm_id": dna.swarm_id.hex(),
             "version": dna.version, "dna_hash": dna.hash.hex(), "founded": False,
+            "membership": dna.membership, "invited": offered_version == 0,
             "adopted": adopted, "peers": wanted, "config_file": str(conf_file)}
-    emit(as_json, data, lambda: click.echo(_joined_lines(data, offered.version)))
+    emit(as_json, data, lambda: click.echo(_joined_lines(data, offered_version)))
+
+
+def _redeem(cfg: Config, invitation: Invitation) -> bool:
+    """Join an invite swarm: spend the invitation at its inviter, keep the DNA
+    chain and this spore's pass. Whether the DNA was written."""
+    import time
+
+    from cli import join as join_mod
+    from p2pnode import membership as ms
+    from p2pnode.identity import load_or_create
+
+    join_mod.check_swarm(cfg.state_dir, invitation)
+    identity, _ = load_or_create(cfg.state_dir)
+    answer = join_mod.ask_inviter(invitation, ms.join_request(identity, invitation.token))
+    chain, own = join_mod.judge_answer(answer, invitation, identity, int(time.time() * 1000))
+    return join_mod.settle(cfg.state_dir, chain, own)
 
 
 def _joined_lines(data: dict[str, Any], offered_version: int) -> str:
-    kept = ("" if data["adopted"] else
+    kept = ("" if data["adopted"] or data["invited"] else
             f"; kept this spore's v{data['version']} over the file's v{offered_version}")
+    invited = ", invited: member.pass kept" if data["invited"] else ""
     lines = [f"joined swarm {data['swarm']} (id {data['swarm_id'][:16]}…, "
-             f"dna v{data['version']} {data['dna_hash'][:16]}…{kept})"]
+             f"dna v{data['version']} {data['dna_hash'][:16]}…{kept}{invited})"]
     if data["peers"]:
         lines.append(f"peers {', '.join(data['peers'])} (kept in {data['config_file']})")
     lines += [f"node {data['node_id']}", f"state {data['state_dir']}",
@@ -262,6 +310,123 @@ def _assignments(items: tuple[str, ...]) -> dict[str, Any]:
         except ValueError:
             out[key] = raw
     return out
+
+
+# -- membership --------------------------------------------------------------------------
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+MIN_TTL_S, MAX_TTL_S = 60, 30 * 86_400
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in '90s', '30m', '24h', '7d', '2w' or a plain number of seconds."""
+    raw = text.strip().lower()
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in _UNITS else (raw, "s")
+    if not number.isdigit() or len(number) > 9:
+        raise click.BadParameter(f"{text!r} is not a duration like 30m, 24h or 7d",
+                                 param_hint="--ttl")
+    seconds = int(number) * _UNITS[unit]
+    if not MIN_TTL_S <= seconds <= MAX_TTL_S:
+        raise click.BadParameter(f"{text!r} is out of range: an invitation lives 1 minute "
+                                 "to 30 days", param_hint="--ttl")
+    return seconds
+
+
+@main.command()
+@click.option("--may-invite", is_flag=True,
+              help="Let the new member invite others in turn.")
+@click.option("--ttl", default="24h", show_default=True, metavar="DURATION",
+              help="How long the invitation stays valid: 30m, 24h, 7d (1 minute to 30 days).")
+@click.option("--file", "path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the invitation to this file (owner-only) instead of printing it.")
+@json_option
+@click.pass_context
+def invite(ctx: click.Context, may_invite: bool, ttl: str, path: Path | None,
+           as_json: bool) -> None:
+    """Make a one-time invitation into this invite swarm (founders, and members
+    allowed to invite). Give it to the new device over a channel you trust."""
+    from cli.join import invitation_text, write_private
+
+    ttl_s = parse_duration(ttl)
+    if path is not None and not path.parent.is_dir():
+        raise InputError(f"cannot write {path}: no directory {path.parent}")
+    api = client(ctx)
+    api.need_token()  # who is in the swarm: the token, on loopback too
+    data = api.post("/v1/invites", {"may_invite": may_invite, "ttl_s": ttl_s})
+    if path is not None:
+        write_private(path, invitation_text(data["code"]))
+        data = {**{k: v for k, v in data.items() if k != "code"}, "file": str(path)}
+    emit(as_json, data, lambda: click.echo(_invitation_lines(data)))
+
+
+def _invitation_lines(data: dict[str, Any]) -> str:
+    what = data.get("file") or data["code"]
+    head = (f"wrote an invitation to {data['file']} (keep it secret: it lets one device in)"
+            if "file" in data else data["code"])
+    rights = ", and may invite others" if data["may_invite"] else ""
+    return (f"{head}\none use{rights}, valid until {_when(data['expires_ms'])}; "
+            f"on the new device: spore init --join {what}")
+
+
+@main.command()
+@json_option
+@click.pass_context
+def members(ctx: click.Context, as_json: bool) -> None:
+    """The swarm's members as this spore knows them: kind, since, trust, revoked."""
+    data = client(ctx).get("/v1/members")
+    emit(as_json, data, lambda: click.echo(_members_lines(data)))
+
+
+def _members_lines(data: dict[str, Any]) -> str:
+    rows = data.get("members", [])
+    lines = [f"membership {data.get('membership', '?')}, {len(rows)} known",
+             f"{'node id':16}  {'kind':8}  {'since':20}  {'trust':>6}  standing"]
+    for m in rows:
+        since = _when(m["since_ms"]) if m.get("since_ms") else "-"
+        trust = f"{m['trust']:.2f}" if isinstance(m.get("trust"), int | float) else "-"
+        standing = str(m.get("standing") or ("revoked" if m.get("revoked") else "member"))
+        if m.get("revoked") and m.get("why"):
+            standing += f" ({m['why']})"
+        lines.append(f"{str(m['node_id'])[:16]:16}  {m.get('kind') or '-'!s:8}  "
+                     f"{since:20}  {trust:>6}  {standing}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("node_id")
+@click.option("--why", default="", help="Why, in one line (at most 200 characters); "
+                                        "every spore shows it.")
+@json_option
+@click.pass_context
+def revoke(ctx: click.Context, node_id: str, why: str, as_json: bool) -> None:
+    """Throw a member out (founders): a signed revocation that gossip spreads.
+    NODE_ID is a node id or public key from `spore members`, or a prefix naming one."""
+    text = node_id.strip().lower()
+    if not text or len(text) > 64 or any(c not in "0123456789abcdef" for c in text):
+        raise InputError(f"{node_id!r} is not a node id or public key (hex digits)")
+    api = client(ctx)
+    api.need_token()
+    target = _member_key(api.get("/v1/members").get("members", []), text)
+    data = api.post("/v1/revocations", {"node_id": target, "why": why})
+    emit(as_json, data, lambda: click.echo(
+        f"revoked {data.get('revoked', target)[:16]}…"
+        + (f" ({data['why']})" if data.get("why") else "")
+        + "; gossip takes the revocation to every spore"))
+
+
+def _member_key(rows: list[dict[str, Any]], text: str) -> str:
+    """The public key of the one known member `text` names (by node id, key or
+    a prefix of either); an unknown full 64-digit key is sent as it is."""
+    given = text
+    found = {str(m["key"]) for m in rows if any(
+        str(m.get(name, "")).startswith(text) for name in ("node_id", "key"))}
+    if len(found) == 1:
+        return found.pop()
+    if len(found) > 1:
+        raise InputError(f"{given!r} names {len(found)} members: give more digits "
+                         "(spore members)")
+    if len(text) == 64:
+        return text
+    raise InputError(f"{given!r} names no member this spore knows (spore members)")
 
 
 @main.command()

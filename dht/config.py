@@ -72,6 +72,10 @@ class ValueRules:
     merge: Callable[[bytes, bytes, bytes], bytes]  # (key32, old, new), raises VerifyError
     key_id: Callable[[bytes], bytes]  # key32 → 20-byte DHT id
     node_id: Callable[[bytes], bytes]  # public key → 20-byte node id
+    # public key → None if it may take part, else the reason it may not (the
+    # swarm's membership: p2pnode.membership); checked at the handshake and
+    # at every request, so a member revoked later is dropped at its next one.
+    admit: Callable[[bytes], str | None] = lambda public_key: None
 
 
 class ValueStoreLike(Protocol):

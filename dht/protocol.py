@@ -260,22 +260,40 @@ class SporeProtocol(KademliaProtocol):  # type: ignore[misc]
         sig = self.identity.sign(CHALLENGE_DOMAIN, nonce + me + self.dna_hash)
         return [self.identity.public_key, self.dna_hash, sig, knows]
 
-    def rpc_find_node(self, sender: Addr, key: bytes) -> object:
+    def _member(self, sender: Addr) -> Peer | None:
+        """The admitted contact at `sender` if it may still take part: one the
+        swarm revoked since its handshake is forgotten here."""
         peer = self._admitted.get(sender)
+        if peer is not None and (why := self.rules.admit(peer.public_key)) is not None:
+            self.counters[f"refused_{why}"] += 1
+            self.evict(sender)
+            return None
+        return peer
+
+    def expel(self) -> int:
+        """Forget every admitted contact the swarm no longer admits (after a revocation)."""
+        gone = [p.addr for p in self._admitted.peers() if self.rules.admit(p.public_key)]
+        for addr in gone:
+            self.counters["expelled"] += 1
+            self.evict(addr)
+        return len(gone)
+
+    def rpc_find_node(self, sender: Addr, key: bytes) -> object:
+        peer = self._member(sender)
         if peer is None:
             return WHO_ARE_YOU
         near = self.router.find_neighbors(Node(key), exclude=Node(peer.id, *sender))
         return [[n.id, n.ip, n.port] for n in near]
 
     def rpc_find_value(self, sender: Addr, key32: bytes) -> object:
-        if sender not in self._admitted:
+        if self._member(sender) is None:
             return WHO_ARE_YOU
         return self.store.get(key32)
 
     def rpc_find_values(self, sender: Addr, keys: list[bytes]) -> object:
         """Several values in one reply, in the order asked; what would not fit
         in the datagram is answered NOT_SENT (the asker fetches it alone)."""
-        if sender not in self._admitted:
+        if self._member(sender) is None:
             return WHO_ARE_YOU
         out: list[bytes | bool | None] = []
         room = MAX_BODY - 8
@@ -297,7 +315,7 @@ class SporeProtocol(KademliaProtocol):  # type: ignore[misc]
         except VerifyError as exc:
             self.count_reject(exc)
             return False
-        peer = self._admitted.get(sender)
+        peer = self._member(sender)
         if peer is None:
             self.counters["rejected_unadmitted"] += 1
             return WHO_ARE_YOU
@@ -399,6 +417,8 @@ class SporeProtocol(KademliaProtocol):  # type: ignore[misc]
             return self._refuse("bad_signature")
         if node_id == self.source_node.id:
             return self._refuse("self")
+        if (why := self.rules.admit(public_key)) is not None:
+            return self._refuse(why)
         return self._admit(addr, node_id, public_key)
 
     def _refuse(self, reason: str) -> Peer | None:

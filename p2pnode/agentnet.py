@@ -140,6 +140,9 @@ class AgentNet:
         self.compute, self.dna = compute, dna
         self.clock = clock  # seconds: the peers' rate limits and the scorings' expiry
         self.peers: PeerService | None = None
+        # Whose agents count: members in good standing (a revoked host's die
+        # here: never asked to score, never given a child). Set by the daemon.
+        self.standing: Callable[[bytes], str | None] = lambda host: None
         self.counters: dict[str, int] = {}
         self._answers: OrderedDict[str, _Answer] = OrderedDict()
         self._card_seq = 0
@@ -306,7 +309,8 @@ class AgentNet:
         best: dict[bytes, float] = {}
         for i in np.flatnonzero(sims >= SPECIALIST_MIN):
             host = cards.hosts[int(i)]
-            best[host] = max(best.get(host, -1.0), float(sims[i]))
+            if self.standing(host) is None:
+                best[host] = max(best.get(host, -1.0), float(sims[i]))
         return sorted(best, key=lambda h: -best[h])[:SPECIALISTS]
 
     def _address(self, host: bytes) -> tuple[str, int] | None:
@@ -465,6 +469,8 @@ class AgentNet:
             except VerifyError:
                 continue
             if card.public_key == self.identity.public_key or (card.host, card.port) not in live:
+                continue
+            if self.standing(card.public_key) is not None:
                 continue
             if best is None or card.capacity > best[2]:
                 best = (card.host, card.port, card.capacity)

@@ -6,8 +6,9 @@ are 4xx, never a 500 with a traceback (those go to the log).
 Web pages on this device reach the API too, so `gate` lets a request through
 only with one of the API's own Host names (DNS rebinding), no cross-site
 Origin or Sec-Fetch-Site, and a JSON body (a page may post text/plain or a
-form without asking first). DNA changes need the token from the state
-directory even on loopback; beyond loopback every route but /healthz does.
+form without asking first). DNA and membership changes (who is in the
+swarm: invitations, revocations) need the token from the state directory
+even on loopback; beyond loopback every route but /healthz does.
 What aiohttp cannot hand to a route (an unparsable request, a line over its
 limit) is answered in JSON too, and logged as one counted line at most every
 LOG_EVERY_S (`ApiRunner`): a flood of garbage costs a counter, not the disk.
@@ -35,7 +36,17 @@ from aiohttp import hdrs, web
 from p2pnode.config import parse_peers
 from p2pnode.errors import BadRequest, ConfigError, SporeError, StateError, TooLarge
 from p2pnode.node import Spore, TeachItem
-from p2pnode.openapi import MAX_ORIGIN, OPENAPI, ORIGIN_CONTROL
+from p2pnode.openapi import (
+    DEFAULT_INVITE_TTL_S,
+    MAX_INVITE_TTL_S,
+    MAX_ORIGIN,
+    MAX_WHY,
+    MEMBER_ID,
+    MIN_INVITE_TTL_S,
+    OPENAPI,
+    ORIGIN_CONTROL,
+    WHY_CONTROL,
+)
 
 log = logging.getLogger("spore.api")
 
@@ -93,6 +104,8 @@ class Faults:
 
 
 _ORIGIN_CONTROL = re.compile(ORIGIN_CONTROL)
+_WHY_CONTROL = re.compile(WHY_CONTROL)
+_MEMBER_ID = re.compile(MEMBER_ID)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
@@ -166,12 +179,13 @@ def _check_browser(request: web.Request, gate: Gate) -> None:
 
 def _check_token(request: web.Request, gate: Gate) -> None:
     handler = request.match_info.handler
-    if handler is healthz or (gate.loopback_only and handler is not dna_update):
+    if handler is healthz or (gate.loopback_only and handler not in TOKEN_ROUTES):
         return
     scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").strip().partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.strip().encode(errors="replace"), gate.token.encode()):
-        why = "DNA changes" if gate.loopback_only else "this API (bound beyond loopback)"
+        why = ("DNA and membership changes" if gate.loopback_only
+               else "this API (bound beyond loopback)")
         raise Refused(401, "token", f"{why} need the API token: {TOKEN_HELP}",
                       {hdrs.WWW_AUTHENTICATE: 'Bearer realm="spore"'})
 
@@ -454,6 +468,45 @@ async def dna_update(request: web.Request) -> web.Response:
         return _error(403, str(exc))
 
 
+async def invites(request: web.Request) -> web.Response:
+    """A one-time invitation code into this invite swarm (founders, and members
+    allowed to invite)."""
+    body = await _body(request, "may_invite", "ttl_s")
+    may_invite = _field(body, "may_invite", bool, False)
+    ttl_s = _int_field(body, "ttl_s", DEFAULT_INVITE_TTL_S, MAX_INVITE_TTL_S, MIN_INVITE_TTL_S)
+    spore = _spore(request)
+    try:
+        made = await spore.invite(may_invite=may_invite, ttl_s=ttl_s)
+    except ConfigError as exc:
+        raise BadRequest(str(exc)) from exc
+    return web.json_response(made, status=201)
+
+
+async def members(request: web.Request) -> web.Response:
+    spore = _spore(request)
+    return web.json_response({"members": spore.members_list(),
+                              "membership": spore.dna.membership})
+
+
+async def revocations(request: web.Request) -> web.Response:
+    """A founder throws a member out: a signed revocation, gossiped."""
+    body = await _body(request, "node_id", "why")
+    target = _field(body, "node_id", str)
+    if not _MEMBER_ID.fullmatch(target):
+        raise BadRequest(f"{printable(target, 80)!r} is not a node id or public key "
+                         "(1 to 64 lower-case hex digits)")
+    why = _field(body, "why", str, "")
+    if len(why) > MAX_WHY or _WHY_CONTROL.search(why):
+        raise BadRequest(f"field 'why' must be one line of at most {MAX_WHY} characters, "
+                         "without control characters")
+    spore = _spore(request)
+    try:
+        done = await spore.revoke(target, why)
+    except ConfigError as exc:
+        raise BadRequest(str(exc)) from exc
+    return web.json_response(done, status=201)
+
+
 async def votes(request: web.Request) -> web.Response:
     return web.json_response(_spore(request).votes_for(_memory_id(request.match_info["id"])))
 
@@ -543,6 +596,13 @@ def make_app(spore: Spore, token: str, *, loopback_only: bool, host: str = "",
         web.get("/v1/gossip", gossip),
         web.get("/v1/agents", agents),
         web.post("/v1/gossip/block", gossip_block),
+        web.post("/v1/invites", invites),
+        web.get("/v1/members", members),
+        web.post("/v1/revocations", revocations),
         web.get("/v1/openapi.json", openapi),
     ])
     return app
+
+
+# Routes that change the swarm's rules or who is in it: the token even on loopback.
+TOKEN_ROUTES = frozenset({dna_update, invites, revocations})

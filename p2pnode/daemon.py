@@ -31,6 +31,8 @@ from p2pnode.errors import SporeError, StateError
 from p2pnode.gossip import KIND_DNA, GossipStore
 from p2pnode.identity import Identity, load_or_create
 from p2pnode.lock import StateLock
+from p2pnode.members import Members
+from p2pnode.membership import pass_key
 from p2pnode.node import Spore
 from p2pnode.peers import HEADER_DEADLINE_S, PeerService, validators
 from p2pnode.service import Notifier
@@ -58,8 +60,10 @@ def ensure_state_dir(state_dir: Path) -> None:
                          "(fix its permissions, or set SPORE_STATE_DIR / --state-dir)")
 
 
-def prepare_state(cfg: Config, swarm: str | None = None) -> tuple[Identity, dna_mod.Dna, bool]:
-    """Identity and DNA, created on first run. Returns (identity, dna, founded now)."""
+def prepare_state(cfg: Config, swarm: str | None = None, *, membership: str = "invite",
+                  puzzle_bits: int | None = None) -> tuple[Identity, dna_mod.Dna, bool]:
+    """Identity and DNA, created on first run (founding a swarm `membership`
+    "invite" or "open"). Returns (identity, dna, founded now)."""
     ensure_state_dir(cfg.state_dir)
     identity, _ = load_or_create(cfg.state_dir)
     dna = dna_mod.load(cfg.state_dir)
@@ -71,7 +75,9 @@ def prepare_state(cfg: Config, swarm: str | None = None) -> tuple[Identity, dna_
         raise StateError(f"cannot hash the encoder: {exc}") from exc
     dna = dna_mod.found(identity, swarm=swarm or f"solo-{identity.node_id.hex()[:8]}",
                         encoder_name=ENCODER_NAME, encoder_sha256=sha, dim=ENCODER_DIM,
-                        created_ms=int(time.time() * 1000))
+                        created_ms=int(time.time() * 1000), membership=membership,
+                        puzzle_bits=puzzle_bits)
+    dna_mod.save_chain(cfg.state_dir, [dna])
     dna_mod.save(cfg.state_dir, dna)
     return identity, dna, True
 
@@ -113,6 +119,7 @@ async def _serve_locked(cfg: Config) -> None:
     except EncoderError as exc:
         raise StateError(str(exc)) from exc
     dna_mod.check_encoder(dna, encoder.model_sha256, encoder.dim)
+    chain = dna_mod.load_chain(cfg.state_dir)
     storage = Storage(cfg.state_dir / DB_FILE)
     egress = Egress(Path(cfg.capture_egress)) if cfg.capture_egress else None
     swarm = Swarm(identity=identity, dna=dna, state_dir=cfg.state_dir, dim=encoder.dim,
@@ -120,29 +127,44 @@ async def _serve_locked(cfg: Config) -> None:
                                          republish_s=cfg.republish_s,
                                          max_contacts_per_ip=cfg.max_contacts_per_ip,
                                          rate_per_s=cfg.dht_rate_per_s),
-                  bind=bind_udp if egress is None else tapped_bind(bind_udp, egress))
-    gossip = GossipStore(validators(dna.swarm_id, lambda: spore.dna),
-                         cfg.state_dir / GOSSIP_DB)
+                  bind=bind_udp if egress is None else tapped_bind(bind_udp, egress),
+                  admit=lambda key: members.standing(key))
+    members = Members(identity=identity, dna=lambda: spore.dna, chain=lambda: spore.chain,
+                      state_dir=cfg.state_dir, now_ms=lambda: int(time.time() * 1000),
+                      first=dna)
+    gossip = GossipStore(validators(dna.swarm_id, lambda: spore.dna, members.standing)
+                         | members.validators(), cfg.state_dir / GOSSIP_DB)
+    members.gossip = gossip
     spore = Spore(identity=identity, dna=dna, storage=storage, encoder=encoder,
                   max_text_bytes=cfg.max_text_bytes, swarm=swarm, gossip=gossip,
-                  state_dir=cfg.state_dir)
+                  state_dir=cfg.state_dir, chain=chain)
+    spore.members = members
+    members.on_revoked = spore.on_revoked
     peers: PeerService | None = None
     try:
+        await _take_membership(members, gossip)
         await spore.load()
-        _adopt_gossiped_dna(spore, gossip)
-        gossip.offer({KIND_DNA: spore.dna.wire})
+        await _adopt_gossiped_dna(spore, gossip)
+        await spore.refresh_trust()  # revoked voices weigh nothing from the first ask
+        gossip.offer({KIND_DNA: dna_mod.chain_wire(spore.chain)})
         host, port = await swarm.start()
         peers = PeerService(
             identity=identity, swarm=dna.swarm_id, store=gossip, host=host, port=port,
             seeds=list(cfg.peers), interval_s=cfg.gossip_interval_s,
             contacts=lambda: [(c.ip, c.port) for c in swarm.dht.contacts()],
             on_accepted=spore.on_gossip,
-            trace=None if egress is None else trace_config(egress))
+            trace=None if egress is None else trace_config(egress),
+            standing=members.standing, own_pass=members.own_pass)
+        peers.join = members.join
+        members.address = lambda: (None if peers is None or not peers.advertised else
+                                   (peers.advertised, peers.port))
+
         colony = Colony(identity=identity, path=cfg.state_dir / AGENTS_DB,
                         max_agents=cfg.max_agents, seed_agents=cfg.seed_agents)
         agents = AgentNet(colony=colony, identity=identity, swarm=dna.swarm_id, store=gossip,
                           compute=spore.on_compute, dna=lambda: spore.dna)
         spore.agents = agents
+        agents.standing = members.standing
         await agents.start(peers)
         await peers.start(cfg.advertise_host or host)
         spore.peers = peers
@@ -197,7 +219,8 @@ async def _serve_until_stopped(cfg: Config, spore: Spore, notifier: Notifier) ->
     async with asyncio.TaskGroup() as services:
         tasks = [services.create_task(_watchdog(notifier, cfg.watchdog_usec)),
                  services.create_task(_republish(spore, cfg.republish_s)),
-                 services.create_task(_keep_joined(spore))]
+                 services.create_task(_keep_joined(spore)),
+                 services.create_task(_keep_trust(spore))]
         if spore.peers is not None:
             tasks.append(services.create_task(_gossip(spore.peers)))
         await stop.wait()
@@ -256,6 +279,11 @@ async def _keep_joined(spore: Spore) -> None:
         await swarm.keep_joined(lambda: _gossip_addresses(spore))
 
 
+async def _keep_trust(spore: Spore) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await spore.keep_trust()
+
+
 def _gossip_addresses(spore: Spore) -> list[tuple[str, int]]:
     if spore.peers is None:
         return []
@@ -267,19 +295,28 @@ async def _gossip(peers: PeerService) -> None:
         await peers.run()
 
 
-def _adopt_gossiped_dna(spore: Spore, gossip: GossipStore) -> None:
+async def _take_membership(members: Members, gossip: GossipStore) -> None:
+    """Our pass in the store (peers learn it by gossip); in an open swarm that
+    prices identities, the puzzle paid first, once (seconds, off the loop)."""
+    members.load_own()
+    if members.needs_ticket():
+        started = time.monotonic()
+        log.info("paying this open swarm's identity puzzle (%d bits), once",
+                 members._dna().puzzle_bits)
+        members.save_own(await asyncio.to_thread(members.solve_ticket))
+        log.info("puzzle paid in %.1f s", time.monotonic() - started)
+    if members.own is not None:
+        gossip.offer({pass_key(members.own.member): members.own.wire})
+
+
+async def _adopt_gossiped_dna(spore: Spore, gossip: GossipStore) -> None:
     """A DNA version that came by gossip but was not saved (a crash between the
     two) is taken up again at start, if it is a valid successor."""
     item = gossip.get(KIND_DNA)
     if item is None:
         return
     try:
-        newer = dna_mod.decode(item)
-        if newer.hash != spore.dna.hash and dna_mod.successor(spore.dna, newer):
-            dna_mod.save(spore.state_dir or Path("."), newer)
-            spore.dna = newer
-            if spore.swarm is not None:
-                spore.swarm.dna = newer
+        await spore.adopt_chain(dna_mod.decode_chain(item, spore.dna.swarm_id))
     except (SporeError, ValueError) as exc:
         log.warning("ignoring the gossiped DNA in the store: %s", exc)
 

@@ -9,11 +9,27 @@ rules (`MUTABLE`); every later version names the first one's hash as its
 `genesis`, so the swarm id (`Dna.swarm_id`) — which memory records and the DHT
 handshake carry — never changes. `successor` is the rule each spore applies
 to a version it is offered.
+
+Membership (DESIGN.md 5b): ``membership`` is "invite" (the default for new
+swarms: members hold a certificate chaining to a founder, p2pnode.membership)
+or "open" (an identity pays a puzzle of ``puzzle_bits`` leading zero bits;
+0 in invite swarms). Both are immutable. A DNA without a ``membership`` field
+(v1 swarms founded before these existed) is read as "open" with puzzle_bits 0:
+everyone holding the DNA stands, as before — `Dna.membership` and
+`Dna.puzzle_bits` say so.
+
+Founders can be added and retired by a new version, signed by a founder of the
+version before it; at least one always remains. A spore that missed versions
+verifies the newest through the chain of every version (`decode_chain`,
+`newest_from`), kept beside dna.bin in dna-chain.bin: `successor` alone cannot
+judge v3 from v1 when v3's signer became a founder in v2. Keys that were ever
+founders (`founders_ever`) keep the certificates they issued valid.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import secrets
@@ -28,14 +44,23 @@ from p2pnode.errors import ConfigError, StateError, VerifyError
 from p2pnode.identity import Identity, verify
 
 DNA_FILE = "dna.bin"
+CHAIN_FILE = "dna-chain.bin"
 DNA_DOMAIN = b"sporemind/dna/v1"
 PROTOCOL_VERSION = 1
-# The rules a founder may change in a new version; founders may only grow.
+# The rules a founder may change in a new version (founders: add or retire, >= 1 left).
 MUTABLE = frozenset({"division_threshold", "mutation_sigma", "fitness_half_life_days",
                      "founders"})
 # Fields every version sets for itself, outside the rules compared between versions.
 _LINEAGE = frozenset({"version", "genesis", "previous", "created_ms"})
 MAX_FOUNDERS = 64
+MAX_DNA_BYTES = 64 * 1024  # one version's wire bytes (64 founders take ~4.3 KiB)
+MAX_VERSIONS = 256  # versions a chain may hold
+MAX_CHAIN_BYTES = 1024 * 1024  # a whole chain's wire bytes
+MEMBERSHIPS = ("invite", "open")
+MAX_PUZZLE_BITS = 32
+# Open swarms' default puzzle: 2**20 SHA-256 on average, ~0.6 s on one x86
+# (EPYC) core at 1.8 M hashes/s in CPython, some 4-6 s on a Raspberry Pi 4 core.
+DEFAULT_PUZZLE_BITS = 20
 
 
 @dataclass(frozen=True)
@@ -66,6 +91,21 @@ class Dna:
         return bytes.fromhex(self.fields["genesis"])
 
     @property
+    def membership(self) -> str:
+        """"invite" or "open"; a DNA from before membership existed is "open"."""
+        return str(self.fields.get("membership", "open"))
+
+    @property
+    def puzzle_bits(self) -> int:
+        """Leading zero bits an open swarm's identity must pay (0: none)."""
+        return int(self.fields.get("puzzle_bits", 0))
+
+    @property
+    def founders(self) -> frozenset[bytes]:
+        """This version's founders' public keys."""
+        return frozenset(bytes.fromhex(f) for f in self.fields["founders"])
+
+    @property
     def lsh(self) -> LshParams:
         p = self.fields["lsh"]
         return LshParams(tables=p["tables"], bits=p["bits"], probes=p["probes"],
@@ -87,8 +127,19 @@ def _signed(identity: Identity, fields: dict[str, Any]) -> Dna:
 
 
 def found(identity: Identity, *, swarm: str, encoder_name: str, encoder_sha256: str,
-          dim: int, created_ms: int, seed: bytes | None = None) -> Dna:
-    """Found a new swarm: DNA v1 signed by (and naming) `identity` as founder."""
+          dim: int, created_ms: int, seed: bytes | None = None,
+          membership: str = "invite", puzzle_bits: int | None = None) -> Dna:
+    """Found a new swarm: DNA v1 signed by (and naming) `identity` as founder.
+
+    An open swarm's puzzle defaults to DEFAULT_PUZZLE_BITS, an invite swarm's
+    is 0; ConfigError for an unknown mode or bits out of [0, 32] (or > 0 in an
+    invite swarm)."""
+    if puzzle_bits is None:
+        puzzle_bits = DEFAULT_PUZZLE_BITS if membership == "open" else 0
+    try:
+        _check_membership(membership, puzzle_bits)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     return _signed(identity, {
         "version": 1,
         "swarm": swarm,
@@ -102,6 +153,8 @@ def found(identity: Identity, *, swarm: str, encoder_name: str, encoder_sha256: 
         "mutation_sigma": 0.005,  # a child ranks like its parent at Spearman ~0.98
         "fitness_half_life_days": 30.0,
         "founders": [identity.public_key.hex()],
+        "membership": membership,
+        "puzzle_bits": puzzle_bits,
     })
 
 
@@ -124,7 +177,7 @@ def update(current: Dna, identity: Identity, changes: dict[str, Any],
             what = "immutable" if key in current.fields else "unknown"
             raise ConfigError(f"DNA field {key!r} is {what}; a new version may change only "
                               + ", ".join(sorted(MUTABLE)))
-        fields[key] = _checked(key, value, founders)
+        fields[key] = _checked(key, value)
     if all(fields[k] == current.fields.get(k) for k in changes):
         raise ConfigError("these values are already the DNA's; nothing to publish")
     fields.update(version=current.version + 1, genesis=current.swarm_id.hex(),
@@ -132,7 +185,7 @@ def update(current: Dna, identity: Identity, changes: dict[str, Any],
     return _signed(identity, fields)
 
 
-def _checked(key: str, value: Any, founders: list[str]) -> Any:
+def _checked(key: str, value: Any) -> Any:
     """`value` for mutable field `key`, normalised; ConfigError if out of range."""
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if key == "division_threshold":
@@ -147,16 +200,16 @@ def _checked(key: str, value: Any, founders: list[str]) -> Any:
         if not (number and math.isfinite(value) and value > 0):
             raise ConfigError(f"fitness_half_life_days must be a number > 0, got {value!r}")
         return float(value)
-    return _checked_founders(value, founders)
+    return _checked_founders(value)
 
 
-def _checked_founders(value: Any, founders: list[str]) -> list[str]:
+def _checked_founders(value: Any) -> list[str]:
+    """Founders may be added and retired; at least one remains."""
     if not isinstance(value, list) or not all(_is_hex64(f) for f in value):
         raise ConfigError("founders must be a list of public keys (64 hex digits each)")
     new = list(dict.fromkeys(f.lower() for f in value))
-    missing = [f for f in founders if f not in new]
-    if missing:
-        raise ConfigError("founders may only grow; missing " + ", ".join(missing))
+    if not new:
+        raise ConfigError("at least one founder must remain")
     if len(new) > MAX_FOUNDERS:
         raise ConfigError(f"at most {MAX_FOUNDERS} founders, got {len(new)}")
     return new
@@ -189,7 +242,7 @@ def successor(current: Dna, candidate: Dna) -> bool:
     for key in sorted(MUTABLE):
         value = candidate.fields.get(key)
         try:
-            canonical = _checked(key, value, current.fields["founders"])
+            canonical = _checked(key, value)
         except ConfigError as exc:
             raise VerifyError(f"bad {key}: {exc}") from exc
         if key == "founders" and canonical != value:
@@ -200,6 +253,8 @@ def successor(current: Dna, candidate: Dna) -> bool:
 
 def decode(data: bytes) -> Dna:
     """Parse and verify DNA wire bytes: signed by one of its own founders."""
+    if not isinstance(data, bytes) or len(data) > MAX_DNA_BYTES:
+        raise VerifyError(f"malformed swarm DNA: not bytes of at most {MAX_DNA_BYTES}")
     try:
         body, signer, sig = msgpack.unpackb(data, raw=False)
         fields = msgpack.unpackb(body, raw=False)
@@ -207,12 +262,23 @@ def decode(data: bytes) -> Dna:
         LshParams(tables=fields["lsh"]["tables"], bits=fields["lsh"]["bits"],
                   probes=fields["lsh"]["probes"], seed=bytes.fromhex(fields["lsh"]["seed"]))
         _check_lineage(fields)
-    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+        if "membership" in fields or "puzzle_bits" in fields:
+            _check_membership(fields["membership"], fields["puzzle_bits"])
+    except (ValueError, TypeError, KeyError, AttributeError, msgpack.UnpackException) as exc:
         raise VerifyError(f"malformed swarm DNA: {exc}") from exc
     if signer not in founders:
         raise VerifyError("swarm DNA is not signed by one of its founders")
     verify(signer, DNA_DOMAIN, body, sig)
     return Dna(fields, body, signer, sig)
+
+
+def _check_membership(membership: Any, puzzle_bits: Any) -> None:
+    if membership not in MEMBERSHIPS:
+        raise ValueError(f"membership must be one of {', '.join(MEMBERSHIPS)}")
+    if type(puzzle_bits) is not int or not 0 <= puzzle_bits <= MAX_PUZZLE_BITS:
+        raise ValueError(f"puzzle_bits must be an integer in [0, {MAX_PUZZLE_BITS}]")
+    if membership == "invite" and puzzle_bits:
+        raise ValueError("an invite swarm has no puzzle (puzzle_bits 0)")
 
 
 def _check_lineage(fields: dict[str, Any]) -> None:
@@ -221,6 +287,85 @@ def _check_lineage(fields: dict[str, Any]) -> None:
         raise ValueError(f"version {version!r} is not an integer >= 1")
     if version > 1 and not (_is_hex64(fields["genesis"]) and _is_hex64(fields["previous"])):
         raise ValueError("genesis and previous must be 64 hex digits")
+
+
+# --- the chain of versions -----------------------------------------------------------
+
+def chain_wire(versions: list[Dna]) -> bytes:
+    """The wire bytes of a chain: every version's, v1 first."""
+    return msgpack.packb([v.wire for v in versions], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode_chain(data: bytes, swarm_id: bytes) -> list[Dna]:
+    """Parse and verify a chain of swarm `swarm_id`: v1 (whose hash is the
+    swarm id), then each next version numbered one more, naming the one
+    before as `previous`, and taken by `successor` from it. VerifyError (with
+    a short reason) on anything else, or over MAX_VERSIONS / MAX_CHAIN_BYTES."""
+    if not isinstance(data, bytes) or len(data) > MAX_CHAIN_BYTES:
+        raise VerifyError(f"DNA chain is not bytes of at most {MAX_CHAIN_BYTES}")
+    try:
+        wires = msgpack.unpackb(data, raw=False, max_array_len=MAX_VERSIONS)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise VerifyError(f"malformed DNA chain: {exc}") from exc
+    if not isinstance(wires, list) or not 1 <= len(wires) <= MAX_VERSIONS:
+        raise VerifyError(f"a DNA chain holds 1..{MAX_VERSIONS} versions")
+    chain = [decode(w) for w in wires]
+    if chain[0].version != 1 or chain[0].hash != swarm_id:
+        raise VerifyError("DNA chain does not start at the swarm's first version")
+    for before, after in itertools.pairwise(chain):
+        _check_link(before, after)
+    return chain
+
+
+def _check_link(before: Dna, after: Dna) -> None:
+    if after.version != before.version + 1 or after.fields["previous"] != before.hash.hex():
+        raise VerifyError(f"DNA chain breaks after version {before.version}")
+    if not successor(before, after):
+        raise VerifyError(f"DNA chain version {after.version} does not follow the one before")
+
+
+def founders_ever(chain: list[Dna]) -> frozenset[bytes]:
+    """Every key that was a founder in some version of `chain`."""
+    return frozenset().union(*(v.founders for v in chain))
+
+
+def newest_from(current: Dna, chain: list[Dna]) -> Dna | None:
+    """The version of a verified `chain` (decode_chain) that should replace
+    `current`, or None if it has nothing newer.
+
+    The chain must hold `current`, or fork from it where two founders publish
+    the same version at once: from `current`'s previous version, signed by one
+    of `current`'s founders. Then the longer chain wins, and at equal length
+    the smaller hash (as `successor`). A fork from further back (say a
+    founder retired since, publishing from before its retirement) raises
+    VerifyError, as does another swarm."""
+    if chain[0].swarm_id != current.swarm_id:
+        raise VerifyError("another swarm")
+    tip = chain[-1]
+    if tip.version < current.version:
+        return None
+    mine = chain[current.version - 1]
+    if mine.hash == current.hash:
+        return tip if tip.version > current.version else None
+    if mine.fields.get("previous") != current.fields.get("previous"):
+        raise VerifyError(f"DNA chain forks before version {current.version}")
+    if mine.signer not in current.founders:
+        raise VerifyError("DNA chain forks by a non-founder")
+    if tip.version > current.version or mine.hash < current.hash:
+        return tip
+    return None
+
+
+def extend(chain: list[Dna], newer: Dna) -> list[Dna] | None:
+    """`chain` with `newer` in its place (appended, or replacing the same-
+    version loser of a tie), or None if it does not link to the chain: fetch
+    the peer's chain then. `newer` must already be judged by `successor`."""
+    at = newer.version - chain[0].version if chain else 0
+    if not 1 <= at <= len(chain):
+        return None
+    if newer.fields["previous"] != chain[at - 1].hash.hex():
+        return None
+    return [*chain[:at], newer]
 def load(state_dir: Path) -> Dna | None:
     path = state_dir / DNA_FILE
     try:
@@ -236,16 +381,56 @@ def load(state_dir: Path) -> Dna | None:
 
 
 def save(state_dir: Path, dna: Dna) -> None:
-    path = state_dir / DNA_FILE
+    _write_atomic(state_dir / DNA_FILE, dna.wire)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(".tmp")
     try:
         with open(tmp, "wb") as fh:
-            fh.write(dna.wire)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         raise StateError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def save_chain(state_dir: Path, chain: list[Dna]) -> None:
+    """Keep `chain` (dna-chain.bin), then its newest version as dna.bin: a
+    crash between the two leaves a chain ahead of dna.bin, which load_chain
+    reads back to dna.bin's version. A partial chain (state from before
+    chains, not starting at v1) writes dna.bin only."""
+    if chain[0].version == 1:
+        _write_atomic(state_dir / CHAIN_FILE, chain_wire(chain))
+    save(state_dir, chain[-1])
+
+
+def load_chain(state_dir: Path) -> list[Dna]:
+    """The chain of versions up to dna.bin's, [] if there is no dna.bin.
+
+    Without dna-chain.bin (a v1 swarm, or state from before chains) it is
+    [dna]: the whole chain at v1, else a partial one starting at dna.bin's
+    version. A chain file that fails to verify raises StateError naming it;
+    one that does not lead to dna.bin (written alone, past a gap) gives [dna]."""
+    dna = load(state_dir)
+    if dna is None:
+        return []
+    path = state_dir / CHAIN_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [dna]
+    except OSError as exc:
+        raise StateError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        chain = decode_chain(data, dna.swarm_id)
+    except VerifyError as exc:
+        raise StateError(f"{path}: {exc}; move it aside to start from dna.bin alone "
+                         "(a peer's chain is fetched again)") from exc
+    if len(chain) >= dna.version and chain[dna.version - 1].hash == dna.hash:
+        return chain[:dna.version]
+    return extend(chain, dna) or [dna]
 
 
 def check_encoder(dna: Dna, installed_sha256: str, installed_dim: int) -> None:

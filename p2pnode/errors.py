@@ -57,5 +57,24 @@ class TooLarge(BadRequest):
     status = 413
 
 
+class NotAllowed(StateError):
+    """This spore may not do that (not a founder, may not invite): HTTP 403."""
+
+    status = 403
+
+
+class WrongMode(StateError):
+    """The swarm's membership mode has no such thing (invitations in an open
+    swarm): HTTP 409."""
+
+    status = 409
+
+
+class NotReady(StateError):
+    """The daemon is still starting the part asked for: HTTP 503."""
+
+    status = 503
+
+
 class VerifyError(SporeError):
     """A signature, hash or record did not verify."""

@@ -7,6 +7,8 @@ key's first byte says what the item is:
 * ``P`` + node id   a spore's peer card (its seq wins)
 * ``V`` + memory id + voter/region digest   a vote entry (its seq wins)
 * ``A`` + host id + agent id   an agent registry card, signed by its host (its seq wins)
+* ``M`` + member key   a member's pass: its certificate chain or its puzzle ticket
+* ``R`` + target key   a founder's revocation of a member
 
 Each kind has a validator (every field, signature, key, swarm: p2pnode.peers
 `validators`) that yields the item's stamp; each kind and writer has a
@@ -43,6 +45,10 @@ from p2pnode.storage import connect_wal, transaction
 log = logging.getLogger("spore.gossip")
 
 KIND_DNA, KIND_PEER, KIND_VOTE, KIND_AGENT = b"D", b"P", b"V", b"A"
+KIND_PASS, KIND_REVOKE = b"M", b"R"
+# Who may write is decided by the DNA, revocations and passes: in a batch they
+# are judged first, so a new member's pass admits its votes in the same delta.
+_FIRST = {KIND_DNA: 0, KIND_REVOKE: 1, KIND_PASS: 2}
 MAX_DELTA_BYTES = 512 * 1024  # items one delta carries (the rest: next round)
 MAX_WANT = 1024  # keys one delta asks for
 MAX_BODY = MAX_DELTA_BYTES + 64 * 1024  # any gossip request or reply
@@ -95,10 +101,14 @@ class Caps:
     agent_cards: int = 16_384
     agent_cards_per_host: int = 4096
     peer_cards: int = 4096
+    # A pass costs an invitation or a puzzle; revocations are the founders' alone.
+    passes: int = 16_384
+    revocations: int = 4096
 
     @property
     def items(self) -> int:
-        return self.votes + self.agent_cards + self.peer_cards + 1  # and the DNA
+        return (self.votes + self.agent_cards + self.peer_cards + self.passes
+                + self.revocations + 1)  # and the DNA
 
 
 class GossipStore:
@@ -154,6 +164,8 @@ class GossipStore:
         if not self._unchecked:
             return
         rows, self._unchecked = self._unchecked, []
+        rows.sort(key=lambda row: _FIRST.get(bytes(row[1][:1]), 3)
+                  if isinstance(row[1], bytes) else 3)
         now_ms = self._now_ms()
         dropped: list[tuple[int]] = []
         for rowid, key, item in rows:
@@ -243,7 +255,8 @@ class GossipStore:
         counted by reason (``refused_<reason>``), never stored; the others of
         the batch are taken all the same."""
         self._check_loaded()
-        pairs = items.items() if isinstance(items, Mapping) else items
+        pairs = sorted(items.items() if isinstance(items, Mapping) else items,
+                       key=lambda pair: _FIRST.get(pair[0][:1], 3))
         now_ms = self._now_ms()
         changed: list[Accepted] = []
         for key, item in pairs:
@@ -293,6 +306,10 @@ class GossipStore:
             return [(kind, caps.agent_cards), (b"Ah" + key[1:33], caps.agent_cards_per_host)]
         if kind == KIND_PEER:
             return [(kind, caps.peer_cards)]
+        if kind == KIND_PASS:
+            return [(kind, caps.passes)]
+        if kind == KIND_REVOKE:
+            return [(kind, caps.revocations)]
         return []  # the DNA: its one key; unknown kinds are refused by validation
 
     def _full(self, groups: list[tuple[bytes, int]]) -> bool:
@@ -530,7 +547,7 @@ class Membership:
         members = usable(self.members)
         live = [m for m in members if m.state not in ("dropped", "refused")]
         if live and self.rounds % PROBE_EVERY:
-            return self.rng.choice(live)
+            return self._diverse(live)
         dropped = [m for m in members if m.state in ("dropped", "refused")]
         fresh = usable(self.candidates)
         if fresh:
@@ -539,8 +556,17 @@ class Membership:
         turn = (dropped, fresh) if (self.rounds // PROBE_EVERY) % 2 else (fresh, dropped)
         for pool in (*turn, live):
             if pool:
-                return self.rng.choice(pool)
+                return self._diverse(pool)
         return None
+
+    def _diverse(self, pool: list[Member]) -> Member:
+        """A host first, then one of its ports: a thousand identities behind
+        one address get one address's share of our rounds (libp2p's peer
+        diversity, by host)."""
+        by_host: dict[str, list[Member]] = {}
+        for m in pool:
+            by_host.setdefault(m.host, []).append(m)
+        return self.rng.choice(by_host[self.rng.choice(sorted(by_host))])
 
     def ok(self, member: Member, now_s: float) -> None:
         if member.candidate:

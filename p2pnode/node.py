@@ -10,6 +10,7 @@ knows, its own and gossip's, by memory id, whoever holds the memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from agents import consensus
+from agents import consensus, trust
 from agents.encoder import Encoder
 from crdt.votes import Counter, fitness, record_vote
 from dht import compact
@@ -31,7 +32,7 @@ from p2pnode import dna as dna_mod
 from p2pnode.calibrator import FILE as CAL_FILE
 from p2pnode.calibrator import Calibrator
 from p2pnode.dna import Dna
-from p2pnode.errors import BadRequest, NotFound, TooLarge, VerifyError
+from p2pnode.errors import BadRequest, NotFound, StateError, TooLarge, VerifyError
 from p2pnode.gossip import KIND_DNA, KIND_VOTE, Accepted, GossipStore, vote_key
 from p2pnode.identity import Identity
 from p2pnode.records import MemoryRecord, VoteRecord, decode_vote, make_memory, make_vote
@@ -41,9 +42,11 @@ from p2pnode.swarm import Found, Swarm
 
 if TYPE_CHECKING:
     from p2pnode.agentnet import AgentNet, Verdict
+    from p2pnode.members import Members
     from p2pnode.peers import PeerService
 
 T = TypeVar("T")
+TRUST_EVERY_S = 5.0
 log = logging.getLogger("spore.node")
 Prepared = tuple[MemoryRecord, bytes, float]  # signed record, int8 embedding, its scale
 CANDIDATES = 32  # memories re-ranked per ask
@@ -66,8 +69,10 @@ class Spore:
     def __init__(self, *, identity: Identity, dna: Dna, storage: Storage, encoder: Encoder,
                  max_text_bytes: int, clock: Callable[[], float] = time.time,
                  swarm: Swarm | None = None, gossip: GossipStore | None = None,
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None, chain: list[Dna] | None = None) -> None:
         self.identity, self.dna, self.storage, self.encoder = identity, dna, storage, encoder
+        self.chain = chain or [dna]  # every version of the DNA, the first to ours
+        self.members: Members | None = None  # set by the daemon: who is in the swarm
         self.swarm, self.gossip, self.state_dir = swarm, gossip, state_dir
         self.peers: PeerService | None = None  # set by the daemon once serving
         # Every vote known, ours and gossip's, by memory id (the event loop's):
@@ -94,6 +99,11 @@ class Spore:
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="spore-compute")
         self._db = ThreadPoolExecutor(1, thread_name_prefix="spore-db")
         self.counters = {"asks": 0, "teaches": 0, "votes": 0, "rejected": 0}
+        # Each voice's weight (agents.trust), recomputed off the loop when
+        # votes or members changed (keep_trust); empty: every voice weighs 1.
+        self.trust: dict[bytes, float] = {}
+        self._trust_due = False
+        self._trust_now = asyncio.Event()  # a revocation: recompute at once
 
     async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -133,15 +143,17 @@ class Spore:
         self.counters[name] = self.counters.get(name, 0) + 1
 
     def _tally_vote(self, v: VoteRecord) -> None:
-        self._tally(v.memory_id, v.voter, v.region, v.qvec, Counter(v.seq, v.up, v.down))
+        self._tally(v.memory_id, v.voter, v.region, v.qvec, Counter(v.seq, v.up, v.down),
+                    v.author)
 
     def _tally(self, memory_id: bytes, voter: bytes, region: bytes, qvec: bytes,
-               counter: Counter) -> None:
+               counter: Counter, author: bytes = b"") -> None:
         """Put a vote in the book. One whose question is no compact embedding
         of our dimension (a row of an older version) is dropped and counted:
         the spore starts anyway."""
         try:
-            self._book.put_compact(memory_id, (voter, region), qvec, counter)
+            self._book.put_compact(memory_id, (voter, region), qvec, counter, author=author)
+            self._trust_due = True
         except ValueError:
             self._count("votes_dropped")
 
@@ -243,9 +255,9 @@ class Spore:
         for f in remote:
             # Votes travel by gossip to every spore: a swarm answer is ranked
             # with all of them (and those on questions like this one).
-            entries, up, down = self._book.voices(f.record.id)
+            entries, _, _ = self._book.voices(f.record.id)
             region = regions.get(f.record.id, 0.0)
-            overall = fitness(up, down) if entries else fitness(f.up, f.down)
+            overall = self._book.overall(f.record.id) if entries else fitness(f.up, f.down)
             score = float(consensus.combine(np.array([f.cosine]), np.array([overall]),
                                             np.array([region])).scores[0])
             cands.append(_Cand(len(cands), _remote_source(f.record, score), score,
@@ -271,7 +283,7 @@ class Spore:
             if c.rejected:
                 c.source["rejected"] = True  # rated down for this question
         cands.sort(key=lambda c: (c.rejected, -c.score))
-        sources = [c.source for c in cands[:top]]
+        sources = [self._provenance(c.source) for c in cands[:top]]
         if cands:  # ratings of this answer refit the calibration (p2pnode.calibrator)
             conf = self.calibration.said(answer_id, cands[0].score,
                                          cands[1].score if len(cands) > 1 else 0.0)
@@ -298,6 +310,20 @@ class Spore:
             "agents_weight": weight,
             "memories_searched": len(self.index),
         }
+
+    def _provenance(self, source: dict[str, Any]) -> dict[str, Any]:
+        """Who wrote a source, as the swarm sees it now: a revoked author's
+        memories stay, marked; trust as the votes weigh it (agents.trust)."""
+        if self.members is None or "author" not in source:
+            return source
+        author = bytes.fromhex(source["author"])
+        standing = self.members.standing(author)
+        source["author_membership"] = {
+            "kind": self.members.roster.kind(author), "standing": standing or "member",
+            "trust": round(self.trust.get(author, trust.FLOOR), 3) if self.trust else None}
+        if standing in ("revoked", "revoked_inviter"):
+            source["revoked_author"] = True
+        return source
 
     def _judged(self, answer_id: str, q: np.ndarray, best: _Cand, ids: list[str],
                 by_cosine: str, familiar: bool, verdict: Verdict) -> None:
@@ -387,7 +413,8 @@ class Spore:
         answer = await self._on(self._db, self.storage.answer, answer_id)
         if answer is None:
             raise NotFound(f"no answer with id {answer_id!r} (ids come from `spore ask`)")
-        vote = self._next_vote(answer, up)
+        row = await self._on(self._db, self.storage.memory_by_id, answer.memory)
+        vote = self._next_vote(answer, up, row.author if row is not None else b"")
         await self._on(self._db, self.storage.put_vote, vote)
         if self.gossip is not None:  # every spore of the swarm gets it
             self.gossip.offer({vote_key(vote.memory_id, vote.voter, vote.region): vote.wire})
@@ -407,13 +434,14 @@ class Spore:
                                                 duel[1] == answer.memory.hex()))
         return {"memory_id": answer.memory.hex(), "vote": "up" if up else "down",
                 "agents_rated": agents,
-                "up": ups, "down": downs, "fitness": round(fitness(ups, downs), 4)}
+                "up": ups, "down": downs, "fitness": round(self._book.overall(answer.memory), 4)}
 
-    def _next_vote(self, answer: AnswerRow, up: bool) -> VoteRecord:
+    def _next_vote(self, answer: AnswerRow, up: bool, author: bytes) -> VoteRecord:
         mine = self._book.counter(answer.memory, (self.identity.public_key, answer.region))
         counter = record_vote(mine, up)
         return make_vote(self.identity, memory_id=answer.memory, region=answer.region,
-                         qvec=answer.qvec, up=counter.up, down=counter.down, seq=counter.seq)
+                         qvec=answer.qvec, up=counter.up, down=counter.down, seq=counter.seq,
+                         author=author)
 
     # gossip -------------------------------------------------------------
     async def on_gossip(self, accepted: list[Accepted]) -> None:
@@ -426,26 +454,104 @@ class Spore:
         if others:
             self.counters["gossip_votes"] = self.counters.get("gossip_votes", 0) + others
         for a in accepted:
-            if a.key == KIND_DNA and a.record.hash != self.dna.hash:
-                await self.adopt_dna(a.record)
+            if a.key == KIND_DNA:
+                await self.adopt_chain(a.record)
 
-    async def adopt_dna(self, new: Dna) -> None:
-        """A newer version of our swarm's DNA (validated by the gossip store)."""
+    async def adopt_chain(self, chain: list[Dna]) -> None:
+        """A chain of our swarm's DNA versions (verified link by link by the
+        gossip store): its newest version replaces ours if it should."""
+        try:
+            newer = dna_mod.newest_from(self.dna, chain)
+        except VerifyError as exc:
+            self._count("dna_refused")
+            log.warning("a gossiped DNA chain was not taken: %s", exc)
+            return
+        if newer is not None:
+            await self.adopt_dna(newer, chain[:newer.version])
+
+    async def adopt_dna(self, new: Dna, chain: list[Dna]) -> None:
+        """A newer version of our swarm's DNA and the chain that leads to it."""
         if self.state_dir is not None:
+            await self._on(self._db, dna_mod.save_chain, self.state_dir, chain)
             await self._on(self._db, dna_mod.save, self.state_dir, new)
-        old, self.dna = self.dna, new
+        old, self.dna, self.chain = self.dna, new, chain
         if self.swarm is not None:
             self.swarm.dna = new
+        if self.members is not None:
+            self.members.dna_changed()
         log.info("swarm DNA version %d → %d (%s…), signed by founder %s…", old.version,
                  new.version, new.hash.hex()[:16], new.signer.hex()[:16])
 
     async def update_dna(self, changes: dict[str, Any]) -> dict[str, Any]:
         """A founder publishes a new DNA version; gossip takes it to every spore."""
         new = dna_mod.update(self.dna, self.identity, changes, self._now_ms())
-        await self.adopt_dna(new)
+        chain = dna_mod.extend(self.chain, new)
+        if chain is None:  # our chain does not lead to our DNA: start it anew from here
+            raise StateError("this spore's DNA chain is incomplete (dna-chain.bin); "
+                             "restore it before publishing a new version")
+        await self.adopt_dna(new, chain)
         if self.gossip is not None:
-            self.gossip.offer({KIND_DNA: new.wire})
+            self.gossip.offer({KIND_DNA: dna_mod.chain_wire(chain)})
         return new.show()
+
+    # membership -------------------------------------------------------------
+    def _roster(self) -> Members:
+        if self.members is None:
+            raise StateError("this spore runs without a swarm: no members to manage")
+        return self.members
+
+    async def invite(self, *, may_invite: bool, ttl_s: int) -> dict[str, Any]:
+        return self._roster().invite(may_invite=may_invite, ttl_s=ttl_s)
+
+    def members_list(self) -> list[dict[str, Any]]:
+        """Every member known, with the trust its votes weigh (None while
+        voices are not weighed: a swarm from before membership)."""
+        rows = self._roster().members()
+        for m in rows:
+            m["trust"] = (round(self.trust.get(bytes.fromhex(m["key"]), trust.FLOOR), 3)
+                          if self.trust else None)
+        return rows
+
+    async def revoke(self, target_hex: str, why: str) -> dict[str, Any]:
+        return self._roster().revoke(target_hex, why)
+
+    def on_revoked(self, key: bytes) -> None:
+        """A member was revoked: drop it from the DHT and its voice, now."""
+        log.warning("member %s… was revoked", key.hex()[:16])
+        if self.swarm is not None:
+            self.swarm.expel()
+        self._trust_due = True
+        self._trust_now.set()
+
+    def _members_view(self) -> dict[bytes, trust.Member]:
+        assert self.members is not None
+        return {bytes.fromhex(str(m["key"])): trust.Member(
+                    kind=m["kind"], since_ms=int(m["since_ms"] or 0),  # type: ignore[arg-type]
+                    revoked=m["standing"] in ("revoked", "revoked_inviter"))
+                for m in self.members.members()}
+
+    async def refresh_trust(self) -> None:
+        """Weigh every voice again (agents.trust: a pure function of the
+        gossiped items, run on the compute thread). A swarm from before
+        membership (open, no puzzle) keeps one voice each."""
+        self._trust_due = False
+        if self.members is None or not self.members.priced():
+            return
+        inputs, members = self._book.trust_inputs(), self._members_view()
+        weights = await self.on_compute(trust.weights, members, inputs, self._now_ms())
+        self._book.set_trust(weights, default=trust.FLOOR, own=self.identity.public_key)
+        self.trust = weights
+
+    async def keep_trust(self, every_s: float = TRUST_EVERY_S) -> None:
+        """Recompute trust when votes or members changed, at most every
+        `every_s`, and at once after a revocation (cancel to stop)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(every_s):
+                    await self._trust_now.wait()
+            self._trust_now.clear()
+            if self._trust_due:
+                await self.refresh_trust()
 
     def _agent_weight(self, familiar: bool) -> float:
         """The agents' say in the ranking, earned: none until they have been
@@ -473,8 +579,10 @@ class Spore:
     def votes_for(self, memory_id: bytes) -> dict[str, Any]:
         """A memory's votes as this spore knows them (gossip converges them)."""
         entries, up, down = self._book.voices(memory_id)
+        w_up, w_down = self._book.weighed(memory_id)
         return {"memory_id": memory_id.hex(), "voters": entries, "up": up, "down": down,
-                "fitness": round(fitness(up, down), 6)}
+                "weighed_up": round(w_up, 6), "weighed_down": round(w_down, 6),
+                "fitness": round(self._book.overall(memory_id), 6)}
 
     # read ---------------------------------------------------------------
     async def memories(self, limit: int, offset: int) -> list[dict[str, Any]]:
@@ -507,6 +615,7 @@ class Spore:
             "rss_mb": _rss_mb(),
             "dht": self.swarm.status() if self.swarm is not None else None,
             "gossip": self.peers.status() if self.peers is not None else None,
+            "members": self.members.status() if self.members is not None else None,
             "calibration": self.calibration.status(),
             "agents": None if self.agents is None else {
                 **self.agents.status(),

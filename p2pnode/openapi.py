@@ -59,6 +59,13 @@ MAX_ORIGIN = 1024
 ORIGIN_CONTROL = "[\\u0000-\\u001f\\u007f-\\u009f]"
 _ORIGIN = {"type": "string", "maxLength": MAX_ORIGIN, "not": {"pattern": ORIGIN_CONTROL},
            "description": "where the text came from (a file, a URL): one line"}
+# Membership: an invitation lives 1 minute to 30 days (a day by default); a
+# revocation names a member by (a prefix of) its node id or public key and
+# says why in one line, as p2pnode.membership signs it.
+MIN_INVITE_TTL_S, DEFAULT_INVITE_TTL_S, MAX_INVITE_TTL_S = 60, 86_400, 30 * 86_400
+MAX_WHY = 200
+WHY_CONTROL = "[\\u0000-\\u001f\\u007f-\\u009f\\u200b-\\u200f\\u2028-\\u202e\\u2066-\\u2069]"
+MEMBER_ID = "^[0-9a-f]{1,64}$"
 _ID = {"name": "id", "in": "path", "required": True,
        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
 _RULES = """JSON in, JSON out. Bodies must be sent as `Content-Type: application/json`
@@ -67,7 +74,8 @@ pages of other sites are refused with 403: a Host header other than this API's
 own names (localhost, 127.0.0.1, [::1], the bound address), a cross-site
 `Origin` or `Sec-Fetch-Site: cross-site`. The token (`Authorization: Bearer`,
 from `api.token` in the daemon's state directory) is needed for POST /v1/dna,
-and for every route but /healthz when the API is bound beyond loopback
+POST /v1/invites and POST /v1/revocations (they change the swarm's rules or
+who is in it), and for every route but /healthz when the API is bound beyond loopback
 (else 401)."""
 
 OPENAPI: dict[str, Any] = {
@@ -107,6 +115,25 @@ OPENAPI: dict[str, Any] = {
             ["peers"], peers={"type": "array", "items": {
                 "type": "string", "description": "HOST:PORT"}}))},
         "/v1/dht/locate/{id}": {"get": _op("which spores hold a memory", params=[_ID])},
+        "/v1/invites": {"post": {**_op(
+            "a one-time invitation code into this invite swarm (201; 403 when this "
+            "spore may not invite, 409 in an open swarm)", _obj(
+                [], may_invite={"type": "boolean", "default": False, "description":
+                                "whether the joiner may invite others in turn"},
+                ttl_s={"type": "integer", "minimum": MIN_INVITE_TTL_S,
+                       "maximum": MAX_INVITE_TTL_S, "default": DEFAULT_INVITE_TTL_S,
+                       "description": "seconds until the code expires"}),
+            created=True, writes=True), "security": [{"token": []}]}},
+        "/v1/members": {"get": _op("the swarm's members as this spore knows them (founders, "
+                                   "invited, ticket holders, revoked) and its membership mode")},
+        "/v1/revocations": {"post": {**_op(
+            "revoke a member (founders only; 201, 403 for others)", _obj(
+                ["node_id"], node_id={"type": "string", "pattern": MEMBER_ID, "description":
+                                      "node id or public key (hex), or a prefix naming "
+                                      "one known member"},
+                why={"type": "string", "maxLength": MAX_WHY, "not": {"pattern": WHY_CONTROL},
+                     "description": "why, in one line"}),
+            created=True, writes=True), "security": [{"token": []}]}},
         "/v1/openapi.json": {"get": _op("this document")},
     },
     "components": {

@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from p2pnode.errors import SporeError, VerifyError
 from p2pnode.gossip import (
     KIND_AGENT,
     KIND_DNA,
+    KIND_PASS,
     KIND_PEER,
     KIND_VOTE,
     MAX_BODY,
@@ -97,17 +99,32 @@ SOURCES_KEPT = 4096  # sources (and keys) whose intake budgets are kept; the lea
 # sign: requests a second, and at once. Honest, 7 spores behind one address
 # (scripts/bench/learning.py): 14 score requests in one second at most, 4.6 a
 # second over ten; 11 adoptions (an agent genome checked each) in 85 s.
-ROUTE_RATES = {"score": (8.0, 32.0), "feedback": (8.0, 32.0), "adopt": (0.2, 32.0)}
+ROUTE_RATES = {"score": (8.0, 32.0), "feedback": (8.0, 32.0), "adopt": (0.2, 32.0),
+               "join": (0.2, 4.0)}
+MEMBER_HEADER = "Spore-Member"  # the sender's pass (hex), for a receiver that lacks it
+MAX_PASS_HEX = 8192
+MAX_JOIN_BODY = 4096
+# (join request body, source address) → reply body; raises VerifyError with a reason
+JoinRoute = Callable[[bytes, str], Awaitable[bytes]]
+Standing = Callable[[bytes], "str | None"]  # public key → None if a member, else why not
 
 OnAccepted = Callable[[list[Accepted]], Awaitable[None]]
 Route = Callable[[bytes, bytes], Awaitable[bytes]]  # (sender's public key, body) → reply
 
 
-def validators(swarm: bytes, current_dna: Callable[[], dna_mod.Dna]) -> dict[bytes, Validator]:
+def validators(swarm: bytes, current_dna: Callable[[], dna_mod.Dna],
+               standing: Standing = lambda key: None) -> dict[bytes, Validator]:
     """How each kind of gossiped item is checked, for the swarm `swarm`: every
     field by its record's decoder (vectors at the current DNA's dimension,
-    times against the store's `now_ms`), then its key and its swarm. Every
-    refusal is a VerifyError with a `reason` (a counter key)."""
+    times against the store's `now_ms`), then its key, its swarm and its
+    writer's standing (only members in good standing write: p2pnode.members
+    adds the passes and revocations that decide it). Every refusal is a
+    VerifyError with a `reason` (a counter key). The DNA travels as its
+    chain of versions, so a spore that missed some still verifies the newest."""
+
+    def member(key: bytes, what: str) -> None:
+        if (why := standing(key)) is not None:
+            raise RecordError(f"{what}_{why}", f"{what} by {key.hex()[:16]}…: {why}")
 
     def dim() -> int | None:
         encoder = current_dna().fields.get("encoder")
@@ -117,17 +134,15 @@ def validators(swarm: bytes, current_dna: Callable[[], dna_mod.Dna]) -> dict[byt
     def dna_item(key: bytes, item: bytes, now_ms: int) -> tuple[int, Any]:
         if key != KIND_DNA:
             raise RecordError("dna_key", "DNA under a wrong key")
-        candidate = dna_mod.decode(item)
-        if candidate.swarm_id != swarm:
-            raise RecordError("dna_swarm", "DNA of another swarm")
+        try:
+            # Verified link by link from the genesis, whose hash is the swarm id.
+            chain = dna_mod.decode_chain(item, swarm)
+        except VerifyError as exc:
+            raise RecordError("dna_chain", f"DNA chain: {exc}") from exc
+        candidate = chain[-1]
         if not 0 < candidate.version < 1 << 31:  # dna_stamp must stay below 2**63
             raise RecordError("dna_version_range", "DNA version out of range")
-        current = current_dna()
-        if candidate.hash != current.hash:
-            # Raises for a non-founder's DNA or a changed immutable rule; an
-            # older version (or the loser of a same-version tie) just loses.
-            dna_mod.successor(current, candidate)
-        return dna_stamp(candidate), candidate
+        return dna_stamp(candidate), chain
 
     def peer_item(key: bytes, item: bytes, now_ms: int) -> tuple[int, Any]:
         card = decode_peer(item, now_ms=now_ms)
@@ -135,12 +150,14 @@ def validators(swarm: bytes, current_dna: Callable[[], dna_mod.Dna]) -> dict[byt
             raise RecordError("peer_key", "peer card under a wrong key")
         if card.swarm != swarm:
             raise RecordError("peer_swarm", "peer card of another swarm")
+        member(card.public_key, "peer")
         return card.seq, card
 
     def vote_item(key: bytes, item: bytes, now_ms: int) -> tuple[int, Any]:
         vote = decode_vote(item, dim=dim())
         if key != vote_key(vote.memory_id, vote.voter, vote.region):
             raise RecordError("vote_key", "vote under a wrong key")
+        member(vote.voter, "vote")
         return vote.seq, vote
 
     def agent_item(key: bytes, item: bytes, now_ms: int) -> tuple[int, Any]:
@@ -149,6 +166,7 @@ def validators(swarm: bytes, current_dna: Callable[[], dna_mod.Dna]) -> dict[byt
             raise RecordError("agent_key", "agent card under a wrong key")
         if card.swarm != swarm:
             raise RecordError("agent_swarm", "agent card of another swarm")
+        member(card.host, "agent")
         return card.seq, card
 
     return {KIND_DNA: dna_item, KIND_PEER: peer_item, KIND_VOTE: vote_item,
@@ -222,7 +240,9 @@ class PeerService:
                  contacts: Callable[[], list[tuple[str, int]]], on_accepted: OnAccepted,
                  capacity: Callable[[], int] = lambda: 0, timeout_s: float = 2.0,
                  rng: random.Random | None = None, limits: ServeLimits = ServeLimits(),
-                 trace: aiohttp.TraceConfig | None = None) -> None:
+                 trace: aiohttp.TraceConfig | None = None,
+                 standing: Standing = lambda key: None,
+                 own_pass: Callable[[], bytes | None] = lambda: None) -> None:
         self.identity, self.swarm, self.store = identity, swarm, store
         self.host, self.port, self.interval_s, self.timeout_s = host, port, interval_s, timeout_s
         self.contacts, self.on_accepted, self.capacity = contacts, on_accepted, capacity
@@ -230,6 +250,11 @@ class PeerService:
         self.verifier = Verifier(swarm)
         self.limits = limits
         self.intake = Intake(limits)
+        # Who may be served and answered: members in good standing (p2pnode.
+        # membership). A sender's pass in MEMBER_HEADER makes it one here at
+        # once; our own pass goes with every request we make.
+        self.standing, self.own_pass = standing, own_pass
+        self.join: JoinRoute | None = None  # an invitation's redemption (unsigned)
         # Seeds and DHT contacts are gossip targets at once; addresses only a
         # peer card names are candidates until a round with them verifies.
         self.members = Membership((host, port), self.rng)
@@ -298,6 +323,14 @@ class PeerService:
         card = make_peer(self.identity, swarm=self.swarm, host=self._advertise, port=self.port,
                          capacity=self._card_capacity, seq=self.card_seq)
         self.store.offer({KIND_PEER + card.node_id: card.wire})
+
+    @property
+    def advertised(self) -> str:
+        """The host our card names (empty before start); a wildcard names the
+        address a peer sees us by, so give a reachable guess instead."""
+        if self._advertise not in UNSPECIFIED:
+            return self._advertise
+        return _reachable_guess()
 
     def capacity_changed(self) -> None:
         """Publish a new card when the spare capacity it advertises is out of date."""
@@ -407,6 +440,8 @@ class PeerService:
         path = PATH + route
         headers = sign_request(self.identity, self.swarm, "POST", path, body,
                                int(time.time() * 1000), nonce)
+        if (mine := self.own_pass()) is not None:
+            headers[MEMBER_HEADER] = mine.hex()
         self.count("bytes_sent", len(body) + REQUEST_HEADERS)
         url = f"http://{_host(member.host)}:{member.port}{path}"
         # aiohttp's own timer too, so connect and read stop at the deadline
@@ -426,7 +461,10 @@ class PeerService:
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status,
                                                   message=f"peer answered {resp.status}")
-            verify_reply(resp.headers, nonce, reply)
+            replier = verify_reply(resp.headers, nonce, reply)
+            if (why := self.standing(replier)) is not None:  # never talk on with an outsider
+                raise Refused(f"peer_{why}", f"the peer's key {replier.hex()[:16]}… is not a "
+                              f"member in good standing ({why})")
             return reply
 
     # --- serving ---------------------------------------------------------------------
@@ -434,6 +472,8 @@ class PeerService:
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         route = request.match_info["route"]
         peer = _who(request)
+        if route == "join" and self.join is not None:
+            return await self._serve_join(request, peer)
         if route not in ("sync", "delta") and route not in self.routes:
             raise web.HTTPNotFound()
         try:
@@ -460,7 +500,8 @@ class PeerService:
         the body under a deadline."""
         source = _source(request.remote or "?")
         self.intake.request(source, route)
-        self.verifier.precheck(request.headers, int(time.time() * 1000))
+        claim = self.verifier.precheck(request.headers, int(time.time() * 1000))
+        self._check_member(claim.key, request.headers)  # before any state changes
         if (request.content_length or 0) > MAX_BODY:
             raise Refused("too_large", f"body over {MAX_BODY} bytes")
         body = await self._read(request, source)
@@ -513,6 +554,45 @@ class PeerService:
         self.count("bytes_sent", len(reply) + REPLY_HEADERS)
         return web.Response(body=reply, headers=sign_reply(self.identity, nonce, reply),
                             content_type="application/octet-stream")
+
+    def _check_member(self, key: bytes, headers: Mapping[str, str]) -> None:
+        """Refused unless `key` is a member in good standing; a pass it sends
+        along (checked like any gossiped pass) makes it one."""
+        why = self.standing(key)
+        if why == "not_member" and (shown := headers.get(MEMBER_HEADER)) is not None:
+            if len(shown) > MAX_PASS_HEX:
+                raise Refused("malformed", f"header {MEMBER_HEADER} over {MAX_PASS_HEX} chars")
+            try:
+                data = bytes.fromhex(shown)
+            except ValueError:
+                raise Refused("malformed", f"header {MEMBER_HEADER} is not hex") from None
+            if self.store.offer({KIND_PASS + key: data}):
+                self.count("passes_shown")
+            why = self.standing(key)
+        if why is not None:
+            raise Refused(why, f"key {key.hex()[:16]}… is not a member in good standing "
+                          f"of this swarm ({why})")
+
+    async def _serve_join(self, request: web.Request, peer: str) -> web.Response:
+        """An invitation redeemed: unsigned (the joiner is no member yet), so
+        rate-limited by address, small and read under the deadline."""
+        assert self.join is not None
+        try:
+            self.intake.request(_source(request.remote or "?"), "join")
+            if (request.content_length or 0) > MAX_JOIN_BODY:
+                raise Refused("too_large", f"a join request is under {MAX_JOIN_BODY} bytes")
+            async with asyncio.timeout(self.limits.read_deadline_s):
+                body = await read_bounded(request.content, MAX_JOIN_BODY)
+            reply = await self.join(body, peer)
+        except TimeoutError:
+            return self._refuse(peer, Refused("slow_body", "the join request took too long"))
+        except Refused as exc:
+            return self._refuse(peer, exc)
+        except VerifyError as exc:
+            return self._refuse(peer, Refused(str(getattr(exc, "reason", "malformed")),
+                                              str(exc)))
+        self.count("served_join")
+        return web.Response(body=reply, content_type="application/octet-stream")
 
     def _refuse(self, peer: str, exc: Refused, status: int | None = None) -> web.Response:
         self.count(f"refused_{exc.reason}")
@@ -586,6 +666,14 @@ async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
         if size > limit:
             raise VerifyError(f"a peer reply over {limit} bytes")
     return b"".join(chunks)
+
+
+def _reachable_guess() -> str:
+    """This machine's address on its default route (a UDP connect sends nothing)."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # TEST-NET-1: never reached, only routed
+        return str(s.getsockname()[0])
+    return socket.gethostname()
 
 
 def _who(request: web.Request) -> str:

@@ -80,10 +80,12 @@ def _pack(obj: object) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def _unpack_signed(data: bytes, what: str, tag: str, n_fields: int
+def _unpack_signed(data: bytes, what: str, tag: str, n_fields: int, *,
+                   versions: dict[int, int] | None = None
                    ) -> tuple[bytes, bytes, list[object]]:
     """Split wire bytes into (body bytes, signature, decoded body list) of a
-    v1 record of kind `tag` with `n_fields` fields."""
+    v1 record of kind `tag` with `n_fields` fields (or, with `versions`, of
+    any version it lists, with the number of fields it gives that version)."""
     if not isinstance(data, bytes):
         raise RecordError("record_malformed", f"a {what} record must be bytes")
     if len(data) > MAX_RECORD_BYTES:
@@ -97,9 +99,10 @@ def _unpack_signed(data: bytes, what: str, tag: str, n_fields: int
         raise RecordError("record_malformed", f"malformed {what} record: {exc}") from exc
     if not isinstance(body, bytes) or not isinstance(sig, bytes) or not isinstance(fields, list):
         raise RecordError("record_malformed", f"malformed {what} record: wrong outer types")
-    if len(fields) != n_fields or fields[0] != tag or type(fields[1]) is not int \
-            or fields[1] != _VERSION:
-        raise RecordError("record_version", f"not a v1 {what} record")
+    shapes = versions or {_VERSION: n_fields}
+    if len(fields) < 2 or fields[0] != tag or type(fields[1]) is not int \
+            or shapes.get(fields[1]) != len(fields):
+        raise RecordError("record_version", f"not a {what} record of a known version")
     return body, sig, fields
 
 
@@ -282,6 +285,14 @@ def decode_memory(data: bytes, *, dim: int | None = None,
 
 # --- votes ------------------------------------------------------------------------------
 
+# A vote body's version → its number of fields. Version 2 adds the author of
+# the memory voted on (agents.trust credits an author with the up votes its
+# memories earned); version 1 bodies, still held in gossip stores, decode with
+# an unknown author (b"").
+_VOTE_FIELDS = {1: 9, 2: 10}
+_VOTE_VERSION = 2
+
+
 @dataclass(frozen=True)
 class VoteRecord:
     """A voter's signed counter for one memory in one question region."""
@@ -293,6 +304,7 @@ class VoteRecord:
     up: int
     down: int
     seq: int
+    author: bytes  # the memory's author as the voter read it: 32 bytes, or b"" if unknown
     body: bytes
     signature: bytes
 
@@ -310,18 +322,23 @@ def make_vote(
     up: int,
     down: int,
     seq: int,
+    author: bytes = b"",
 ) -> VoteRecord:
-    fields = ["vote", _VERSION, memory_id, identity.public_key, region, qvec, up, down, seq]
+    fields = ["vote", _VOTE_VERSION, memory_id, identity.public_key, region, qvec, up, down, seq,
+              author]
     body = _pack(fields)
     sig = identity.sign(VOTE_DOMAIN, body)
-    return VoteRecord(memory_id, identity.public_key, region, qvec, up, down, seq, body, sig)
+    return VoteRecord(memory_id, identity.public_key, region, qvec, up, down, seq, author, body,
+                      sig)
 
 
 def decode_vote(data: bytes, *, dim: int | None = None) -> VoteRecord:
     """Parse, check and verify a vote entry; RecordError on anything wrong.
-    Its counters are bounded by its seq (each rating raises seq by one)."""
-    body, sig, f = _unpack_signed(data, "vote", "vote", 9)
-    _, _, memory_id, voter, region, qvec, up, down, seq = f
+    Its counters are bounded by its seq (each rating raises seq by one); its
+    author is a key or b"" (and b"" in a version 1 body, which has none)."""
+    body, sig, f = _unpack_signed(data, "vote", "vote", _VOTE_FIELDS[_VOTE_VERSION],
+                                  versions=_VOTE_FIELDS)
+    _, _, memory_id, voter, region, qvec, up, down, seq, *rest = f
     last = _uint(seq, "seq")
     rec = VoteRecord(
         memory_id=_blob(memory_id, "memory_id", (ID_BYTES,)),
@@ -329,6 +346,7 @@ def decode_vote(data: bytes, *, dim: int | None = None) -> VoteRecord:
         region=_blob(region, "region", (ID_BYTES,)),
         qvec=_compact(qvec, "qvec", dim, positive=True),
         up=_uint(up, "up", last), down=_uint(down, "down", last), seq=last,
+        author=_blob(rest[0], "author", (0, PUBLIC_KEY_BYTES)) if rest else b"",
         body=body, signature=sig)
     _verify(rec.voter, VOTE_DOMAIN, body, sig)
     return rec

@@ -16,7 +16,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,13 +136,15 @@ class Swarm:
     def __init__(self, *, identity: Identity, dna: Dna, state_dir: Path, dim: int,
                  settings: SwarmSettings, now_ms: Callable[[], int] | None = None,
                  bind: Bind = bind_udp, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 admit: Callable[[bytes], str | None] = lambda public_key: None) -> None:
         self.identity, self.dna, self.settings = identity, dna, settings
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
         self._clock = clock
         self.join = JoinState(Backoff(rng or random.Random()))
         self.store = ValueStore(state_dir / DHT_DB)
-        self.dht = SporeDHT(identity=identity, dna_hash=dna.swarm_id, store=self.store, rules=RULES,
+        self.dht = SporeDHT(identity=identity, dna_hash=dna.swarm_id, store=self.store,
+                            rules=replace(RULES, admit=admit),
                             config=DhtConfig(replicas=int(dna.fields["replication"]),
                                              max_contacts_per_ip=settings.max_contacts_per_ip,
                                              rate_per_s=settings.rate_per_s,
@@ -452,6 +454,11 @@ class Swarm:
 
     async def locate(self, memory_id: bytes) -> list[tuple[str, str, int]]:
         return await self.dht.locate(memory_id)
+
+    def expel(self) -> int:
+        """Drop the DHT contacts the swarm no longer admits (a revocation came)."""
+        protocol = self.dht.protocol
+        return 0 if protocol is None else protocol.expel()
 
     def status(self) -> dict[str, Any]:
         return {"dht_address": f"{self.dht.address[0]}:{self.dht.address[1]}",

@@ -15,9 +15,12 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from p2pnode.identity import Identity
 
 SPORE = str(Path(sys.executable).parent / "spore")
 START_DEADLINE_S = 60.0
@@ -155,14 +158,50 @@ def make_daemon(tmp: Path) -> Daemon:
     return Daemon(state, conf, port, env)
 
 
-def start_swarm(spores: list[Daemon]) -> None:
-    """Start the first spore (it founds the swarm), then the others on its DNA,
-    joining through it; returns when all serve."""
+def invite_into(inviter: Daemon, joiner: Daemon, *, may_invite: bool = False) -> str:
+    """`spore invite` on a running member, `spore init --join CODE` for the
+    joiner (not started): the way people bring a device into an invite swarm."""
+    code = str(inviter.json("POST", "/v1/invites", {"may_invite": may_invite})["code"])
+    joiner.cli("init", "--join", code, check=True)
+    return code
+
+
+def found_open(d: Daemon) -> None:
+    """Found an open swarm with free identities (as swarms from before
+    membership): every key holding the DNA file is a member. The setting of
+    the hostile-member tests: the attacker is a member, keys cost nothing."""
+    d.cli("init", "--swarm", "open-test", "--open", "--puzzle-bits", "0", check=True)
+
+
+def pass_header(founder: Daemon, who: Identity) -> dict[str, str]:
+    """The header that makes `who` a member of `founder`'s invite swarm: a
+    pass certified by the founder's own key (read from its state directory)."""
+    from p2pnode import dna as dna_mod
+    from p2pnode import membership as ms
+    from p2pnode.identity import load_or_create
+    from p2pnode.peers import MEMBER_HEADER
+
+    me, _ = load_or_create(founder.state_dir)
+    dna = dna_mod.load(founder.state_dir)
+    assert dna is not None
+    cert = ms.issue(me, swarm=dna.swarm_id, member=who.public_key, may_invite=False,
+                    issued_ms=int(time.time() * 1000))
+    return {MEMBER_HEADER: ms.invited_pass(None, cert, who).wire.hex()}
+
+
+def start_swarm(spores: list[Daemon], *, open_swarm: bool = False) -> None:
+    """Start the first spore (it founds an invite swarm), then the others,
+    each invited by it and joining through it; returns when all serve. With
+    `open_swarm`: an open swarm with free identities, its DNA file copied."""
+    if open_swarm:
+        found_open(spores[0])
     spores[0].start()
-    dna = (spores[0].state_dir / "dna.bin").read_bytes()
     for d in spores[1:]:
-        d.state_dir.mkdir(parents=True, exist_ok=True)
-        (d.state_dir / "dna.bin").write_bytes(dna)
+        if open_swarm:
+            d.state_dir.mkdir(parents=True, exist_ok=True)
+            (d.state_dir / "dna.bin").write_bytes((spores[0].state_dir / "dna.bin").read_bytes())
+        else:
+            invite_into(spores[0], d)
         d.start("--peer", spores[0].dht, wait=False)
     for d in spores[1:]:
         wait_for(d.healthy, 120, f"spore on {d.port}")

@@ -36,7 +36,7 @@ from p2pnode.identity import Identity, node_id
 from p2pnode.peerauth import sign_request
 from p2pnode.peers import validators
 from p2pnode.records import make_agent_card, make_peer
-from tests.conftest import Daemon, make_daemon
+from tests.conftest import Daemon, make_daemon, pass_header
 
 VICTIM = Identity.from_seed(b"hostile: victim")
 ASKER = Identity.from_seed(b"hostile: honest asker")
@@ -435,7 +435,8 @@ def post(d: Daemon, who: Identity, route: str, body: bytes) -> tuple[int, dict[s
     swarm = bytes.fromhex(d.json("GET", "/v1/status")["swarm_id"])
     path = f"/peer/v1/{route}"
     for _ in range(100):
-        headers = sign_request(who, swarm, "POST", path, body, now_ms(), os.urandom(16))
+        headers = sign_request(who, swarm, "POST", path, body, now_ms(),
+                               os.urandom(16)) | pass_header(d, who)  # a member attacks
         req = urllib.request.Request(f"http://{d.dht}{path}", data=body, method="POST",
                                      headers=headers)
         try:

@@ -23,7 +23,7 @@ from agents.genome import make_lineage
 from p2pnode.egress import read
 from p2pnode.identity import Identity
 from p2pnode.peerauth import sign_request
-from tests.conftest import Daemon, make_daemon, start_swarm, stop_all, wait_for
+from tests.conftest import Daemon, make_daemon, pass_header, start_swarm, stop_all, wait_for
 from tests.test_genome_guard import external_in_initializer
 
 FACTS = [
@@ -140,7 +140,8 @@ def test_a_hostile_genome_is_refused_and_the_spore_keeps_serving(spores: list[Da
     code = 503
     for _ in range(20):  # 503: the peer port is serving its 8 at once; come again
         headers = sign_request(stranger, swarm, "POST", "/peer/v1/adopt", body,
-                               int(time.time() * 1000), os.urandom(16))
+                               int(time.time() * 1000), os.urandom(16)
+                               ) | pass_header(host, stranger)  # a member, invited
         req = urllib.request.Request(f"http://{host.dht}/peer/v1/adopt", data=body,
                                      method="POST", headers=headers)
         with pytest.raises(urllib.error.HTTPError) as refused:

@@ -205,12 +205,14 @@ def test_joined_spore_admits_the_gossip_peers_its_table_lacks(tmp_path: Path) ->
 
 
 def _spores(tmp: Path, n: int, **env: str) -> list[Daemon]:
-    """n spores of one swarm, none started: the first founded it (`spore init`),
-    the others hold its DNA."""
+    """n spores of one open swarm, none started: the first founded it (`spore
+    init --open`), the others hold its DNA."""
     spores = [make_daemon(tmp / f"spore{i}") for i in range(n)]
     for d in spores:
         d.env.update(SPORE_MAX_CONTACTS_PER_IP="64", **env)
-    spores[0].cli("init", check=True)
+    # Open, free identities: these spores start all at once, before any member
+    # could hand out invitations (tests/test_members.py covers invite swarms).
+    spores[0].cli("init", "--swarm", "boot", "--open", "--puzzle-bits", "0", check=True)
     dna = (spores[0].state_dir / "dna.bin").read_bytes()
     for d in spores[1:]:
         d.state_dir.mkdir(parents=True)

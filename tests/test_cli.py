@@ -127,6 +127,21 @@ def test_openapi_lists_every_route(running: Daemon) -> None:
             "/v1/status", "/healthz"} <= set(doc["paths"])
 
 
+def test_openapi_lists_the_membership_routes(running: Daemon) -> None:
+    paths = running.http("GET", "/v1/openapi.json")[1]["paths"]
+    assert {"/v1/invites", "/v1/members", "/v1/revocations"} <= set(paths)
+    for path in ("/v1/invites", "/v1/revocations"):
+        assert paths[path]["post"]["security"] == [{"token": []}]
+
+
+def test_members_of_a_solo_spore_is_its_founder(running: Daemon) -> None:
+    data = running.cli_json("members")
+    me = running.cli_json("status")
+    assert data["membership"] == "invite" and [m["kind"] for m in data["members"]] == ["founder"]
+    assert data["members"][0]["node_id"] == me["node_id"]
+    assert "founder" in running.cli("members").stdout
+
+
 def test_usage_error_is_exit_2(running: Daemon) -> None:
     assert running.cli("rate", "abc", "sideways").returncode == 2
     assert running.cli("frobnicate").returncode == 2

@@ -128,12 +128,22 @@ def test_joining_another_swarm_into_a_founded_state_dir_is_refused(
     ["init", "--join", "f.dna", "--peer", "nohost"],
     ["dna", "update"],
     ["dna", "update", "--set", "novalue"],
+    ["init", "--open", "--join", "f.dna"],
+    ["init", "--join", "spore1-notacode"],
 ])
 def test_usage_errors(tmp_path: Path, args: list[str]) -> None:
     spore = make_daemon(tmp_path)
     res = spore.cli(*args)
     assert res.returncode == 2, res.stderr
     assert not (spore.state_dir / "dna.bin").exists()
+
+
+def test_a_new_swarm_is_invite_only_unless_open(tmp_path: Path) -> None:
+    invite = make_daemon(tmp_path / "i").cli_json("init", "--swarm", "home")
+    opened = make_daemon(tmp_path / "o").cli_json("init", "--swarm", "town", "--open")
+    assert invite["membership"] == "invite" and opened["membership"] == "open"
+    shown = make_daemon(tmp_path / "o").cli_json("dna", "show")
+    assert shown["membership"] == "open" and shown["puzzle_bits"] > 0
 
 
 def test_update_needs_the_daemon(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ T0 = 1_700_000_000_000
 def store(path: Path | None = None, dna: dna_mod.Dna = DNA) -> GossipStore:
     current = [dna]
     s = GossipStore(validators(dna.swarm_id, lambda: current[0]), path)
-    s.offer({KIND_DNA: dna.wire})
+    s.offer({KIND_DNA: dna_mod.chain_wire([dna])})
     return s
 
 
@@ -168,9 +168,12 @@ def test_agent_cards_are_the_hosts_own_and_spread_by_seq() -> None:
 def test_dna_items_follow_the_founders_rules() -> None:
     s = store()
     newer = dna_mod.update(DNA, FOUNDER, {"division_threshold": 30}, 2)
-    assert [a.record.version for a in s.offer({KIND_DNA: newer.wire})] == [2]
-    assert s.offer({KIND_DNA: DNA.wire}) == []  # the old version loses
-    assert s.offer({KIND_DNA: OTHER.wire}) == []  # another swarm: refused
+    chain = dna_mod.chain_wire([DNA, newer])
+    assert [a.record[-1].version for a in s.offer({KIND_DNA: chain})] == [2]
+    assert s.offer({KIND_DNA: dna_mod.chain_wire([DNA])}) == []  # the old version loses
+    assert s.offer({KIND_DNA: dna_mod.chain_wire([OTHER])}) == []  # another swarm: refused
+    assert s.offer({KIND_DNA: newer.wire}) == []  # a version alone, not its chain: refused
+    assert s.counters["refused_dna_chain"] == 2
     intruder = Identity.from_seed(b"intruder")
     with pytest.raises(StateError, match="founder"):
         dna_mod.update(DNA, intruder, {"division_threshold": 31}, 3)

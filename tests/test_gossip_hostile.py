@@ -30,7 +30,7 @@ from p2pnode.identity import Identity
 from p2pnode.peerauth import sign_request
 from p2pnode.peers import validators
 from p2pnode.records import make_peer, make_vote
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon, found_open, wait_for
 
 DIM = 384
 FOUNDER = Identity.from_seed(b"hostile gossip founder")
@@ -46,7 +46,7 @@ Item = tuple[bytes, bytes]
 
 def store(path: Path | None = None, caps: Caps | None = None) -> GossipStore:
     s = GossipStore(validators(DNA.swarm_id, lambda: DNA), path, caps=caps or Caps())
-    s.offer({KIND_DNA: DNA.wire})
+    s.offer({KIND_DNA: dna_mod.chain_wire([DNA])})
     return s
 
 
@@ -211,6 +211,7 @@ def _gossip_counters(d: Daemon) -> dict[str, int]:
 
 
 def test_a_spore_refuses_hostile_votes_keeps_serving_and_restarts(daemon: Daemon) -> None:
+    found_open(daemon)  # any key a member: the voters are the attacker's throw-away keys
     daemon.start()
     taught = daemon.json("POST", "/v1/teach", {"text": "journalctl -k shows the kernel log."})
     memory = bytes.fromhex(taught["id"])

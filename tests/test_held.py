@@ -39,7 +39,15 @@ from p2pnode.api import MAX_BODY as API_MAX_BODY
 from p2pnode.gossip import MAX_BODY as PEER_MAX_BODY
 from p2pnode.identity import Identity
 from p2pnode.peerauth import sign_request
-from tests.conftest import SPORE, Daemon, make_daemon, start_swarm, stop_all, wait_for
+from tests.conftest import (
+    SPORE,
+    Daemon,
+    make_daemon,
+    pass_header,
+    start_swarm,
+    stop_all,
+    wait_for,
+)
 
 # --- kill -9 during ingest and a burst of teaches ---------------------------------------------
 
@@ -305,9 +313,10 @@ def _swarm(d: Daemon) -> bytes:
 def _peer_sync(d: Daemon, skew_ms: int = 0) -> tuple[int, dict[str, Any]]:
     """A signed /peer/v1/sync from a new key, dated our clock + `skew_ms`."""
     body = sync.encode_digest(sync.summarize({}))
-    headers = sign_request(Identity.from_seed(os.urandom(16)), _swarm(d), "POST",
-                           "/peer/v1/sync", body, int(time.time() * 1000) + skew_ms,
-                           os.urandom(16))
+    who = Identity.from_seed(os.urandom(16))  # a member of d's swarm (d founded it)
+    headers = sign_request(who, _swarm(d), "POST", "/peer/v1/sync", body,
+                           int(time.time() * 1000) + skew_ms, os.urandom(16)
+                           ) | pass_header(d, who)
     req = urllib.request.Request(f"http://{d.dht}/peer/v1/sync", data=body, method="POST",
                                  headers=headers)
     try:
@@ -359,8 +368,9 @@ def _api_head(d: Daemon, framing: str) -> str:
 
 
 def _peer_head(d: Daemon, framing: str) -> str:
-    signed = sign_request(Identity.from_seed(os.urandom(16)), _swarm(d), "POST",
-                          "/peer/v1/delta", b"", int(time.time() * 1000), os.urandom(16))
+    who = Identity.from_seed(os.urandom(16))
+    signed = sign_request(who, _swarm(d), "POST", "/peer/v1/delta", b"",
+                          int(time.time() * 1000), os.urandom(16)) | pass_header(d, who)
     lines = "".join(f"{k}: {v}\r\n" for k, v in signed.items())
     return f"POST /peer/v1/delta HTTP/1.1\r\nHost: spore\r\n{lines}{framing}\r\n\r\n"
 

@@ -86,6 +86,20 @@ def test_vote_is_not_a_memory() -> None:
         verify(ALICE.public_key, b"sporemind/memory/v1", vote.body, vote.signature)
 
 
+def test_a_vote_carries_the_memory_author_and_old_votes_still_decode() -> None:
+    """New votes are version 2 bodies naming the memory's author; a version 1
+    body (held in gossip stores written before) decodes with an unknown author."""
+    vote = make_vote(ALICE, memory_id=b"m" * 32, region=b"r" * 32, qvec=b"q" * 388,
+                     up=1, down=0, seq=1, author=MALLORY.public_key)
+    assert msgpack.unpackb(vote.body)[1] == 2
+    assert decode_vote(vote.wire) == vote and vote.author == MALLORY.public_key
+    assert decode_vote(make_vote(ALICE, memory_id=b"m" * 32, region=b"r" * 32, qvec=b"q" * 388,
+                                 up=1, down=0, seq=1).wire).author == b""
+    v1 = msgpack.packb(["vote", 1, b"m" * 32, ALICE.public_key, b"r" * 32, b"q" * 388, 0, 1, 1])
+    old = decode_vote(msgpack.packb([v1, ALICE.sign(b"sporemind/vote/v1", v1)]))
+    assert (old.author, old.down, old.body) == (b"", 1, v1)
+
+
 def _dna(identity: Identity = ALICE) -> dna_mod.Dna:
     return dna_mod.found(identity, swarm="test", encoder_name="enc", encoder_sha256="ab" * 32,
                          dim=384, created_ms=5, seed=b"s" * 16)

@@ -115,16 +115,23 @@ keys = field(st.just(ME.public_key), ids())
 
 # --- one property per record type ------------------------------------------------------
 
+authors = field(st.sampled_from([b"", ME.public_key]), ids(31))
+
+
 @EXAMPLES
 @given(memory_id=ids(), voter=keys, region=ids(), qvec=compact_vectors(),
        up=counts(st.integers(0, 1)), down=counts(st.integers(0, 1)),
-       seq=counts(st.integers(1, 2**63 - 1)),
-       dim=st.sampled_from([DIM, None]))
+       seq=counts(st.integers(1, 2**63 - 1)), version=field(st.sampled_from([1, 2]), ints),
+       author=st.one_of(authors, st.just(None)), dim=st.sampled_from([DIM, None]))
 def test_a_vote_is_usable_or_refused_with_a_reason(memory_id: Any, voter: Any, region: Any,
                                                   qvec: Any, up: Any, down: Any, seq: Any,
+                                                  version: Any, author: Any,
                                                   dim: int | None) -> None:
-    wire = _signed(records.VOTE_DOMAIN, ["vote", 1, memory_id, voter, region, qvec, up, down,
-                                         seq])
+    """Version 1 bodies have 9 fields, version 2 a 10th, the memory's author
+    (None here: a body without it, whatever its version)."""
+    extra = [] if author is None else [author]
+    wire = _signed(records.VOTE_DOMAIN, ["vote", version, memory_id, voter, region, qvec, up,
+                                         down, seq, *extra])
     vote = _outcome(lambda w: decode_vote(w, dim=dim), wire)
     if vote is None:
         return
@@ -132,6 +139,8 @@ def test_a_vote_is_usable_or_refused_with_a_reason(memory_id: Any, voter: Any, r
     assert 0 <= vote.up <= vote.seq <= MAX_INT and 0 <= vote.down <= vote.seq
     _, scale = compact.unpack(vote.qvec, DIM if dim else len(vote.qvec) - 4)
     assert math.isfinite(scale) and scale > 0  # a question's vector: the tally can use it
+    assert (version, vote.author) in ((1, b""), (2, author)) and len(vote.author) in (0, 32)
+    assert (author is None) == (version == 1)
 
 
 @EXAMPLES
@@ -201,10 +210,14 @@ def test_garbage_is_refused_with_a_reason_by_every_decoder(junk: bytes) -> None:
 GOOD_QVEC = struct.pack("<f", 0.01) + bytes(range(DIM // 2)) * 2
 
 
-def _vote(**change: Any) -> bytes:
+def _vote(version: Any = 2, *, with_author: bool | None = None, **change: Any) -> bytes:
+    """A vote body of `version`, with the author field that version has
+    (or not: `with_author`)."""
     fields = {"memory_id": b"m" * 32, "voter": ME.public_key, "region": b"r" * 32,
-              "qvec": GOOD_QVEC, "up": 1, "down": 0, "seq": 1} | change
-    return _signed(records.VOTE_DOMAIN, ["vote", 1, *fields.values()])
+              "qvec": GOOD_QVEC, "up": 1, "down": 0, "seq": 1, "author": b"a" * 32} | change
+    if not (version != 1 if with_author is None else with_author):
+        del fields["author"]
+    return _signed(records.VOTE_DOMAIN, ["vote", version, *fields.values()])
 
 
 def _card(**change: Any) -> bytes:
@@ -230,12 +243,22 @@ def _peer(**change: Any) -> bytes:
     (_vote(seq=1, down=10**15), "down_range"),
     (_vote(seq=-1), "seq_range"),
     (_vote(up=True), "up_type"),
+    (_vote(author=b"a" * 31), "author_size"),
+    (_vote(author=b"a" * 33), "author_size"),
+    (_vote(author="a" * 32), "author_type"),
+    (_vote(author=None), "author_type"),
+    (_vote(1, with_author=True), "record_version"),  # a v1 body has no author
+    (_vote(2, with_author=False), "record_version"),
+    (_vote(3), "record_version"),
+    (_vote(True), "record_version"),
 ])
 def test_what_a_vote_is_refused_for(wire: bytes, reason: str) -> None:
     with pytest.raises(RecordError) as refused:
         decode_vote(wire, dim=DIM)
     assert refused.value.reason == reason
-    assert decode_vote(_vote(), dim=DIM).qvec == GOOD_QVEC
+    assert decode_vote(_vote(), dim=DIM).author == b"a" * 32
+    assert decode_vote(_vote(author=b""), dim=DIM).author == b""
+    assert decode_vote(_vote(1), dim=DIM).author == b""  # as stored by an older version
 
 
 @pytest.mark.parametrize(("wire", "reason"), [

@@ -1,7 +1,9 @@
 """The spore's one vote book (p2pnode.regions.RegionIndex) says what the vote
 CRDT says (crdt.votes): each memory's voices, kept as votes come, equal
 `voices` over the merged entries, whatever the order, updates and stances;
-`said` is those voices over the votes cast on the same question."""
+`said` is those voices over the votes cast on the same question. With trust
+set, each voice weighs its voter's, the spore's own 1.0, the low ones a
+quarter of a voice together."""
 
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agents.consensus import REJECTED_BELOW
+from agents.trust import ESTABLISHED
 from crdt.votes import Counter, VoteKey, fitness, merge_votes, voices
 from dht import compact
-from p2pnode.regions import RegionIndex
+from p2pnode.regions import LOW_VOICES_CAP, RegionIndex
 
 DIM = 8
 RNG = np.random.default_rng(2)
@@ -102,3 +106,95 @@ def test_a_flood_of_voters_on_one_question_costs_a_few_hundred_bytes_each() -> N
     assert per_vote < 400, per_vote  # was ~3.4 KB in three copies (issue 10)
     said = book.said(codes[0].astype(np.float32) * scales[0], recall_max=4)
     assert len(said.fitness) == 50 and all(f < 0 for f in said.fitness.values())
+
+
+# --- weighed voices (agents.trust) -------------------------------------------------------
+
+def _weighed(entries: dict[tuple[bytes, bytes, bytes], int], memory: bytes,
+             weight: dict[bytes, float], cap: float) -> tuple[float, float]:
+    """What the book must say of one memory: each voter's entries one voice,
+    weighing its trust; the voices below ESTABLISHED capped together."""
+    said: dict[bytes, int] = {}
+    for (m, voter, _), s in entries.items():
+        if m == memory:
+            said[voter] = said.get(voter, 0) + s
+    high, low = [0.0, 0.0], [0.0, 0.0]
+    for voter, total in said.items():
+        if total:
+            w = weight[voter]
+            (low if w < ESTABLISHED else high)[total < 0] += w
+    scale = min(1.0, cap / sum(low)) if sum(low) else 1.0
+    return high[0] + low[0] * scale, high[1] + low[1] * scale
+
+
+trusts = st.fixed_dictionaries({v: st.sampled_from([0.0, 0.02, 0.3, 0.4, 0.75, 1.0])
+                                for v in VOTERS})
+
+
+@settings(max_examples=200, deadline=None)
+@given(votes, trusts, st.booleans())
+def test_voices_weigh_their_voters_trust_whenever_it_is_set(
+        cast: list[tuple[bytes, bytes, int, int, int, int]], weight: dict[bytes, float],
+        first: bool) -> None:
+    book = RegionIndex(DIM)
+    if first:  # set before the votes come, or after: the same book
+        book.set_trust(weight, default=0.0, own=None)
+    entries: dict[tuple[bytes, bytes, bytes], int] = {}
+    for memory, voter, q, seq, up, down in cast:
+        up, down = min(up, seq), min(down, seq - min(up, seq))
+        if book.put_compact(memory, (voter, b"r%d" % q), QUESTIONS[q], Counter(seq, up, down)):
+            entries[memory, voter, b"r%d" % q] = (up > down) - (up < down)
+    if not first:
+        book.set_trust(weight, default=0.0, own=None)
+    for memory in MEMORIES:
+        expected = _weighed(entries, memory, weight, LOW_VOICES_CAP)
+        assert book.weighed(memory) == pytest.approx(expected, abs=1e-9)
+        assert book.voices(memory)[1:] == voices({(v, r): Counter(1, s > 0, s < 0) for (m, v, r),
+                                                  s in entries.items() if m == memory})
+    for q in range(len(QUESTIONS)):
+        said = book.said(_question(q), recall_max=0)
+        on_q = {k: s for k, s in entries.items() if k[2] == b"r%d" % q}
+        assert said.fitness == pytest.approx(
+            {m: fitness(*_weighed(on_q, m, weight, LOW_VOICES_CAP)) for m in {k[0] for k in on_q}},
+            abs=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(votes)
+def test_every_voice_at_one_is_the_book_without_trust(
+        cast: list[tuple[bytes, bytes, int, int, int, int]]) -> None:
+    plain, weighed = RegionIndex(DIM), RegionIndex(DIM)
+    weighed.set_trust({}, default=1.0, own=None)
+    for memory, voter, q, seq, up, down in cast:
+        for book in (plain, weighed):
+            book.put_compact(memory, (voter, b"r%d" % q), QUESTIONS[q], Counter(seq, up, down))
+    for memory in MEMORIES:
+        assert plain.overall(memory) == weighed.overall(memory)
+    for q in range(len(QUESTIONS)):
+        assert plain.said(_question(q), 4) == weighed.said(_question(q), 4)
+
+
+def test_the_spores_own_vote_weighs_one_whatever_its_trust() -> None:
+    book = RegionIndex(DIM)
+    book.set_trust({b"me": 0.0, b"member": 1.0}, default=0.0, own=b"me")
+    book.put_compact(b"m", (b"me", b"r"), QUESTIONS[0], Counter(1, 0, 1))
+    book.put_compact(b"m", (b"stranger", b"r"), QUESTIONS[0], Counter(1, 1, 0))
+    assert book.said(_question(0), 0).fitness == {b"m": fitness(0, 1)}  # rejected at once
+    assert book.voices(b"m") == (2, 1, 1) and book.weighed(b"m") == (0.0, 1.0)
+    book.put_compact(b"m", (b"member", b"r"), QUESTIONS[0], Counter(1, 1, 0))
+    assert book.overall(b"m") == fitness(1, 1)
+
+
+def test_voices_below_established_weigh_a_quarter_of_one_together() -> None:
+    book = RegionIndex(DIM)
+    fresh = [b"fresh%d" % i for i in range(1000)]
+    book.set_trust({b"member": 0.5} | {k: 0.3 for k in fresh}, default=0.02, own=None)
+    for key in fresh:
+        book.put_compact(b"m", (key, b"r"), QUESTIONS[0], Counter(1, 0, 1))
+    assert book.weighed(b"m") == (0.0, LOW_VOICES_CAP)
+    assert book.said(_question(0), 0).fitness[b"m"] > REJECTED_BELOW  # never rejected by them
+    book.put_compact(b"m", (b"member", b"r"), QUESTIONS[0], Counter(1, 1, 0))
+    assert book.overall(b"m") == fitness(0.5, LOW_VOICES_CAP) > 0
+    book.put_compact(b"m", (b"latecomer", b"r"), QUESTIONS[0], Counter(1, 1, 0))  # default
+    up, down = book.weighed(b"m")
+    assert (up, down) == pytest.approx((0.5 + 0.25 * 0.02 / 300.02, 0.25 * 300 / 300.02))

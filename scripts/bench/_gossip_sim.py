@@ -72,7 +72,7 @@ def converged_swarm(n: int, extra_memories: int = 0) -> list[GossipStore]:
     `extra_memories` votes; the items are validated once, then copied."""
     dna = bench_dna()
     template = GossipStore(validators(dna.swarm_id, lambda: dna))
-    template.offer({KIND_DNA: dna.wire})
+    template.offer({KIND_DNA: dna_mod.chain_wire([dna])})
     for i in range(n):
         card = make_peer(Identity.from_seed(b"node %d" % i), swarm=dna.swarm_id,
                          host="127.0.0.1", port=10_000 + i, capacity=0, seq=1)

@@ -1,0 +1,167 @@
+"""Invite swarms on real processes (loopback): who may write and read.
+
+A founder invites a member who may invite in turn; a third spore joins by
+the second's invitation; an outsider holding the DNA file but no pass gets
+nothing stored anywhere and reads nothing; a revoked member's votes stop
+counting on every spore within ⌈log2 N⌉ + 3 gossip rounds, and its new
+memories reach no one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import Daemon, invite_into, make_daemon, stop_all, wait_for
+
+INTERVAL_S = 0.25
+FACT = ("Which tool shows the kernel log?", "journalctl -k shows the kernel ring buffer.")
+SECRET = ("What is the outsider's note?", "The outsider wrote this note about zebras.")
+LATE = ("What did the revoked member write late?", "Revoked members write about walruses.")
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Daemon]]:
+    names = ("founder", "member", "second", "outsider")
+    spores = {n: make_daemon(tmp_path_factory.mktemp(n)) for n in names}
+    for d in spores.values():
+        d.env.update(SPORE_GOSSIP_INTERVAL=str(INTERVAL_S), SPORE_MAX_CONTACTS_PER_IP="64")
+    founder, member, second, outsider = (spores[n] for n in names)
+    founder.start()
+    invite_into(founder, member, may_invite=True)
+    member.start()
+    invite_into(member, second)  # a member the founder allowed to invite
+    second.start()
+    # The outsider holds the DNA file (it is exported to be shared) and nothing else.
+    outsider.state_dir.mkdir(parents=True, exist_ok=True)
+    (outsider.state_dir / "dna.bin").write_bytes((founder.state_dir / "dna.bin").read_bytes())
+    outsider.start("--peer", founder.dht, "--peer", member.dht)
+    yield spores
+    stop_all(list(spores.values()))
+
+
+def _members(d: Daemon) -> dict[str, dict[str, Any]]:
+    return {m["key"]: m for m in d.json("GET", "/v1/members")["members"]}
+
+
+def _key(d: Daemon) -> str:
+    return str(d.json("GET", "/v1/status")["public_key"])
+
+
+def _teach(d: Daemon, fact: tuple[str, str]) -> str:
+    out = d.json("POST", "/v1/teach", {"question": fact[0], "text": fact[1]})
+    return str(out["ids"][0] if "ids" in out else out["id"])
+
+
+def _sources(d: Daemon, question: str) -> list[dict[str, Any]]:
+    return list(d.json("POST", "/v1/ask", {"question": question, "top": 5})["sources"])
+
+
+def test_invited_members_join_through_the_chain(swarm: dict[str, Daemon]) -> None:
+    founder, member, second = swarm["founder"], swarm["member"], swarm["second"]
+    keys = {n: _key(swarm[n]) for n in ("founder", "member", "second")}
+
+    def everyone_knows() -> bool:
+        return all({keys["member"], keys["second"]} <= _members(d).keys()
+                   for d in (founder, member, second))
+
+    wait_for(everyone_knows, 60, "both passes gossiped to every member")
+    seen = _members(founder)
+    assert seen[keys["founder"]]["kind"] == "founder"
+    assert seen[keys["member"]]["kind"] == "invited"
+    assert seen[keys["member"]]["inviter"] == keys["founder"]
+    assert seen[keys["member"]]["may_invite"] is True
+    assert seen[keys["second"]]["inviter"] == keys["member"]
+    assert seen[keys["second"]]["may_invite"] is False
+    assert all(m["standing"] == "member" for m in seen.values())
+    # the second member may not invite (its certificate says so)
+    code, out = second.http("POST", "/v1/invites", {})
+    assert code == 403 and "may not invite" in out["error"]
+
+    memory = _teach(founder, FACT)
+    wait_for(lambda: any(s["id"] == memory for s in _sources(second, FACT[0])), 60,
+             "the second member to answer from the founder's memory")
+
+
+def test_an_outsider_with_the_dna_stores_nothing_and_reads_nothing(
+        swarm: dict[str, Daemon]) -> None:
+    founder, member, second, outsider = (swarm[n] for n in
+                                         ("founder", "member", "second", "outsider"))
+    members = (founder, member, second)
+
+    def refused_everywhere() -> bool:
+        st = [d.json("GET", "/v1/status") for d in (founder, member)]
+        return all(s["dht"]["counters"].get("refused_not_member", 0) > 0
+                   and s["gossip"]["counters"].get("refused_not_member", 0) > 0 for s in st)
+
+    wait_for(refused_everywhere, 60, "the outsider refused by DHT and peer HTTP")
+    before = [d.json("GET", "/v1/status")["dht"]["store"]["count"] for d in members]
+    secret = _teach(outsider, SECRET)
+    memory = _teach(founder, FACT)
+    # what the outsider taught reaches no member, whatever they ask
+    for d in members:
+        assert all(s["id"] != secret for s in _sources(d, SECRET[0]))
+        assert d.json("GET", "/v1/dht/locate/" + secret)["holders"] == []
+    assert [d.json("GET", "/v1/status")["dht"]["store"]["count"] for d in members] >= before
+    # ... and the outsider reads nothing of theirs
+    assert all(s["id"] != memory for s in _sources(outsider, FACT[0]))
+    outsider_key = _key(outsider)
+    for d in members:
+        assert outsider_key not in _members(d)
+        agents = d.json("GET", "/v1/agents")
+        hosts = {a.get("host") for a in agents.get("registry", [])}
+        assert outsider_key not in hosts
+    status = outsider.json("GET", "/v1/status")
+    assert status["members"]["standing"] == "not_member"
+    refusals = founder.json("GET", "/v1/peers")["refused"]
+    assert any(r["reason"] == "not_member" for r in refusals.values()), refusals
+
+
+def test_a_revoked_member_stops_counting_everywhere(swarm: dict[str, Daemon]) -> None:
+    founder, member, second = swarm["founder"], swarm["member"], swarm["second"]
+    spores = (founder, member, second)
+    # The second member is revoked (revoking the member would take the second,
+    # whom it invited, out too: tests/test_membership.py).
+    memory = _teach(founder, FACT)
+    wait_for(lambda: any(s["id"] == memory for s in _sources(second, FACT[0])), 60,
+             "the second member to find the founder's memory")
+    answer = second.json("POST", "/v1/ask", {"question": FACT[0], "top": 5})
+    assert answer["sources"][0]["id"] == memory
+    second.json("POST", "/v1/rate", {"answer_id": answer["answer_id"], "vote": "up"})
+    wait_for(lambda: all(d.json("GET", f"/v1/votes/{memory}")["weighed_up"] > 0
+                         for d in (founder, member)), 60, "the second member's vote to count")
+
+    rounds_before = {d.port: _rounds(d) for d in spores}
+    revoked_key = _key(second)
+    out = founder.json("POST", "/v1/revocations", {"node_id": revoked_key, "why": "lost phone"})
+    assert out["revoked"] == revoked_key
+    bound = math.ceil(math.log2(len(spores))) + 3
+    took: dict[int, int] = {}
+
+    def revoked_everywhere() -> bool:
+        for d in (founder, member):
+            if d.port not in took and _members(d)[revoked_key]["revoked"]:
+                took[d.port] = _rounds(d) - rounds_before[d.port]
+        return len(took) == 2
+
+    wait_for(revoked_everywhere, 60, "the revocation on every member")
+    assert max(took.values()) <= bound, (took, bound)
+    for d in (founder, member):
+        assert _members(d)[revoked_key]["why"] == "lost phone"
+        wait_for(lambda d=d: d.json("GET", f"/v1/votes/{memory}")["weighed_up"] == 0, 30,
+                 "the revoked member's vote to stop counting")
+    # its new memories reach no one; its old ones stay, marked
+    late = _teach(second, LATE)
+    for d in (founder, member):
+        assert all(s["id"] != late for s in _sources(d, LATE[0]))
+    wait_for(lambda: founder.json("GET", "/v1/status")["gossip"]["counters"]
+             .get("refused_revoked", 0) > 0, 30, "the revoked member's requests refused")
+
+
+def _rounds(d: Daemon) -> int:
+    """Gossip rounds this spore took part in: its own and those served."""
+    c = d.json("GET", "/v1/status")["gossip"]["counters"]
+    return int(c.get("rounds", 0) + c.get("served_sync", 0))

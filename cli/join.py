@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from p2pnode import dna as dna_mod
+from p2pnode import joining
 from p2pnode import membership as ms
 from p2pnode.config import parse_peers
 from p2pnode.errors import ConfigError, SporeError, StateError, VerifyError
@@ -140,10 +141,10 @@ class JoinRefused(SporeError):
     with something that does not let this spore in (the message says which)."""
 
 
-def invitation_or_dna(name: str, stdin: BinaryIO) -> ms.Invitation | dna_mod.Dna:
+def invitation_or_dna(name: str, stdin: BinaryIO) -> joining.Invitation | dna_mod.Dna:
     """What `--join NAME` names: a DNA file, an invitation file or standard
     input holding either, or else an invitation code itself."""
-    code_like = name.strip().lower().startswith(ms.INVITE_PREFIX)
+    code_like = name.strip().lower().startswith(joining.INVITE_PREFIX)
     if name == "-" or os.path.isfile(name) or not code_like:
         data = _read_bounded(name, stdin)
         code = _code_in(data)
@@ -162,7 +163,7 @@ def _read_bounded(name: str, stdin: BinaryIO) -> bytes:
                 data = fh.read(MAX_DNA_BYTES + 1)
     except OSError as exc:
         raise NotDna(f"cannot read {name}: {exc.strerror or exc} (nor is it an invitation "
-                     f"code: those start {ms.INVITE_PREFIX}, from `spore invite` on a "
+                     f"code: those start {joining.INVITE_PREFIX}, from `spore invite` on a "
                      "member)") from exc
     if len(data) > MAX_DNA_BYTES:
         raise NotDna(f"{name} is not a signed swarm DNA: over "
@@ -180,7 +181,7 @@ def _code_in(data: bytes) -> str | None:
         return None
     lines = [ln.strip() for ln in text.splitlines()
              if ln.strip() and not ln.lstrip().startswith("#")]
-    return lines[0] if len(lines) == 1 and lines[0].startswith(ms.INVITE_PREFIX) else None
+    return lines[0] if len(lines) == 1 and lines[0].startswith(joining.INVITE_PREFIX) else None
 
 
 def _dna_in(name: str, data: bytes) -> dna_mod.Dna:
@@ -190,9 +191,9 @@ def _dna_in(name: str, data: bytes) -> dna_mod.Dna:
         raise NotDna(f"{name} is not a signed swarm DNA: {exc}") from exc
 
 
-def _invitation(code: str, what: str) -> ms.Invitation:
+def _invitation(code: str, what: str) -> joining.Invitation:
     try:
-        return ms.decode_invitation(code)
+        return joining.decode_invitation(code)
     except RecordError as exc:
         raise NotDna(f"{what}: {exc}") from exc
 
@@ -217,12 +218,12 @@ def write_private(path: Path, text: str) -> None:
         raise SporeError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def inviter_address(inv: ms.Invitation) -> str:
+def inviter_address(inv: joining.Invitation) -> str:
     """The inviter as a peer (`host:port`, its DHT and peer HTTP port)."""
     return f"[{inv.host}]:{inv.port}" if ":" in inv.host else f"{inv.host}:{inv.port}"
 
 
-def ask_inviter(inv: ms.Invitation, request: bytes, *, timeout_s: float = JOIN_TIMEOUT_S,
+def ask_inviter(inv: joining.Invitation, request: bytes, *, timeout_s: float = JOIN_TIMEOUT_S,
                 patience_s: float = BUSY_PATIENCE_S,
                 sleep: Callable[[float], None] = time.sleep) -> bytes:
     """POST the join request to the inviter's peer route; its answer's bytes.
@@ -248,7 +249,7 @@ def _busy_wait(exc: urllib.error.HTTPError) -> float | None:
     return min(float(given), BUSY_PATIENCE_S) if given.isdigit() else BUSY_RETRY_S
 
 
-def _post_join(inv: ms.Invitation, request: bytes, timeout_s: float) -> bytes:
+def _post_join(inv: joining.Invitation, request: bytes, timeout_s: float) -> bytes:
     """One join request; HTTPError for an answer other than 2xx."""
     where = inviter_address(inv)
     req = urllib.request.Request(f"http://{where}/peer/v1/join", data=request, method="POST",
@@ -280,12 +281,12 @@ def _refusal(exc: urllib.error.HTTPError, where: str) -> str:
     return f"the inviter at {where} answered HTTP {exc.code} {exc.reason}"
 
 
-def judge_answer(data: bytes, inv: ms.Invitation, identity: Identity,
+def judge_answer(data: bytes, inv: joining.Invitation, identity: Identity,
                  now_ms: int) -> tuple[list[dna_mod.Dna], ms.Pass]:
     """The DNA chain of the invited swarm and this spore's own pass, from the
     inviter's answer; JoinRefused if it is not for this swarm or this key."""
     try:
-        chain, parent, cert = ms.decode_join_answer(data, invitation=inv,
+        chain, parent, cert = joining.decode_join_answer(data, invitation=inv,
                                                     member=identity.public_key, now_ms=now_ms)
         dna = chain[-1]
         own = ms.decode_pass(ms.invited_pass(parent, cert, identity).wire,
@@ -323,10 +324,10 @@ def write_private_bytes(path: Path, data: bytes) -> None:
         raise StateError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def check_swarm(state_dir: Path, inv: ms.Invitation) -> None:
+def check_swarm(state_dir: Path, inv: joining.Invitation) -> None:
     """Before spending the invitation: a state directory of another swarm cannot join."""
     have = dna_mod.load(state_dir)
-    if have is not None and have.swarm_id[:ms.SWARM_PREFIX_BYTES] != inv.swarm_prefix:
+    if have is not None and have.swarm_id[:joining.SWARM_PREFIX_BYTES] != inv.swarm_prefix:
         raise StateError(
             f"{state_dir} already belongs to swarm {have.fields['swarm']} "
             f"(id {have.swarm_id.hex()[:16]}…), not the invitation's (id "

@@ -21,7 +21,7 @@ from p2pnode.config import Config, load_config
 from p2pnode.errors import SporeError
 
 if TYPE_CHECKING:
-    from p2pnode.membership import Invitation
+    from p2pnode.joining import Invitation
 
 F = TypeVar("F", bound=Callable[..., Any])
 EX_UNAVAILABLE = 69
@@ -182,12 +182,12 @@ def _redeem(cfg: Config, invitation: Invitation) -> bool:
     import time
 
     from cli import join as join_mod
-    from p2pnode import membership as ms
+    from p2pnode import joining
     from p2pnode.identity import load_or_create
 
     join_mod.check_swarm(cfg.state_dir, invitation)
     identity, _ = load_or_create(cfg.state_dir)
-    answer = join_mod.ask_inviter(invitation, ms.join_request(identity, invitation.token))
+    answer = join_mod.ask_inviter(invitation, joining.join_request(identity, invitation.token))
     chain, own = join_mod.judge_answer(answer, invitation, identity, int(time.time() * 1000))
     return join_mod.settle(cfg.state_dir, chain, own)
 
@@ -550,6 +550,8 @@ def peers(ctx: click.Context, as_json: bool) -> None:
                 click.echo(f"  {m['host']}:{m['port']:<6}  {m['state']}{why}")
         for addr, r in data.get("refused", {}).items():
             click.echo(f"refused {addr}: {r['reason']} ({r['detail']})")
+        for addr, why in data.get("dht_refused", {}).items():
+            click.echo(f"refused by the DHT handshake {addr}: {why}")
 
     emit(as_json, data, human)
 

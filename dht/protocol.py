@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,7 @@ OPEN_PAD, COUNTER_PAD = MAX_PAD, 128
 # The whole reply an unadmitted sender gets to find_node/find_value/store.
 WHO_ARE_YOU = "challenge-first"
 EVICT_AFTER = 3  # timeouts in a row before a contact is forgotten
+REFUSED_KEPT = 256  # addresses whose handshake was refused, with the reason
 _BAD = object()  # decode failed (None is a valid body)
 
 
@@ -112,6 +113,7 @@ class SporeProtocol(KademliaProtocol):  # type: ignore[misc]
         self.identity, self.dna_hash, self.store = identity, dna_hash, store
         self.rules, self.config, self.now_ms, self.clock = rules, config, now_ms, clock
         self.counters: Counter[str] = Counter()
+        self.refused: OrderedDict[Addr, str] = OrderedDict()  # newest last
         self._outstanding: dict[bytes, _Pending] = {}
         self._admitted = Admissions(config.max_contacts_per_ip, config.max_contacts)
         self._dead = RecentlyDead(config.dead_ttl_s, config.max_sources, clock)
@@ -409,7 +411,7 @@ class SporeProtocol(KademliaProtocol):  # type: ignore[misc]
             return self._refuse("malformed")
         public_key, dna_hash, sig = answer[0], answer[1], answer[2]  # type: ignore[index]
         if dna_hash != self.dna_hash:
-            return self._refuse("dna_mismatch")
+            return self._refuse("dna_mismatch", addr)
         try:
             node_id = self.rules.node_id(public_key)
             verify(public_key, CHALLENGE_DOMAIN, nonce + node_id + dna_hash, sig)
@@ -418,11 +420,16 @@ class SporeProtocol(KademliaProtocol):  # type: ignore[misc]
         if node_id == self.source_node.id:
             return self._refuse("self")
         if (why := self.rules.admit(public_key)) is not None:
-            return self._refuse(why)
+            return self._refuse(why, addr)
         return self._admit(addr, node_id, public_key)
 
-    def _refuse(self, reason: str) -> Peer | None:
+    def _refuse(self, reason: str, addr: Addr | None = None) -> Peer | None:
         self.counters[f"refused_{reason}"] += 1
+        if addr is not None:  # who we would not admit, and why (`spore peers`)
+            self.refused.pop(addr, None)
+            self.refused[addr] = reason
+            if len(self.refused) > REFUSED_KEPT:
+                self.refused.pop(next(iter(self.refused)))
         return None
 
     def _admit(self, addr: Addr, node_id: bytes, public_key: bytes) -> Peer | None:

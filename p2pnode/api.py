@@ -450,7 +450,8 @@ async def peers(request: web.Request) -> web.Response:
                    "last_seen_s": None if c.last_seen_s is None else round(c.last_seen_s, 1),
                    "alive": c.last_seen_s is not None} for c in contacts],
         "gossip": gossip.get("members", []),
-        "refused": gossip.get("refused", {})})
+        "refused": gossip.get("refused", {}),
+        "dht_refused": spore.swarm.refused() if spore.swarm is not None else {}})
 
 
 async def dna_update(request: web.Request) -> web.Response:

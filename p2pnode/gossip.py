@@ -39,13 +39,14 @@ from typing import Any
 
 from crdt import sync
 from p2pnode.errors import SporeError, StateError, VerifyError
+from p2pnode.membership import KIND_PASS as KIND_PASS
+from p2pnode.membership import KIND_REVOKE as KIND_REVOKE
 from p2pnode.records import MAX_INT, RecordError, VoteRecord
 from p2pnode.storage import connect_wal, transaction
 
 log = logging.getLogger("spore.gossip")
 
 KIND_DNA, KIND_PEER, KIND_VOTE, KIND_AGENT = b"D", b"P", b"V", b"A"
-KIND_PASS, KIND_REVOKE = b"M", b"R"
 # Who may write is decided by the DNA, revocations and passes: in a batch they
 # are judged first, so a new member's pass admits its votes in the same delta.
 _FIRST = {KIND_DNA: 0, KIND_REVOKE: 1, KIND_PASS: 2}

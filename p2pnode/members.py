@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pnode import dna as dna_mod
+from p2pnode import joining
 from p2pnode import membership as ms
 from p2pnode.errors import ConfigError, NotAllowed, NotReady, StateError, WrongMode
 from p2pnode.gossip import KIND_PASS, KIND_REVOKE, GossipStore, Validator
@@ -163,7 +164,7 @@ class Members:
             raise NotReady("the peer service is not listening yet: try again in a moment")
         now = self.now_ms()
         token = self.invites.create(may_invite=may_invite, ttl_s=ttl_s, now_ms=now)
-        code = ms.Invitation(where[0], where[1], self._dna().swarm_id[:8], token).encode()
+        code = joining.Invitation(where[0], where[1], self._dna().swarm_id[:8], token).encode()
         self._count("invites_made")
         return {"code": code, "expires_ms": now + ttl_s * 1000, "may_invite": may_invite}
 
@@ -174,14 +175,14 @@ class Members:
         its holder's: no inviter can replace a member's pass)."""
         if self.invites is None or not self._may_invite():
             raise RecordError("invite_unknown", "this spore hands out no invitations")
-        token, key = ms.decode_join_request(body)
+        token, key = joining.decode_join_request(body)
         may_invite = self.invites.redeem(token, self.now_ms())
         cert = ms.issue(self.identity, swarm=self._dna().swarm_id, member=key,
                         may_invite=may_invite, issued_ms=self.now_ms())
         parent = None if self.identity.public_key in self._founders() else self.own
         self._count("invites_redeemed")
         log.info("invited %s… into the swarm (from %s)", key.hex()[:16], peer)
-        return ms.join_answer(self._chain(), parent, cert)
+        return joining.join_answer(self._chain(), parent, cert)
 
     def revoke(self, target_hex: str, why: str) -> dict[str, Any]:
         me = self.identity.public_key

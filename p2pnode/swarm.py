@@ -455,6 +455,12 @@ class Swarm:
     async def locate(self, memory_id: bytes) -> list[tuple[str, str, int]]:
         return await self.dht.locate(memory_id)
 
+    def refused(self) -> dict[str, str]:
+        """Addresses whose DHT handshake we refused (another swarm, not a member…)."""
+        protocol = self.dht.protocol
+        return {} if protocol is None else {f"{h}:{p}": why for (h, p), why in
+                                            protocol.refused.items()}
+
     def expel(self) -> int:
         """Drop the DHT contacts the swarm no longer admits (a revocation came)."""
         protocol = self.dht.protocol

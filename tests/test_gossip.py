@@ -359,3 +359,17 @@ def test_a_reply_longer_than_one_read_verifies() -> None:
                 await svc.stop()
 
     asyncio.run(scenario())
+
+
+def test_rounds_go_to_hosts_not_to_how_many_keys_a_host_runs() -> None:
+    """A thousand ports (identities) behind one address get that address's
+    share of our rounds, not a thousand shares (libp2p's peer diversity)."""
+    m = Membership(("127.0.0.1", 1), random.Random(3), max_members=2048)
+    for port in range(2, 1002):
+        m.know("10.6.6.6", port)
+    m.know("10.0.0.2", 7151)
+    m.know("10.0.0.3", 7151)
+    picks = [m.pick() for _ in range(3000)]
+    honest = sum(p is not None and p.host != "10.6.6.6" for p in picks)
+    # three hosts: two honest of three; a pick by member would give them 2 in 1002
+    assert honest > 0.55 * len(picks), honest

@@ -20,9 +20,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from p2pnode import dna as dna_mod
+from p2pnode import joining
 from p2pnode import membership as ms
 from p2pnode.api import make_app
-from p2pnode.errors import StateError
+from p2pnode.errors import NotAllowed, StateError, WrongMode
 from p2pnode.identity import Identity, load_or_create
 from p2pnode.invites import MAX_ENTRIES, MAX_PENDING, Invites, InvitesFull
 from p2pnode.records import RecordError
@@ -123,8 +124,10 @@ class FakeSpore:
         self.calls: list[tuple[str, Any]] = []
 
     async def invite(self, *, may_invite: bool, ttl_s: int) -> dict[str, Any]:
+        if self.dna.membership != "invite":  # as p2pnode.members.Members.invite
+            raise WrongMode("this swarm is open")
         if self.identity.public_key.hex() not in self.dna.fields["founders"]:
-            raise StateError("this spore may not invite")
+            raise NotAllowed("this spore may not invite")
         self.calls.append(("invite", (may_invite, ttl_s)))
         return {"code": "spore1-x", "expires_ms": NOW + ttl_s * 1000, "may_invite": may_invite}
 
@@ -133,7 +136,7 @@ class FakeSpore:
 
     async def revoke(self, target_hex: str, why: str) -> dict[str, Any]:
         if self.identity.public_key.hex() not in self.dna.fields["founders"]:
-            raise StateError("only a founder can revoke a member")
+            raise NotAllowed("only a founder can revoke a member")
         self.calls.append(("revoke", (target_hex, why)))
         return {"revoked": target_hex, "why": why, "at_ms": NOW}
 
@@ -230,13 +233,13 @@ class Inviter:
             return 429, b'{"error": "busy", "reason": "rate_limited"}'
         if self.refuse is not None:
             return self.refuse[0], json.dumps(self.refuse[1]).encode()
-        token, key = ms.decode_join_request(body)
+        token, key = joining.decode_join_request(body)
         if token != self.token or key in self.joined:
             return 403, b'{"error": "used", "reason": "invite_used"}'
         self.joined.append(key)
         cert = ms.issue(self.founder, swarm=self.answered.swarm_id, member=key,
                         may_invite=False, issued_ms=int(time.time() * 1000))
-        return 200, ms.join_answer([self.answered], None, cert)
+        return 200, joining.join_answer([self.answered], None, cert)
 
 
 @pytest.fixture
@@ -266,7 +269,7 @@ def inviter_at() -> Iterator[tuple[ThreadingHTTPServer, list[Inviter]]]:
 
 
 def _code(inv: Inviter, port: int) -> str:
-    return ms.Invitation("127.0.0.1", port, inv.dna.swarm_id[:8], inv.token).encode()
+    return joining.Invitation("127.0.0.1", port, inv.dna.swarm_id[:8], inv.token).encode()
 
 
 def test_joining_by_code_keeps_the_dna_chain_the_pass_and_the_inviter(
@@ -338,7 +341,7 @@ def test_an_answer_for_another_swarm_is_refused(
 
 
 def test_an_unreachable_inviter_is_one_clear_line(tmp_path: Path) -> None:
-    code = ms.Invitation("127.0.0.1", free_port(), b"\1" * 8, b"\2" * 16).encode()
+    code = joining.Invitation("127.0.0.1", free_port(), b"\1" * 8, b"\2" * 16).encode()
     res = make_daemon(tmp_path / "j").cli("init", "--join", code)
     assert res.returncode == 1 and "cannot reach the inviter at 127.0.0.1:" in res.stderr
     assert res.stderr.count("\n") == 1

@@ -118,6 +118,10 @@ def test_an_outsider_with_the_dna_stores_nothing_and_reads_nothing(
     assert status["members"]["standing"] == "not_member"
     refusals = founder.json("GET", "/v1/peers")["refused"]
     assert any(r["reason"] == "not_member" for r in refusals.values()), refusals
+    dht_refused = founder.json("GET", "/v1/peers")["dht_refused"]
+    assert dht_refused.get(outsider.dht) == "not_member", dht_refused
+    shown = founder.cli("peers", check=True).stdout
+    assert f"refused by the DHT handshake {outsider.dht}: not_member" in shown
 
 
 def test_a_revoked_member_stops_counting_everywhere(swarm: dict[str, Daemon]) -> None:

@@ -17,6 +17,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from p2pnode import dna as dna_mod
+from p2pnode import joining
 from p2pnode import membership as mb
 from p2pnode.identity import Identity
 from p2pnode.records import MAX_SKEW_MS, RecordError
@@ -100,50 +101,52 @@ def test_a_revocation_round_trips() -> None:
 @pytest.mark.parametrize("host", ["192.0.2.7", "2001:db8::1", "spore.example.org",
                                   "a" * 63 + "." + "b" * 63])
 def test_an_invitation_code_round_trips(host: str) -> None:
-    inv = mb.Invitation(host, 7400, SWARM[:8], b"t" * 16)
+    inv = joining.Invitation(host, 7400, SWARM[:8], b"t" * 16)
     code = inv.encode()
     assert code.startswith("spore1-") and code == code.lower()
-    assert mb.decode_invitation(code) == inv
-    assert mb.decode_invitation("  " + code.upper().replace("SPORE1-", "spore1-") + "\n") == inv
+    assert joining.decode_invitation(code) == inv
+    shouted = code.upper().replace("SPORE1-", "spore1-")
+    assert joining.decode_invitation("  " + shouted + "\n") == inv
     print(f"invitation code for {host!r}: {len(code)} characters")
 
 
 def test_a_mistyped_invitation_code_is_caught() -> None:
-    code = mb.Invitation("192.0.2.7", 7400, SWARM[:8], b"t" * 16).encode()
+    code = joining.Invitation("192.0.2.7", 7400, SWARM[:8], b"t" * 16).encode()
     for i in range(len("spore1-"), len(code)):
         typo = code[:i] + ("a" if code[i] != "a" else "b") + code[i + 1:]
         with pytest.raises(RecordError):
-            mb.decode_invitation(typo)
+            joining.decode_invitation(typo)
     for bad in ["", "spore1-", "spore2-abc", code[:-3], code + "aa", "spore1-!!!!", "x" * 900]:
         with pytest.raises(RecordError):
-            mb.decode_invitation(bad)
+            joining.decode_invitation(bad)
 
 
 def test_join_request_and_answer() -> None:
     token = b"k" * 16
-    assert mb.decode_join_request(mb.join_request(CAROL, token)) == (token, CAROL.public_key)
-    forged = msgpack.packb([token, EVE.public_key, CAROL.sign(mb.JOIN_DOMAIN,
+    request = joining.join_request(CAROL, token)
+    assert joining.decode_join_request(request) == (token, CAROL.public_key)
+    forged = msgpack.packb([token, EVE.public_key, CAROL.sign(joining.JOIN_DOMAIN,
                                                              token + CAROL.public_key)])
-    _refused("record_signature", lambda: mb.decode_join_request(forged))
-    _refused("join_malformed", lambda: mb.decode_join_request(b"\x93" + b"x" * 300))
-    _refused("token_size", lambda: mb.decode_join_request(mb.join_request(CAROL, b"k")))
+    _refused("record_signature", lambda: joining.decode_join_request(forged))
+    _refused("join_malformed", lambda: joining.decode_join_request(b"\x93" + b"x" * 300))
+    _refused("token_size", lambda: joining.decode_join_request(joining.join_request(CAROL, b"k")))
 
     _, bob, _ = _chain()
-    inv = mb.Invitation("192.0.2.7", 7400, SWARM[:8], token)
-    answer = mb.join_answer([DNA], bob, _cert(BOB, CAROL))
-    chain, parent, cert = mb.decode_join_answer(answer, invitation=inv,
+    inv = joining.Invitation("192.0.2.7", 7400, SWARM[:8], token)
+    answer = joining.join_answer([DNA], bob, _cert(BOB, CAROL))
+    chain, parent, cert = joining.decode_join_answer(answer, invitation=inv,
                                                 member=CAROL.public_key, now_ms=NOW)
     assert chain[0].hash == SWARM and parent is not None and parent.member == BOB.public_key
     assert _decode(mb.invited_pass(parent, cert, CAROL)).member == CAROL.public_key
-    _refused("join_certificate", lambda: mb.decode_join_answer(
+    _refused("join_certificate", lambda: joining.decode_join_answer(
         answer, invitation=inv, member=EVE.public_key, now_ms=NOW))
-    founder_answer = mb.join_answer([DNA], None, _cert(F1, CAROL))
-    assert mb.decode_join_answer(founder_answer, invitation=inv, member=CAROL.public_key,
+    founder_answer = joining.join_answer([DNA], None, _cert(F1, CAROL))
+    assert joining.decode_join_answer(founder_answer, invitation=inv, member=CAROL.public_key,
                                  now_ms=NOW)[1] is None
-    other = mb.Invitation("192.0.2.7", 7400, b"\x00" * 8, token)
-    _refused("join_swarm", lambda: mb.decode_join_answer(
+    other = joining.Invitation("192.0.2.7", 7400, b"\x00" * 8, token)
+    _refused("join_swarm", lambda: joining.decode_join_answer(
         answer, invitation=other, member=CAROL.public_key, now_ms=NOW))
-    _refused("join_malformed", lambda: mb.decode_join_answer(
+    _refused("join_malformed", lambda: joining.decode_join_answer(
         b"\x93\xc4\x01x\xc4\x00\xc4\x00", invitation=inv, member=CAROL.public_key, now_ms=NOW))
 
 
@@ -395,11 +398,11 @@ def test_hostile_revocations(swarm: Any, target: Any, issuer: Any, ver: Any, at:
 @given(st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)))
 def test_hostile_bytes_and_codes(data: bytes) -> None:
     _outcome(lambda: _decode(data))
-    _outcome(lambda: mb.decode_join_request(data))
-    _outcome(lambda: mb.decode_invitation("spore1-" + data.hex()))
-    _outcome(lambda: mb.decode_invitation(data.decode("latin-1")))
-    inv = mb.Invitation("192.0.2.7", 1, SWARM[:8], b"t" * 16)
-    _outcome(lambda: mb.decode_join_answer(data, invitation=inv, member=EVE.public_key,
+    _outcome(lambda: joining.decode_join_request(data))
+    _outcome(lambda: joining.decode_invitation("spore1-" + data.hex()))
+    _outcome(lambda: joining.decode_invitation(data.decode("latin-1")))
+    inv = joining.Invitation("192.0.2.7", 1, SWARM[:8], b"t" * 16)
+    _outcome(lambda: joining.decode_join_answer(data, invitation=inv, member=EVE.public_key,
                                            now_ms=NOW))
 
 
@@ -409,10 +412,10 @@ def test_hostile_bytes_and_codes(data: bytes) -> None:
        port=st.integers(0, 65535), token=st.binary(min_size=16, max_size=16))
 def test_hostile_invitation_hosts(host: str, port: int, token: bytes) -> None:
     try:
-        code = mb.Invitation(host, port, SWARM[:8], token).encode()
+        code = joining.Invitation(host, port, SWARM[:8], token).encode()
     except (ValueError, UnicodeEncodeError, OverflowError):
         return  # the inviter's own mistake: its CLI checks the host first
-    got = _outcome(lambda: mb.decode_invitation(code))
+    got = _outcome(lambda: joining.decode_invitation(code))
     if got is not None:
         assert got.port == port > 0 and got.token == token
 

@@ -373,3 +373,23 @@ def test_rounds_go_to_hosts_not_to_how_many_keys_a_host_runs() -> None:
     honest = sum(p is not None and p.host != "10.6.6.6" for p in picks)
     # three hosts: two honest of three; a pick by member would give them 2 in 1002
     assert honest > 0.55 * len(picks), honest
+
+
+def test_a_spore_that_missed_versions_verifies_the_newest_through_the_chain() -> None:
+    """v2 adds a founder, who signs v3: a store still at v1 takes v3 with its
+    chain (a version alone, as before the chain, could not be checked)."""
+    second = Identity.from_seed(b"second founder")
+    v2 = dna_mod.update(DNA, FOUNDER, {"founders": [FOUNDER.public_key.hex(),
+                                                    second.public_key.hex()]}, 2)
+    v3 = dna_mod.update(v2, second, {"division_threshold": 33}, 3)
+    s = store()
+    accepted = s.offer({KIND_DNA: dna_mod.chain_wire([DNA, v2, v3])})
+    assert [a.record[-1].hash for a in accepted] == [v3.hash]
+    assert dna_mod.newest_from(DNA, accepted[0].record) == v3
+    # a chain with a link left out does not pass
+    assert s.offer({KIND_DNA: dna_mod.chain_wire([DNA, v3])}) == []
+    assert s.counters["refused_dna_chain"] == 1
+    # the first founder retired by the second: still one chain, verified from v1
+    v4 = dna_mod.update(v3, second, {"founders": [second.public_key.hex()]}, 4)
+    assert [a.record[-1].version for a in
+            s.offer({KIND_DNA: dna_mod.chain_wire([DNA, v2, v3, v4])})] == [4]

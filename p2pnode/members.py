@@ -173,9 +173,9 @@ class Members:
         joiner's key, our own pass it chains to, and the DNA chain to check
         both by. The joiner signs its pass itself and gossips it (a pass is
         its holder's: no inviter can replace a member's pass)."""
+        token, key = joining.decode_join_request(body)  # checked first, whoever we are
         if self.invites is None or not self._may_invite():
             raise RecordError("invite_unknown", "this spore hands out no invitations")
-        token, key = joining.decode_join_request(body)
         may_invite = self.invites.redeem(token, self.now_ms())
         cert = ms.issue(self.identity, swarm=self._dna().swarm_id, member=key,
                         may_invite=may_invite, issued_ms=self.now_ms())

@@ -9,12 +9,18 @@ memories reach no one.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from p2pnode import joining
+from p2pnode.identity import Identity
 from tests.conftest import Daemon, invite_into, make_daemon, stop_all, wait_for
 
 INTERVAL_S = 0.25
@@ -169,3 +175,28 @@ def _rounds(d: Daemon) -> int:
     """Gossip rounds this spore took part in: its own and those served."""
     c = d.json("GET", "/v1/status")["gossip"]["counters"]
     return int(c.get("rounds", 0) + c.get("served_sync", 0))
+
+
+def _join(d: Daemon, body: bytes) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(f"http://{d.dht}/peer/v1/join", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, {}
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_the_join_route_refuses_what_is_not_an_invitation(swarm: dict[str, Daemon]) -> None:
+    """The one route open to non-members: typed refusals, small bodies, a
+    budget per address; the spore keeps serving its members."""
+    second = swarm["second"]  # it may not invite: every code is unknown to it
+    assert _join(second, b"\x93garbage")[1]["reason"] == "join_malformed"
+    forged = joining.join_request(Identity.from_seed(b"guesser"), os.urandom(16))
+    code, out = _join(second, forged)
+    assert code == 403 and out["reason"] == "invite_unknown"
+    assert _join(second, b"\0" * 5000)[0] == 413
+    codes = [_join(second, forged)[0] for _ in range(8)]
+    assert 429 in codes  # a burst of 4 at most, then 0.2 a second
+    counters = second.json("GET", "/v1/status")["gossip"]["counters"]
+    assert counters["refused_join_malformed"] >= 1 and counters["refused_rate_limited"] >= 1
+    assert _sources(second, FACT[0])  # still serving

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
 import stat
 import threading
-from collections import OrderedDict
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,30 +52,55 @@ def _message(domain: bytes, payload: bytes) -> bytes:
 # same index entries and records arrive again and again (every replica, every
 # merge, every ask), and a check costs ~60 µs while a digest costs ~1 µs.
 # Only successes are kept, so a forgery is checked (and refused) every time.
-_VERIFIED: OrderedDict[bytes, None] = OrderedDict()
-_VERIFIED_MAX = 1 << 16
+#
+# A fixed table, not a growing map: 32,768 sets of 2 digests (the newer kept
+# on a miss, the older replaced), 2 MiB at most whatever a flood of fresh keys
+# signs (an OrderedDict of 65,536 digests took ~10 MB: ~156 bytes a digest).
+# Its pages are mapped anonymously, so only the sets used take memory. The
+# digest is salted per process: nobody can aim their signatures at the sets of
+# someone else's, and a collision in a set only evicts (a check again, ~60 µs).
+_WAYS, _SETS = 2, 1 << 15
+_DIGEST = 32
+_TABLE = mmap.mmap(-1, _SETS * _WAYS * _DIGEST, flags=mmap.MAP_PRIVATE)  # not shared by a fork
+_OLDER = bytearray(_SETS)  # per set: the way replaced next
+_SALT = os.urandom(16)
 _VERIFIED_LOCK = threading.Lock()
+
+
+def _remembered(digest: bytes) -> bool:
+    """Whether `digest` is in the table (the caller holds the lock)."""
+    s = int.from_bytes(digest[:4], "little") & (_SETS - 1)
+    base = s * _WAYS * _DIGEST
+    at = _TABLE.find(digest, base, base + _WAYS * _DIGEST)
+    if at < 0 or (at - base) % _DIGEST:  # (straddling two ways: a miss, never a hit)
+        return False
+    _OLDER[s] = 1 - (at - base) // _DIGEST  # the other one is now the older
+    return True
+
+
+def _remember(digest: bytes) -> None:
+    s = int.from_bytes(digest[:4], "little") & (_SETS - 1)
+    way = _OLDER[s]
+    at = (s * _WAYS + way) * _DIGEST
+    _TABLE[at:at + _DIGEST] = digest
+    _OLDER[s] = 1 - way
 
 
 def verify(public_key: bytes, domain: bytes, payload: bytes, signature: bytes) -> None:
     """Raise VerifyError unless `signature` is `public_key`'s over domain+payload."""
     if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
         raise VerifyError("malformed key or signature length")
-    digest = hashlib.sha256(public_key + signature + _message(domain, payload)).digest()
+    message = _message(domain, payload)
+    digest = hashlib.sha256(_SALT + public_key + signature + message).digest()
     with _VERIFIED_LOCK:
-        if digest in _VERIFIED:
-            _VERIFIED.move_to_end(digest)
+        if _remembered(digest):
             return
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(
-            signature, _message(domain, payload)
-        )
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except InvalidSignature as exc:
         raise VerifyError(f"bad {domain.decode(errors='replace')} signature") from exc
     with _VERIFIED_LOCK:
-        _VERIFIED[digest] = None
-        if len(_VERIFIED) > _VERIFIED_MAX:
-            _VERIFIED.popitem(last=False)
+        _remember(digest)
 
 
 @dataclass(frozen=True)

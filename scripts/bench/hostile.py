@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 from _attack import AttackerProc, write_plan
-from _spore import SPORE, Spore, faq_pairs, percentile, rss_mb
+from _spore import SPORE, Spore, faq_pairs, percentile
 
 from p2pnode import dna as dna_mod
 from p2pnode.ingest import chunk_text
@@ -66,6 +66,12 @@ class Victim(Spore):
         self.log = log
 
     def __enter__(self) -> Victim:
+        if not (self.state / "dna.bin").exists():
+            # Issue 10's attacker is a member holding the DNA file, with keys
+            # that cost nothing: an open swarm without a puzzle. (An invite
+            # swarm refuses it outright: tests/test_members.py.)
+            subprocess.run([SPORE, "init", "--swarm", "hostile", "--open", "--puzzle-bits", "0"],
+                           env=self.env, check=True, capture_output=True)
         start = time.perf_counter()
         with self.log.open("ab") as err:
             self.proc = subprocess.Popen([SPORE, "node", "run"], env=self.env, stderr=err)
@@ -115,6 +121,18 @@ def request(port: int, method: str, path: str, body: Any = None, timeout: float 
         conn.close()
 
 
+def rss_parts(pid: int) -> tuple[float, float, float]:
+    """(RSS, its anonymous part, its file-backed part) in MB: the file part is
+    shared libraries (onnxruntime, numpy, cryptography…) and is the same in
+    every phase; what an attack adds shows in the anonymous part."""
+    got = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            got[key] = int(value.split()[0]) / 1024
+    return got.get("VmRSS", 0.0), got.get("RssAnon", 0.0), got.get("RssFile", 0.0)
+
+
 def disk_bytes(state: Path) -> int:
     total = 0
     for root, _, files in os.walk(state):
@@ -141,6 +159,7 @@ class Phase:
     probes: list[float] = field(default_factory=list)  # /healthz latencies, ms
     probe_failures: int = 0
     rss: list[float] = field(default_factory=list)
+    rss_split: list[tuple[float, float]] = field(default_factory=list)  # (anon, file)
     disk: list[int] = field(default_factory=list)
     cpu_s: float = 0.0  # the victim's CPU time in the phase
     wall_s: float = 0.0
@@ -158,6 +177,9 @@ class Phase:
             "victim_cpu": round(self.cpu_s / self.wall_s, 2) if self.wall_s else None,
             "rss_max_mb": round(max(self.rss), 1) if self.rss else None,
             "rss_end_mb": round(self.rss[-1], 1) if self.rss else None,
+            # anonymous and file-backed MB at the largest RSS
+            "rss_max_split_mb": [round(x, 1) for x in
+                                 self.rss_split[int(np.argmax(self.rss))]] if self.rss else None,
             "disk_start_mb": round(self.disk[0] / 2**20, 2) if self.disk else None,
             "disk_end_mb": round(self.disk[-1] / 2**20, 2) if self.disk else None}
         if reference is not None:
@@ -222,7 +244,9 @@ class Watch:
         while not self._stop.is_set():
             assert self.victim.proc is not None
             with contextlib.suppress(OSError, ValueError):
-                self.phase.rss.append(rss_mb(self.victim.proc.pid))
+                rss, anon, file = rss_parts(self.victim.proc.pid)
+                self.phase.rss.append(rss)
+                self.phase.rss_split.append((anon, file))
             self.phase.disk.append(disk_bytes(self.victim.state))
             self._stop.wait(SAMPLE_EVERY_S)
 
@@ -393,6 +417,9 @@ def show(report: dict[str, Any]) -> None:
         print(f"{name:8}{p['asks']:>6}{p['ok']:>5}{p['p50_ms']!s:>9}{p['p99_ms']!s:>9}"
               f"{p['stall_max_ms']!s:>10}{p['probe_p99_ms']!s:>10}{p['rss_max_mb']!s:>8}"
               f"{disk:>14}{p['victim_cpu']!s:>6}{p.get('top1_same', '-'):>12}")
+    print("rss at its max, anonymous + file-backed MB: " + ", ".join(
+        f"{name} {p['rss_max_split_mb'][0]:g} + {p['rss_max_split_mb'][1]:g}"
+        for name, p in report["phases"].items() if p["rss_max_split_mb"]))
     print("\nattack   sent  items  answered")
     for name, t in report["attacks"].items():
         outs = ", ".join(f"{k} {v}" for k, v in t["outcomes"].items())

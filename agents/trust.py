@@ -21,9 +21,10 @@ clock it is given, so the same items give the same weights everywhere:
   earns `agree_gain` (0.01), one that disagreed loses `disagree_loss`
   (0.01), together within ±`agree_max` (0.3). An up voice by another
   established voter on a memory the key authored (as that voter's signed
-  vote names it) earns `rated_gain` (0.05), at most `rated_per_voter` (0.05)
-  from any one voter: one member's clicks cannot make an author. Earned
-  trust is capped at `earned_max` (0.8): trust = clamp(base + earned, 0, 1).
+  vote names it) earns `rated_gain` (0.05), at most `rated_per_voter` (0.2)
+  from any one voter, times that voter's trust: one member's clicks alone
+  cannot make an author (0.02 + 0.2 < 0.4). Earned trust is capped at
+  `earned_max` (0.8): trust = clamp(base + earned, 0, 1).
 
 These run for `rounds` rounds from the base (3: a ticket that members rated
 up joins the established set in round 2, and the outcomes it takes part in
@@ -34,8 +35,11 @@ Why ESTABLISHED is 0.4 and agree_max 0.3 (the issue's sketch had 0.5 and
 no cap on agreement): votes are public, so agreeing with what the swarm
 settled costs an attacker nothing: copy them. Agreement alone therefore
 lifts a ticket to FLOOR + agree_max = 0.32 at most, below ESTABLISHED; to be
-established a ticket needs up votes from at least two established members
-on memories it wrote, i.e. signatures it cannot make. And a freshly invited
+established a ticket needs up votes from established members on memories it
+wrote (a founder's are worth 0.2 with agreement; four new members'
+without), i.e. signatures it cannot make. An open swarm whose only
+established voice is its founder thus grows its trusted set from the
+authors whose memories the founder's users rated up (scripts/bench/sybil.py). And a freshly invited
 member (0.5) keeps its place among the established through ten net
 disagreements of taste.
 
@@ -120,7 +124,7 @@ class TrustParams:
     disagree_loss: float = 0.01
     agree_max: float = 0.3
     rated_gain: float = 0.05  # per up voice of another established voter on one's memory
-    rated_per_voter: float = 0.05
+    rated_per_voter: float = 0.2  # ... at most this from one voter, times the voter's trust
     earned_max: float = 0.8
     rounds: int = 3
 
@@ -217,7 +221,10 @@ def _round(t: np.ndarray, base_units: np.ndarray, pinned: np.ndarray, vs: _Voice
                      -_units(p.agree_max), _units(p.agree_max))
     ups = np.bincount(vs.naming_pair, weights=vs.naming_up & established[vs.rater][vs.naming_pair],
                       minlength=len(vs.rater)).astype(np.int64)
-    per_rater = np.minimum(ups * _units(p.rated_gain), _units(p.rated_per_voter))
+    # A rater's credit weighs its trust: a founder's up votes (1.0) on what a
+    # ticket wrote count as much as five new members' (0.5, one up each).
+    per_rater = np.minimum(ups * _units(p.rated_gain), _units(p.rated_per_voter)
+                           ) * t[vs.rater] // UNIT
     rated = np.bincount(vs.ratee, weights=per_rater, minlength=n).astype(np.int64)
     earned = np.minimum(agreed + rated, _units(p.earned_max))
     return np.where(pinned >= 0, pinned, np.clip(base_units + earned, 0, UNIT))

@@ -335,6 +335,13 @@ class Roster:
         """Take a new DNA version's rules (founders added or retired)."""
         self.membership, self.puzzle_bits, self.founders = membership, puzzle_bits, founders_now
 
+    def copy(self) -> Roster:
+        """A snapshot another thread may read while this one changes (the
+        held items are immutable: only the maps are copied)."""
+        other = Roster(self.membership, self.puzzle_bits, self.founders)
+        other._passes, other._revoked = dict(self._passes), dict(self._revoked)
+        return other
+
     def put_pass(self, p: Pass) -> bool:
         """Hold `p` unless a newer pass of its member is held; whether it changed."""
         return _put(self._passes, p.member, p, lambda q: (q.since_ms, q.wire), MAX_PASSES)
@@ -371,6 +378,10 @@ class Roster:
     def since_ms(self, key: bytes) -> int | None:
         p = self._passes.get(key)
         return p.since_ms if p else None
+
+    def keys(self) -> list[bytes]:
+        """Every key the roster knows: founders, pass holders, revoked."""
+        return sorted(self.founders | self._passes.keys() | self._revoked.keys())
 
     def members(self) -> list[dict[str, object]]:
         """Every key the roster knows (founders, pass holders, revoked), for

@@ -43,6 +43,7 @@ from p2pnode.swarm import Found, Swarm
 if TYPE_CHECKING:
     from p2pnode.agentnet import AgentNet, Verdict
     from p2pnode.members import Members
+    from p2pnode.membership import Roster
     from p2pnode.peers import PeerService
 
 T = TypeVar("T")
@@ -523,12 +524,6 @@ class Spore:
         self._trust_due = True
         self._trust_now.set()
 
-    def _members_view(self) -> dict[bytes, trust.Member]:
-        assert self.members is not None
-        return {bytes.fromhex(str(m["key"])): trust.Member(
-                    kind=m["kind"], since_ms=int(m["since_ms"] or 0),  # type: ignore[arg-type]
-                    revoked=m["standing"] in ("revoked", "revoked_inviter"))
-                for m in self.members.members()}
 
     async def refresh_trust(self) -> None:
         """Weigh every voice again (agents.trust: a pure function of the
@@ -537,8 +532,10 @@ class Spore:
         self._trust_due = False
         if self.members is None or not self.members.priced():
             return
-        inputs, members = self._book.trust_inputs(), self._members_view()
-        weights = await self.on_compute(trust.weights, members, inputs, self._now_ms())
+        # Copies taken on the loop (fast); the work, proportional to what
+        # peers sent, on the compute thread.
+        inputs, roster = self._book.trust_inputs(), self.members.roster.copy()
+        weights = await self.on_compute(_weigh, roster, inputs, self._now_ms())
         self._book.set_trust(weights, default=trust.FLOOR, own=self.identity.public_key)
         self.trust = weights
 
@@ -663,6 +660,14 @@ def _remote_source(rec: MemoryRecord, score: float) -> dict[str, Any]:
     return {"id": rec.id.hex(), "question": rec.question, "text": rec.answer,
             "origin": rec.origin, "author": rec.author.hex(), "created_ms": rec.created_ms,
             "score": round(score, 4), "remote": True}
+
+
+def _weigh(roster: Roster, votes: trust.Votes, now_ms: int) -> dict[bytes, float]:
+    """Trust weights of every voice, from a snapshot of the roster."""
+    members = {k: trust.Member(kind=roster.kind(k), since_ms=roster.since_ms(k) or 0,
+                               revoked=roster.standing(k) in ("revoked", "revoked_inviter"))
+               for k in roster.keys()}
+    return trust.weights(members, votes, now_ms)
 
 
 def _rss_mb() -> float:

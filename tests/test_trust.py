@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -108,11 +109,18 @@ def test_a_newcomer_earns_a_say_only_through_members_signatures() -> None:
     assert _weights(agreed)[new] == FLOOR + P.agree_max
     # its own memories, rated up by itself and named by its own votes: nothing
     assert _weights([*agreed, Vote(new, b"own", b"r", 1, new)])[new] == FLOOR + P.agree_max
-    # one member rating up many of its memories: one RATED_PER_VOTER
+    # one founder rating up many of its memories: one RATED_PER_VOTER (times
+    # the founder's trust, 1.0), not enough alone ...
     one = [Vote(founders[0], b"w%d" % i, b"r", 1, new) for i in range(10)]
+    assert _weights(one)[new] == FLOOR + P.rated_per_voter < ESTABLISHED
+    # ... and with its agreement, established: in an open swarm whose only
+    # established voice is the founder, the authors its users rated up join
     assert _weights(agreed + one)[new] == FLOOR + P.agree_max + P.rated_per_voter
-    # two members: established (and its votes now settle outcomes)
-    two = [*one, Vote(invited[0], b"w0", b"r", 1, new)]
+    assert FLOOR + P.agree_max + P.rated_per_voter >= ESTABLISHED
+    # a new member (0.5) vouches half as much as a founder
+    half = [Vote(invited[0], b"w%d" % i, b"r", 1, new) for i in range(10)]
+    assert _weights(half)[new] == pytest.approx(FLOOR + P.rated_per_voter * 0.5)
+    two = [*one, *half]
     assert _weights(agreed + two)[new] >= ESTABLISHED
     # down votes of members are no credit
     assert _weights([Vote(f, b"w", b"r", -1, new) for f in founders])[new] == FLOOR

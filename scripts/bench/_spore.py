@@ -81,6 +81,22 @@ class Spore:
         self.conn: http.client.HTTPConnection | None = None
         self.startup_s = 0.0
 
+    def found(self, swarm: str = "bench", *, open_swarm: bool = True,
+              puzzle_bits: int | None = 0) -> Spore:
+        """Found a swarm here before the first start (`spore init --swarm`).
+        The default, an open swarm with free identities (puzzle 0), is the
+        swarm from before membership: anyone holding its DNA file joins and
+        every voice weighs 1. A spore that founds by itself (`node run` with no
+        DNA) founds an invite swarm, which refuses spores holding only its DNA."""
+        cmd = [SPORE, "init", "--swarm", swarm, "--json"]
+        if open_swarm:
+            cmd.append("--open")
+            if puzzle_bits is not None:
+                cmd += ["--puzzle-bits", str(puzzle_bits)]
+        self.state.mkdir(parents=True, exist_ok=True)
+        subprocess.run(cmd, env=self.env, check=True, stdout=subprocess.DEVNULL)
+        return self
+
     def __enter__(self) -> Spore:
         start = time.perf_counter()
         self.proc = subprocess.Popen([SPORE, "node", "run"], env=self.env)
@@ -106,6 +122,9 @@ class Spore:
         assert self.conn is not None
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": "application/json"}
+        token = self.state / "api.token"
+        if token.exists():  # DNA and membership changes need it, even on loopback
+            headers["Authorization"] = f"Bearer {token.read_text().strip()}"
         try:
             self.conn.request(method, path, body=data, headers=headers)
             resp = self.conn.getresponse()

@@ -106,7 +106,8 @@ def _start(n: int, tmp: Path, spores: list[Spore]) -> None:
     appended to `spores` as they are made, so the caller can stop them all."""
     loopback = {"SPORE_GOSSIP_INTERVAL": str(INTERVAL_S), "SPORE_MAX_CONTACTS_PER_IP": "256",
                 "SPORE_DHT_RATE": "100000"}
-    spores.append(Spore(tmp / "s0", env=loopback))
+    # An open swarm with free identities: as before membership, every voice weighs 1.
+    spores.append(Spore(tmp / "s0", env=loopback).found())
     spores[0].__enter__()
     dna = (tmp / "s0" / "dna.bin").read_bytes()
     for i in range(1, n):

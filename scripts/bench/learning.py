@@ -99,7 +99,8 @@ def load_corpus() -> Corpus:
 def swarm(tmp: Path, n: int) -> Iterator[list[Spore]]:
     """n spores with one DNA, bootstrapped from the first; all stopped on exit."""
     with contextlib.ExitStack() as stack:
-        first = stack.enter_context(Spore(tmp / "s0", env=LOOPBACK))
+        # An open swarm with free identities: as before membership, every voice weighs 1.
+        first = stack.enter_context(Spore(tmp / "s0", env=LOOPBACK).found())
         dna = (tmp / "s0" / "dna.bin").read_bytes()
         spores = [first]
         for i in range(1, n):
@@ -571,8 +572,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     try:
         if args.harm_only:
-            harm = harm_run(tmp, corpus, args, rng)
-            show_harm(harm, args.window)
+            show_harm(harm_run(tmp, corpus, args, rng), args.window)
             return
         sat = satisfaction_run(tmp, corpus, args, rng)
         harm = None if args.skip_harm else harm_run(tmp, corpus, args, rng)

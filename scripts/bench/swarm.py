@@ -62,7 +62,8 @@ def main() -> None:
         spores: list[Spore] = []
         # Every spore is on 127.0.0.1: one source IP for the per-IP limits.
         loopback = {"SPORE_MAX_CONTACTS_PER_IP": "256", "SPORE_DHT_RATE": "100000"}
-        first = Spore(tmp / "s0", env=loopback)
+        # An open swarm with free identities: as before membership, every voice weighs 1.
+        first = Spore(tmp / "s0", env=loopback).found()
         spores.append(first.__enter__())
         dna = (tmp / "s0" / "dna.bin").read_bytes()
         for i in range(1, args.spores):

@@ -41,7 +41,7 @@ from crdt import sync
 from p2pnode.errors import SporeError, StateError, VerifyError
 from p2pnode.membership import KIND_PASS as KIND_PASS
 from p2pnode.membership import KIND_REVOKE as KIND_REVOKE
-from p2pnode.records import MAX_INT, RecordError, VoteRecord
+from p2pnode.records import MAX_INT, AgentCard, PeerRecord, RecordError, VoteRecord
 from p2pnode.storage import connect_wal, transaction
 
 log = logging.getLogger("spore.gossip")
@@ -102,6 +102,13 @@ class Caps:
     agent_cards: int = 16_384
     agent_cards_per_host: int = 4096
     peer_cards: int = 4096
+    # Voters the swarm does not trust yet (agents.trust: below ESTABLISHED;
+    # an open swarm's new identities) share a quarter of the votes, and each
+    # holds few: a thousand puzzle-paying keys cannot fill the store that
+    # members' votes need (scripts/bench/sybil.py filled it in ~64 s before).
+    low_votes: int = 8192
+    low_votes_per_voter: int = 256
+    low_cards: int = 1024  # agent cards, and peer cards, of hosts not trusted yet
     # A pass costs an invitation or a puzzle; revocations are the founders' alone.
     passes: int = 16_384
     revocations: int = 4096
@@ -129,6 +136,9 @@ class GossipStore:
         self.hashes: dict[bytes, bytes] = {}
         self.counters: dict[str, int] = {}
         self.on_change: Callable[[], None] | None = None  # called when an offer changed it
+        # Whether a voter is trusted (p2pnode.node: a member, or established
+        # by trust); the others' votes take places from Caps.low_votes.
+        self.trusted: Callable[[bytes], bool] = lambda voter: True
         self._digest: sync.Digest | None = None
         # The map split by sync bucket, each bucket's hash cached until it changes:
         # a new item costs one bucket's hash, a listing reads only its buckets.
@@ -301,12 +311,22 @@ class GossipStore:
         if kind == KIND_VOTE:  # key = V ‖ memory id ‖ digest(voter, region)
             groups = [(kind, caps.votes), (b"Vm" + key[1:33], caps.votes_per_memory)]
             if isinstance(record, VoteRecord):
-                groups.append((b"Vv" + record.voter, caps.votes_per_voter))
+                if self.trusted(record.voter):
+                    groups.append((b"Vv" + record.voter, caps.votes_per_voter))
+                else:
+                    groups += [(b"Vl", caps.low_votes),
+                               (b"Vv" + record.voter, caps.low_votes_per_voter)]
             return groups
         if kind == KIND_AGENT:  # key = A ‖ sha256(host) ‖ agent id
-            return [(kind, caps.agent_cards), (b"Ah" + key[1:33], caps.agent_cards_per_host)]
+            groups = [(kind, caps.agent_cards), (b"Ah" + key[1:33], caps.agent_cards_per_host)]
+            if isinstance(record, AgentCard) and not self.trusted(record.host):
+                groups.append((b"Al", caps.low_cards))
+            return groups
         if kind == KIND_PEER:
-            return [(kind, caps.peer_cards)]
+            groups = [(kind, caps.peer_cards)]
+            if isinstance(record, PeerRecord) and not self.trusted(record.public_key):
+                groups.append((b"Pl", caps.low_cards))
+            return groups
         if kind == KIND_PASS:
             return [(kind, caps.passes)]
         if kind == KIND_REVOKE:

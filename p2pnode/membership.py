@@ -379,7 +379,7 @@ class Roster:
         p = self._passes.get(key)
         return p.since_ms if p else None
 
-    def keys(self) -> list[bytes]:
+    def known(self) -> list[bytes]:
         """Every key the roster knows: founders, pass holders, revoked."""
         return sorted(self.founders | self._passes.keys() | self._revoked.keys())
 

@@ -525,6 +525,16 @@ class Spore:
         self._trust_now.set()
 
 
+    def trusted(self, voter: bytes) -> bool:
+        """A voter whose votes take places from the members' share of the
+        gossip store: a founder or invited member in good standing, or one
+        established by trust; every voter in a swarm from before membership."""
+        if self.members is None or not self.members.priced():
+            return True
+        if self.members.roster.kind(voter) in ("founder", "invited"):
+            return self.members.standing(voter) is None
+        return self.trust.get(voter, 0.0) >= trust.ESTABLISHED
+
     async def refresh_trust(self) -> None:
         """Weigh every voice again (agents.trust: a pure function of the
         gossiped items, run on the compute thread). A swarm from before
@@ -666,7 +676,7 @@ def _weigh(roster: Roster, votes: trust.Votes, now_ms: int) -> dict[bytes, float
     """Trust weights of every voice, from a snapshot of the roster."""
     members = {k: trust.Member(kind=roster.kind(k), since_ms=roster.since_ms(k) or 0,
                                revoked=roster.standing(k) in ("revoked", "revoked_inviter"))
-               for k in roster.keys()}
+               for k in roster.known()}
     return trust.weights(members, votes, now_ms)
 
 

@@ -190,6 +190,28 @@ def test_quotas_hold_under_a_flood_of_fresh_keys(tmp_path: Path) -> None:
     assert _rows(path) == caps.votes + 2  # the DNA, the card
 
 
+def test_voters_not_trusted_yet_cannot_fill_the_members_share() -> None:
+    """An open swarm's puzzle-paying Sybils (trusted: no) take places only
+    from Caps.low_votes, few each: members' votes still find room."""
+    caps = Caps(votes=600, low_votes=200, low_votes_per_voter=8)
+    s = store(caps=caps)
+    members = {Identity.from_seed(b"member %d" % i).public_key for i in range(3)}
+    s.trusted = lambda voter: voter in members
+    sybils = [Identity.from_seed(b"sybil %d" % i) for i in range(100)]
+    flood = [vote(who, i.to_bytes(32, "big")) for who in sybils for i in range(20)]
+    s.offer(flood)
+    assert len(s.with_prefix(KIND_VOTE)) == caps.low_votes  # 2,000 offered
+    assert s.counters["refused_quota"] == len(flood) - caps.low_votes
+    # one Sybil holds at most low_votes_per_voter
+    one = [vote(Identity.from_seed(b"greedy"), i.to_bytes(32, "big")) for i in range(50)]
+    fresh = store(caps=caps)
+    fresh.trusted = s.trusted
+    assert len(fresh.offer(one)) == caps.low_votes_per_voter
+    # the members' votes are all taken
+    honest = [vote(Identity.from_seed(b"member %d" % i), i.to_bytes(32, "big")) for i in range(3)]
+    assert len(s.offer(honest)) == 3
+
+
 # --- a real spore --------------------------------------------------------------------------
 
 def _post_delta(d: Daemon, items: dict[bytes, bytes]) -> tuple[int, Any]:

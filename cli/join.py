@@ -27,6 +27,7 @@ from p2pnode import joining
 from p2pnode import membership as ms
 from p2pnode.config import parse_peers
 from p2pnode.errors import ConfigError, SporeError, StateError, VerifyError
+from p2pnode.files import write_atomic
 from p2pnode.identity import Identity
 from p2pnode.records import RecordError
 
@@ -203,21 +204,6 @@ def invitation_text(code: str) -> str:
     return INVITE_FILE_HEADER + code + "\n"
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` readable by its owner only (an invitation is a secret)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise SporeError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
 def inviter_address(inv: joining.Invitation) -> str:
     """The inviter as a peer (`host:port`, its DHT and peer HTTP port)."""
     return f"[{inv.host}]:{inv.port}" if ":" in inv.host else f"{inv.host}:{inv.port}"
@@ -306,22 +292,8 @@ def settle(state_dir: Path, chain: list[dna_mod.Dna], own: ms.Pass) -> bool:
     """Keep the swarm's DNA chain (unless this spore holds a newer version of
     it) and this spore's pass (0600). Returns whether the DNA was written."""
     _, adopted = adopt(state_dir, chain[-1], chain)
-    write_private_bytes(state_dir / PASS_FILE, own.wire)
+    write_atomic(state_dir / PASS_FILE, own.wire, private=True)
     return adopted
-
-
-def write_private_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise StateError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def check_swarm(state_dir: Path, inv: joining.Invitation) -> None:

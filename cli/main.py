@@ -344,7 +344,8 @@ def invite(ctx: click.Context, may_invite: bool, ttl: str, path: Path | None,
            as_json: bool) -> None:
     """Make a one-time invitation into this invite swarm (founders, and members
     allowed to invite). Give it to the new device over a channel you trust."""
-    from cli.join import invitation_text, write_private
+    from cli.join import invitation_text
+    from p2pnode.files import write_atomic
 
     ttl_s = parse_duration(ttl)
     if path is not None and not path.parent.is_dir():
@@ -353,7 +354,7 @@ def invite(ctx: click.Context, may_invite: bool, ttl: str, path: Path | None,
     api.need_token()  # who is in the swarm: the token, on loopback too
     data = api.post("/v1/invites", {"may_invite": may_invite, "ttl_s": ttl_s})
     if path is not None:
-        write_private(path, invitation_text(data["code"]))
+        write_atomic(path, invitation_text(data["code"]).encode(), private=True)
         data = {**{k: v for k, v in data.items() if k != "code"}, "file": str(path)}
     emit(as_json, data, lambda: click.echo(_invitation_lines(data)))
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ import msgpack
 
 from dht.keys import DEFAULT_BITS, DEFAULT_PROBES, DEFAULT_TABLES, LshParams
 from p2pnode.errors import ConfigError, StateError, VerifyError
+from p2pnode.files import write_atomic
 from p2pnode.identity import Identity, verify
 
 DNA_FILE = "dna.bin"
@@ -381,19 +381,7 @@ def load(state_dir: Path) -> Dna | None:
 
 
 def save(state_dir: Path, dna: Dna) -> None:
-    _write_atomic(state_dir / DNA_FILE, dna.wire)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise StateError(f"cannot write {path}: {exc.strerror}") from exc
+    write_atomic(state_dir / DNA_FILE, dna.wire)
 
 
 def save_chain(state_dir: Path, chain: list[Dna]) -> None:
@@ -402,7 +390,7 @@ def save_chain(state_dir: Path, chain: list[Dna]) -> None:
     reads back to dna.bin's version. A partial chain (state from before
     chains, not starting at v1) writes dna.bin only."""
     if chain[0].version == 1:
-        _write_atomic(state_dir / CHAIN_FILE, chain_wire(chain))
+        write_atomic(state_dir / CHAIN_FILE, chain_wire(chain))
     save(state_dir, chain[-1])
 
 

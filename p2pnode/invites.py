@@ -12,7 +12,6 @@ told *why* it is refused (``invite_used``, ``invite_expired``) rather than
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import hmac
 import json
@@ -21,7 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from p2pnode.errors import DiskFull, StateError
+from p2pnode.errors import StateError
+from p2pnode.files import write_atomic
 from p2pnode.records import RecordError
 
 __all__ = ["MAX_ENTRIES", "MAX_PENDING", "TOKEN_BYTES", "Invites", "InvitesFull"]
@@ -115,7 +115,7 @@ class Invites:
 
     def _save(self) -> None:
         data = {"version": _VERSION, "invites": [asdict(e) for e in self._entries]}
-        _write_private(self.path, json.dumps(data, separators=(",", ":")).encode())
+        write_atomic(self.path, json.dumps(data, separators=(",", ":")).encode(), private=True)
 
 
 def _load(path: Path) -> list[_Entry]:
@@ -154,24 +154,3 @@ def _entry(item: Any) -> _Entry:
 
 def _time(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Replace `path` by `data` atomically and durably, readable by its owner only."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o600)  # an old tmp may have had another mode
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        kind = DiskFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else StateError
-        raise kind(f"cannot write {path}: {exc.strerror or exc}") from exc

@@ -12,7 +12,6 @@ and signs what a founder or an inviting member asks for.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from p2pnode import dna as dna_mod
 from p2pnode import joining
 from p2pnode import membership as ms
 from p2pnode.errors import ConfigError, NotAllowed, NotReady, StateError, WrongMode
+from p2pnode.files import write_atomic
 from p2pnode.gossip import KIND_PASS, KIND_REVOKE, GossipStore, Validator
 from p2pnode.identity import Identity
 from p2pnode.invites import Invites
@@ -90,13 +90,7 @@ class Members:
 
     def save_own(self, p: ms.Pass) -> None:
         assert self.state_dir is not None
-        path, tmp = self.state_dir / PASS_FILE, self.state_dir / (PASS_FILE + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(p.wire)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomic(self.state_dir / PASS_FILE, p.wire, private=True)
         self.own = p
 
     def _decode_pass(self, data: bytes) -> ms.Pass:

@@ -96,11 +96,14 @@ def load_corpus() -> Corpus:
 # --- the swarm ------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def swarm(tmp: Path, n: int) -> Iterator[list[Spore]]:
-    """n spores with one DNA, bootstrapped from the first; all stopped on exit."""
+def swarm(tmp: Path, n: int, puzzle_bits: int = 0) -> Iterator[list[Spore]]:
+    """n spores of an open swarm, bootstrapped from the first (which founds
+    it); the others hold its DNA file (and pay its puzzle at their first
+    start); all stopped on exit. With no puzzle (the default) identities are
+    free: as before membership, every voice weighs 1."""
     with contextlib.ExitStack() as stack:
-        # An open swarm with free identities: as before membership, every voice weighs 1.
-        first = stack.enter_context(Spore(tmp / "s0", env=LOOPBACK).found())
+        first = stack.enter_context(Spore(tmp / "s0", env=LOOPBACK).found(
+            "bench", puzzle_bits=puzzle_bits))
         dna = (tmp / "s0" / "dna.bin").read_bytes()
         spores = [first]
         for i in range(1, n):

@@ -42,6 +42,7 @@ from learning import (
     refusals,
     run_stream,
     share,
+    swarm,
     teach,
     zipf_stream,
 )
@@ -52,24 +53,6 @@ GOAL = 0.90
 
 def _dir_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
-
-
-@contextlib.contextmanager
-def open_swarm(tmp: Path, n: int, bits: int) -> Iterator[list[Spore]]:
-    """n spores of an open swarm with a `bits` puzzle, founded by the first;
-    the others hold its DNA file and pay the puzzle at their first start."""
-    with contextlib.ExitStack() as stack:
-        first = stack.enter_context(Spore(tmp / "s0", env=LOOPBACK).found(
-            "sybil-bench", puzzle_bits=bits))
-        dna = (tmp / "s0" / "dna.bin").read_bytes()
-        spores = [first]
-        for i in range(1, n):
-            state = tmp / f"s{i}"
-            state.mkdir(parents=True)
-            (state / "dna.bin").write_bytes(dna)
-            spores.append(stack.enter_context(Spore(state, env={
-                **LOOPBACK, "SPORE_PEERS": f"127.0.0.1:{first.dht_port}"})))
-        yield spores
 
 
 @contextlib.contextmanager
@@ -135,7 +118,7 @@ def victims(spores: list[Spore]) -> dict[str, Any]:
 
 def stream_run(tmp: Path, corpus: Corpus, stream: list[tuple[int, int]], k: int,
                args: argparse.Namespace) -> dict[str, Any]:
-    with open_swarm(tmp, args.spores, args.bits) as spores:
+    with swarm(tmp, args.spores, puzzle_bits=args.bits) as spores:
         publish_s = teach(spores, corpus.chunks)
         t = time.perf_counter()
         if k:

@@ -32,6 +32,7 @@ import logging
 import random
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ _FIRST = {KIND_DNA: 0, KIND_REVOKE: 1, KIND_PASS: 2}
 MAX_DELTA_BYTES = 512 * 1024  # items one delta carries (the rest: next round)
 MAX_WANT = 1024  # keys one delta asks for
 MAX_BODY = MAX_DELTA_BYTES + 64 * 1024  # any gossip request or reply
+NO_ROOM_S = 60.0  # an item refused for want of room is refused by its hash this long
+NO_ROOM_KEPT = 65_536  # such hashes remembered (32 B each)
 
 # (key, item, now in ms) → (stamp, record); raises VerifyError (with a `reason`)
 Validator = Callable[[bytes, bytes, int], tuple[int, Any]]
@@ -139,6 +142,7 @@ class GossipStore:
         # Whether a voter is trusted (p2pnode.node: a member, or established
         # by trust); the others' votes take places from Caps.low_votes.
         self.trusted: Callable[[bytes], bool] = lambda voter: True
+        self._no_room: OrderedDict[bytes, float] = OrderedDict()  # item hash → when refused
         self._digest: sync.Digest | None = None
         # The map split by sync bucket, each bucket's hash cached until it changes:
         # a new item costs one bucket's hash, a listing reads only its buckets.
@@ -271,6 +275,10 @@ class GossipStore:
         now_ms = self._now_ms()
         changed: list[Accepted] = []
         for key, item in pairs:
+            hashed = sync.item_hash(item)
+            if self._no_room.get(hashed, -NO_ROOM_S) > now_ms / 1000 - NO_ROOM_S:
+                self.count("refused_quota_again")  # no second signature check
+                continue
             try:
                 old = self.items.get(key)
                 if old is None and self._full(self._groups(key)):  # before any signature
@@ -281,11 +289,14 @@ class GossipStore:
                 if old is None:
                     self._take_place(key, record)
             except VerifyError as exc:
-                self.count(f"refused_{_reason(exc)}")
+                reason = _reason(exc)
+                self.count(f"refused_{reason}")
+                if reason == "quota":
+                    self._remember_no_room(hashed, now_ms / 1000)
                 log.debug("gossip item %s… refused: %s", key[:8].hex(), exc)
                 continue
             self.items[key] = (stamp, item)
-            self._set_hash(key, sync.item_hash(item))
+            self._set_hash(key, hashed)
             changed.append(Accepted(key, stamp, record))
         if changed:
             if self.on_change is not None:
@@ -293,6 +304,15 @@ class GossipStore:
             self.count("accepted", len(changed))
             self._persist(changed)
         return changed
+
+    def _remember_no_room(self, hashed: bytes, now_s: float) -> None:
+        """A peer whose store took what ours had no room for offers it again
+        every round (the digests differ): for NO_ROOM_S it is refused again
+        by its hash alone, not by a signature check per round."""
+        self._no_room.pop(hashed, None)
+        self._no_room[hashed] = now_s
+        if len(self._no_room) > NO_ROOM_KEPT:
+            self._no_room.popitem(last=False)
 
     def _judge(self, key: bytes, item: bytes, now_ms: int) -> tuple[int, Any]:
         """(stamp, record) of an item, or VerifyError whose reason says why not."""

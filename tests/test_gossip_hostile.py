@@ -202,6 +202,10 @@ def test_voters_not_trusted_yet_cannot_fill_the_members_share() -> None:
     s.offer(flood)
     assert len(s.with_prefix(KIND_VOTE)) == caps.low_votes  # 2,000 offered
     assert s.counters["refused_quota"] == len(flood) - caps.low_votes
+    # offered again (a peer that took them does, every round): refused by hash
+    s.offer(flood)
+    assert s.counters["refused_quota_again"] == len(flood) - caps.low_votes
+    assert s.counters["refused_quota"] == len(flood) - caps.low_votes
     # one Sybil holds at most low_votes_per_voter
     one = [vote(Identity.from_seed(b"greedy"), i.to_bytes(32, "big")) for i in range(50)]
     fresh = store(caps=caps)

@@ -132,12 +132,16 @@ def stream_run(tmp: Path, corpus: Corpus, stream: list[tuple[int, int]], k: int,
         seen = victims(spores)
         refused = refusals(spores)
         founder = spores[0].call("GET", "/v1/members")["members"]
-    trusts = [float(m["trust"]) for m in founder if m["kind"] == "ticket"
-              and m["trust"] is not None]
+        honest = {s.call("GET", "/v1/status")["public_key"] for s in spores}
+    trusts = {m["key"]: float(m["trust"]) for m in founder if m["kind"] == "ticket"
+              and m["trust"] is not None}
+    mine = [t for key, t in trusts.items() if key in honest]
+    theirs = [t for key, t in trusts.items() if key not in honest]
     return {"k": k, "asks": asks, "publish_s": publish_s, "stream_s": stream_s,
             "attacker": report, "victims": seen, "refusals": refused,
-            "ticket_trust_max": max(trusts, default=0.0),
-            "ticket_trust_median": float(np.median(trusts)) if trusts else 0.0}
+            "honest_trust_min": min(mine, default=0.0),
+            "honest_trust_median": float(np.median(mine)) if mine else 0.0,
+            "attacker_trust_max": max(theirs, default=0.0)}
 
 
 def invite_run(tmp: Path, corpus: Corpus, k: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -183,7 +187,8 @@ def show(r: dict[str, Any]) -> None:
           f"<= 60 items/s to each spore, pulls every 0.5 s")
     print(f"{'K':>6} {'last ' + str(w):>9} {'first ' + str(w):>9} {'top-1 chg':>9} "
           f"{'r->w':>5} {'w->r':>5} {'mint CPU s':>10} {'targets':>7} {'votes made':>10} "
-          f"{'sent':>7} {'sent/s':>7} {'backlog':>8} {'trust max':>9} {'RSS MB max':>10} "
+          f"{'sent':>7} {'sent/s':>7} {'backlog':>8} {'honest trust min/med':>20} "
+          f"{'Sybil trust max':>15} {'RSS MB max':>10} "
           f"{'disk MB max':>11}")
     for row in r["runs"]:
         a = row["attacker"]
@@ -193,7 +198,8 @@ def show(r: dict[str, Any]) -> None:
               f"{a.get('mint_cpu_s', 0.0):>10.2f} {a.get('targets', 0):>7} "
               f"{a.get('votes_made', 0):>10} {a.get('items_sent', 0):>7} "
               f"{a.get('items_per_s', 0.0):>7.1f} {a.get('backlog', 0):>8} "
-              f"{row['ticket_trust_max']:>9.3f} {max(row['victims']['rss_mb']):>10.1f} "
+              f"{row['honest_trust_min']:>10.3f}/{row['honest_trust_median']:<9.3f} "
+              f"{row['attacker_trust_max']:>15.3f} {max(row['victims']['rss_mb']):>10.1f} "
               f"{max(row['victims']['disk_mb']):>11.1f}")
     for row in r["runs"]:
         a = row["attacker"]

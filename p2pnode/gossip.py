@@ -305,6 +305,15 @@ class GossipStore:
             self._persist(changed)
         return changed
 
+    def work_in(self, items: Mapping[bytes, bytes]) -> int:
+        """How many of `items` an offer would check (the others: held as
+        they are, or refused for want of room by their hash)."""
+        self._check_loaded()
+        now_s = self.clock()
+        return sum(1 for key, item in items.items()
+                   if (held := self.items.get(key)) is None or held[1] != item
+                   if self._no_room.get(sync.item_hash(item), -NO_ROOM_S) <= now_s - NO_ROOM_S)
+
     def _remember_no_room(self, hashed: bytes, now_s: float) -> None:
         """A peer whose store took what ours had no room for offers it again
         every round (the digests differ): for NO_ROOM_S it is refused again

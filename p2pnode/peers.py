@@ -538,7 +538,10 @@ class PeerService:
                 reply = self.store.answer_sync(body)
             elif route == "delta":
                 items, want = decode_delta_request(body)
-                self.intake.items(_source(request.remote or "?"), key, len(items))
+                # Items that cost nothing to refuse (held already, or refused
+                # for want of room by their hash) take nothing of the budget.
+                self.intake.items(_source(request.remote or "?"), key,
+                                  self.store.work_in(items))
                 reply, accepted = self.store.answer_items(items, want)
             else:
                 reply = await self.routes[route](key, body)

@@ -205,6 +205,8 @@ def test_voters_not_trusted_yet_cannot_fill_the_members_share() -> None:
     # offered again (a peer that took them does, every round): refused by hash
     s.offer(flood)
     assert s.counters["refused_quota_again"] == len(flood) - caps.low_votes
+    assert s.work_in(dict(flood)) == 0  # so they take nothing of a sender's budget
+    assert s.work_in(dict([vote(Identity.from_seed(b"someone new"))])) == 1
     assert s.counters["refused_quota"] == len(flood) - caps.low_votes
     # one Sybil holds at most low_votes_per_voter
     one = [vote(Identity.from_seed(b"greedy"), i.to_bytes(32, "big")) for i in range(50)]

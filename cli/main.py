@@ -514,7 +514,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 
 def _status_lines(data: dict[str, Any]) -> str:
-    lines = [f"{k:10} {v}" for k, v in data.items() if k not in ("counters", "dht")]
+    lines = [f"{k:10} {v}" for k, v in data.items()
+             if k not in ("counters", "dht", "members")]
+    members = data.get("members")
+    if members:
+        lines.append(_membership_line(members))
     dht = data.get("dht")
     if dht:
         lines.append(f"{'dht':10} {dht['dht_address']} udp, {dht['contacts']} contacts, "
@@ -522,6 +526,15 @@ def _status_lines(data: dict[str, Any]) -> str:
         if dht.get("alone"):
             lines.append(_alone_line(dht.get("bootstrap") or {}))
     return "\n".join(lines)
+
+
+def _membership_line(m: dict[str, Any]) -> str:
+    standing = m.get("standing", "member")
+    who = (f"a {m.get('kind')}" if standing == "member"
+           else f"NOT A MEMBER ({standing}): other spores refuse this one")
+    invites = ", may invite" if m.get("may_invite") else ""
+    return (f"{'membership':10} {m.get('membership')} swarm; this spore is {who}{invites}; "
+            f"{m.get('members', 0)} members known")
 
 
 def _alone_line(boot: dict[str, Any]) -> str:

@@ -122,6 +122,9 @@ def test_an_outsider_with_the_dna_stores_nothing_and_reads_nothing(
         assert outsider_key not in hosts
     status = outsider.json("GET", "/v1/status")
     assert status["members"]["standing"] == "not_member"
+    assert "NOT A MEMBER (not_member)" in outsider.cli("status", check=True).stdout
+    assert "invite swarm; this spore is a founder, may invite" in founder.cli(
+        "status", check=True).stdout
     refusals = founder.json("GET", "/v1/peers")["refused"]
     assert any(r["reason"] == "not_member" for r in refusals.values()), refusals
     dht_refused = founder.json("GET", "/v1/peers")["dht_refused"]

@@ -139,7 +139,7 @@ async def _serve_locked(cfg: Config) -> None:
                   max_text_bytes=cfg.max_text_bytes, swarm=swarm, gossip=gossip,
                   state_dir=cfg.state_dir, chain=chain)
     spore.members = members
-    gossip.trusted = spore.trusted
+    gossip.trusted, gossip.weight = spore.trusted, spore.weight
     members.on_revoked = spore.on_revoked
     peers: PeerService | None = None
     try:

@@ -48,6 +48,7 @@ from p2pnode.storage import connect_wal, transaction
 log = logging.getLogger("spore.gossip")
 
 KIND_DNA, KIND_PEER, KIND_VOTE, KIND_AGENT = b"D", b"P", b"V", b"A"
+_LOW_SHARES = (b"Vl", b"Al", b"Pl")  # the quota groups of writers not trusted yet
 # Who may write is decided by the DNA, revocations and passes: in a batch they
 # are judged first, so a new member's pass admits its votes in the same delta.
 _FIRST = {KIND_DNA: 0, KIND_REVOKE: 1, KIND_PASS: 2}
@@ -158,6 +159,15 @@ class GossipStore:
         self._kinds: dict[bytes, dict[bytes, None]] = {}
         self.changes: dict[bytes, int] = {}
         self._held: dict[bytes, int] = {}  # quota group → keys held in it
+        # The low share's votes by voter, for eviction: a vote of a voter the
+        # swarm trusts more (`weight`, agents.trust via the daemon) takes the
+        # place of one of the least trusted voter's, never of an equal's.
+        self.weight: Callable[[bytes], float] = lambda voter: 0.0
+        self.weights_version = 0  # the owner bumps it when `weight` changed
+        self._low: dict[bytes, list[tuple[bytes, list[tuple[bytes, int]]]]] = {}
+        self._low_order: list[bytes] = []
+        self._low_order_version, self._low_at = -1, 0
+        self._evicted: list[bytes] = []
         self._unchecked: list[tuple[int, object, object]] = []  # rows read, not validated
         self._db: sqlite3.Connection | None = None
         self._path = path
@@ -188,7 +198,7 @@ class GossipStore:
                 if not isinstance(key, bytes) or not isinstance(item, bytes):
                     raise RecordError("record_malformed", "a stored row is not bytes")
                 stamp, record = self._judge(key, item, now_ms)
-                self._take_place(key, record)
+                self._take_place(key, record, loading=True)
             except VerifyError as exc:
                 self.count("dropped_on_load")
                 self.count(f"dropped_on_load_{_reason(exc)}")
@@ -298,6 +308,10 @@ class GossipStore:
             self.items[key] = (stamp, item)
             self._set_hash(key, hashed)
             changed.append(Accepted(key, stamp, record))
+        if self._evicted:
+            self._write("DELETE FROM items WHERE key=?", [(k,) for k in self._evicted])
+            self._evicted = []
+            changed = [a for a in changed if a.key in self.items]  # not evicted since
         if changed:
             if self.on_change is not None:
                 self.on_change()
@@ -365,13 +379,57 @@ class GossipStore:
     def _full(self, groups: list[tuple[bytes, int]]) -> bool:
         return any(self._held.get(group, 0) >= cap for group, cap in groups)
 
-    def _take_place(self, key: bytes, record: Any) -> None:
-        """Count a new key in its groups, or RecordError("quota") if one is full."""
+    def _take_place(self, key: bytes, record: Any, *, loading: bool = False) -> None:
+        """Count a new key in its groups, or RecordError("quota") if one is
+        full (at load, the low shares are not enforced: who is trusted is
+        known only once the votes are in)."""
         groups = self._groups(key, record)
-        if self._full(groups):
+        full = [g for g, cap in groups if self._held.get(g, 0) >= cap
+                and not (loading and g in _LOW_SHARES)]
+        if full and not (full == [b"Vl"] and isinstance(record, VoteRecord)
+                         and self._make_room(record.voter)):
             raise RecordError("quota", "the item's group is full")
         for group, _ in groups:
             self._held[group] = self._held.get(group, 0) + 1
+        if isinstance(record, VoteRecord) and any(g == b"Vl" for g, _ in groups):
+            self._low.setdefault(record.voter, []).append((key, groups))
+
+    def _make_room(self, voter: bytes) -> bool:
+        """Evict one low-share vote of the least trusted voter if it is less
+        trusted than `voter`. The order is sorted once per change of weights."""
+        mine = self.weight(voter)
+        if (self._low_order_version != self.weights_version
+                or self._low_at >= len(self._low_order)):
+            self._low_order = sorted(self._low, key=lambda v: (self.weight(v), v))
+            self._low_order_version, self._low_at = self.weights_version, 0
+        while self._low_at < len(self._low_order):
+            least = self._low_order[self._low_at]
+            held = self._low.get(least)
+            if not held:
+                self._low_at += 1
+                continue
+            if self.weight(least) >= mine:
+                return False
+            key, groups = held.pop()
+            if not held:
+                del self._low[least]
+            self._drop(key, groups)
+            return True
+        return False
+
+    def _drop(self, key: bytes, groups: list[tuple[bytes, int]]) -> None:
+        """Forget a held item (evicted): map, hashes, digest, quota places."""
+        del self.items[key], self.hashes[key]
+        bucket = sync.bucket_of(key)
+        self._members[bucket].pop(key, None)
+        self._entries[bucket].pop(key, None)
+        self._bucket_hashes[bucket] = None
+        self._digest = None
+        self._kinds.get(key[:1], {}).pop(key, None)
+        for group, _ in groups:
+            self._held[group] -= 1
+        self._evicted.append(key)
+        self.count("evicted_low_trust")
 
     def _persist(self, changed: list[Accepted]) -> None:
         self._write("INSERT OR REPLACE INTO items(key, stamp, item) VALUES (?,?,?)",

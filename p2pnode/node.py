@@ -535,6 +535,10 @@ class Spore:
             return self.members.standing(voter) is None
         return self.trust.get(voter, 0.0) >= trust.ESTABLISHED
 
+    def weight(self, voter: bytes) -> float:
+        """A voter's trust as last computed (FLOOR for one never seen)."""
+        return self.trust.get(voter, trust.FLOOR)
+
     async def refresh_trust(self) -> None:
         """Weigh every voice again (agents.trust: a pure function of the
         gossiped items, run on the compute thread). A swarm from before
@@ -548,6 +552,8 @@ class Spore:
         weights = await self.on_compute(_weigh, roster, inputs, self._now_ms())
         self._book.set_trust(weights, default=trust.FLOOR, own=self.identity.public_key)
         self.trust = weights
+        if self.gossip is not None:  # its low share evicts by these weights
+            self.gossip.weights_version += 1
 
     async def keep_trust(self, every_s: float = TRUST_EVERY_S) -> None:
         """Recompute trust when votes or members changed, at most every

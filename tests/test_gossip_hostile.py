@@ -218,6 +218,30 @@ def test_voters_not_trusted_yet_cannot_fill_the_members_share() -> None:
     assert len(s.offer(honest)) == 3
 
 
+def test_a_more_trusted_voter_takes_the_place_of_the_least_trusted(tmp_path: Path) -> None:
+    """The low share full of Sybils' votes (trust 0: they voted against what
+    members settled): an honest newcomer's vote (trust 0.2) evicts one of
+    theirs, an equal's does not, and the file follows."""
+    caps = Caps(votes=600, low_votes=50, low_votes_per_voter=10)
+    s = store(tmp_path / "g.sqlite3", caps=caps)
+    s.trusted = lambda voter: False
+    sybils = [Identity.from_seed(b"sybil %d" % i) for i in range(5)]
+    honest = Identity.from_seed(b"honest newcomer")
+    weight = {honest.public_key: 0.2}
+    s.weight = lambda voter: weight.get(voter, 0.0)
+    s.offer([vote(who, i.to_bytes(32, "big")) for who in sybils for i in range(10)])
+    assert len(s.with_prefix(KIND_VOTE)) == caps.low_votes
+    root = s.digest()
+    assert s.offer([vote(Identity.from_seed(b"sybil 9"), b"x" * 32)]) == []  # an equal
+    mine = [vote(honest, i.to_bytes(32, "big")) for i in range(3)]
+    assert len(s.offer(mine)) == 3
+    assert s.counters["evicted_low_trust"] == 3
+    assert len(s.with_prefix(KIND_VOTE)) == caps.low_votes and s.digest() != root
+    assert all(s.get(k) == v for k, v in mine)
+    s.close()
+    assert _rows(tmp_path / "g.sqlite3") == 1 + caps.low_votes  # the DNA, the votes held
+
+
 # --- a real spore --------------------------------------------------------------------------
 
 def _post_delta(d: Daemon, items: dict[bytes, bytes]) -> tuple[int, Any]:

@@ -12,9 +12,11 @@ fitness (crdt.votes.voices): one key cannot bury or lift an answer alone.
 
 A voice weighs its voter's trust (agents.trust, given by `set_trust`; 1.0
 each until then), the spore's own always 1.0: the asker's vote acts at once
-on its own spore. The voices below trust.ESTABLISHED on one memory weigh
-LOW_VOICES_CAP at most all together (per question in `said`, and overall):
-a thousand fresh keys are a quarter of a voice, against ~1 per member.
+on its own spore. The voices below trust.ESTABLISHED fill silence only: on
+a memory where an established voice (or our own) spoke they count for
+nothing, elsewhere they weigh LOW_VOICES_CAP at most all together (per
+question in `said`, and overall): a thousand fresh keys are a quarter of a
+voice where no member said anything, and nothing against a member.
 
 `RegionIndex` is the spore's one vote book (the event loop's; no locks):
 every vote it knows, whoever holds the memory, in flat arrays. A vote costs
@@ -328,10 +330,16 @@ class RegionIndex:
 
     def _capped(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(up, down) per memory from its weights (_weigh's four rows, summed
-        per memory): the low voices scaled down to weigh the cap together."""
+        per memory): low voices fill silence only. Where an established voice
+        (or this spore's own) spoke, they count for nothing; elsewhere they
+        are scaled down to weigh the cap together. (Counted against members,
+        a capped pile of fresh keys still undid rejections: one member's down
+        vote, fitness -0.29, went back above REJECTED_BELOW with 0.25 up from
+        Sybils: scripts/bench/sybil.py turned 173 right answers wrong.)"""
+        w = w.copy()
+        w[2:, (w[0] + w[1]) > 0] = 0
         low, cap = w[2] + w[3], round(self._cap * trust.UNIT)
         over = low > cap  # cap * part / low: exact when a part is all of it
-        w = w.copy()
         w[2:, over] = cap * w[2:, over] / low[over]
         return (w[0] + w[2]) / trust.UNIT, (w[1] + w[3]) / trust.UNIT
 

@@ -181,6 +181,6 @@ def test_eight_members_outvote_a_thousand_fresh_identities() -> None:
     assert said.fitness[b"good"] > 0.5 and said.fitness[b"bad"] <= REJECTED_BELOW
     assert said.recalled == [b"good"]
     low = LOW_VOICES_CAP  # 1,000 sybils at 0.3 together: a quarter of a voice
-    assert REJECTED_BELOW < said.fitness[b"fresh"] == fitness(0, low)
-    assert said.fitness[b"good"] == fitness(8 * 0.8, low)
+    assert REJECTED_BELOW < said.fitness[b"fresh"] == fitness(0, low)  # where no member spoke
+    assert said.fitness[b"good"] == fitness(8 * 0.8, 0)  # where members spoke, silent
     assert book.overall(b"good") == said.fitness[b"good"]

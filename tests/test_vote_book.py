@@ -113,7 +113,8 @@ def test_a_flood_of_voters_on_one_question_costs_a_few_hundred_bytes_each() -> N
 def _weighed(entries: dict[tuple[bytes, bytes, bytes], int], memory: bytes,
              weight: dict[bytes, float], cap: float) -> tuple[float, float]:
     """What the book must say of one memory: each voter's entries one voice,
-    weighing its trust; the voices below ESTABLISHED capped together."""
+    weighing its trust; the voices below ESTABLISHED count only where none
+    above it spoke, and then capped together."""
     said: dict[bytes, int] = {}
     for (m, voter, _), s in entries.items():
         if m == memory:
@@ -123,6 +124,8 @@ def _weighed(entries: dict[tuple[bytes, bytes, bytes], int], memory: bytes,
         if total:
             w = weight[voter]
             (low if w < ESTABLISHED else high)[total < 0] += w
+    if sum(high):
+        low = [0.0, 0.0]
     scale = min(1.0, cap / sum(low)) if sum(low) else 1.0
     return high[0] + low[0] * scale, high[1] + low[1] * scale
 
@@ -194,7 +197,9 @@ def test_voices_below_established_weigh_a_quarter_of_one_together() -> None:
     assert book.weighed(b"m") == (0.0, LOW_VOICES_CAP)
     assert book.said(_question(0), 0).fitness[b"m"] > REJECTED_BELOW  # never rejected by them
     book.put_compact(b"m", (b"member", b"r"), QUESTIONS[0], Counter(1, 1, 0))
-    assert book.overall(b"m") == fitness(0.5, LOW_VOICES_CAP) > 0
+    assert book.overall(b"m") == fitness(0.5, 0)  # a member spoke: they fall silent
     book.put_compact(b"m", (b"latecomer", b"r"), QUESTIONS[0], Counter(1, 1, 0))  # default
-    up, down = book.weighed(b"m")
-    assert (up, down) == pytest.approx((0.5 + 0.25 * 0.02 / 300.02, 0.25 * 300 / 300.02))
+    assert book.weighed(b"m") == (0.5, 0.0)
+    book.put_compact(b"n", (b"latecomer", b"r"), QUESTIONS[0], Counter(1, 1, 0))
+    book.put_compact(b"n", (fresh[0], b"r"), QUESTIONS[0], Counter(1, 0, 1))
+    assert book.weighed(b"n") == pytest.approx((0.25 * 0.02 / 0.32, 0.25 * 0.3 / 0.32))

@@ -43,6 +43,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from agents.evolution import Scored, credits
 from agents.genome import Agent
 from agents.guard import (
     MAX_CANDIDATES,
@@ -59,15 +60,7 @@ from agents.guard import (
 )
 from agents.pool import PoolError
 from dht.guard import TokenBuckets
-from p2pnode.colony import (
-    Birth,
-    Colony,
-    Scored,
-    check_guest,
-    compact_specialty,
-    credits,
-    specialty_vector,
-)
+from p2pnode.colony import Birth, Colony, check_guest, compact_specialty, specialty_vector
 from p2pnode.dna import Dna
 from p2pnode.errors import VerifyError
 from p2pnode.gossip import KIND_AGENT, KIND_PEER, GossipStore, agent_key

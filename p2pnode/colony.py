@@ -1,24 +1,29 @@
 """A spore's agents: they score, are judged, learn, divide and die (DESIGN.md §6).
 
 The colony owns this spore's agents (agents.genome) behind one batched
-onnxruntime session (agents.pool). Everything here that touches an agent
-runs on the spore's compute thread, one job at a time; the event loop only
-carries what comes out (cards to gossip, children to place, events).
+onnxruntime session (agents.pool) and applies the evolution policy
+(agents.evolution: credit, learning, who divides, who dies) to them.
+Everything here that touches an agent runs on the spore's compute thread,
+one job at a time; the event loop only carries what comes out (cards to
+gossip, children to place, events).
 
 * **Scoring**: all agents score all candidates in one call; their consensus
   is the fitness-weighted mean (agents.pool.combine).
-* **Feedback**: the asker credits each agent that took part by how much it
-  preferred the rated memory over the other candidates (a z-score in
-  [-1, 1]); a rating multiplies that by +1 (up) or -1 (down). Fitness decays
+* **Feedback**: each agent that took part is credited (agents.evolution.
+  credits), a rating multiplies that by +1 (up) or -1 (down); fitness decays
   with the DNA's half-life. An agent that served well moves its specialty
-  toward the question and takes one small gradient step that brings its
-  response closer to the rated memory (away from it after a down vote).
-* **Division**: after `division_threshold` good ratings an agent divides:
-  the child is a mutated copy (N(0, σ²) on every weight, σ from the DNA; a
-  little noise on the specialty), counters reset, placed by the caller on
-  the live peer with the most spare capacity.
+  toward the question; every participant takes one small learning step.
+* **Selection**: a rating lets at most one agent divide, one of the fittest
+  (agents.evolution.parent); the child is its parent's stored weights plus
+  N(0, σ²) from a seed, a little noise on the specialty, counters reset,
+  placed by the caller on the live peer with the most spare capacity.
 * **Death**: over the cap, the least fit die; agents idle for `idle_ms` die
   too (never the last one).
+* **Disk** (agents.store): a child of ours is stored as (its parent's stored
+  weights, seed, σ) until it learns; learnt weights are written every
+  FLUSH_STEPS learning steps of an agent (or FLUSH_S), standing every
+  STANDING_EVERY ratings, everything at close. A crash loses that much
+  learning and standing, never an agent.
 * **Guests** (a peer's children, `check_guest`): a guest's standing here is
   only what this spore measured (fitness from 0 at arrival, its arrival time
   on our clock), never what its lineage claims. A guest takes spare room or
@@ -33,7 +38,6 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,18 +45,18 @@ from typing import Any
 import numpy as np
 
 from agents import guard
-from agents.genome import (
-    DIM,
-    INITIALIZERS,
-    Agent,
-    Weights,
-    decode_lineage,
-    from_onnx,
-    mutate,
-    new_agent,
-    to_onnx,
+from agents.evolution import Member, Scored, culled, derive, learn, parent, standing
+from agents.genome import DIM, Agent, Weights, decode_lineage, from_onnx, new_agent, to_onnx
+from agents.pool import Pool
+from agents.store import (
+    MAX_STEPS,
+    SCHEMA,
+    Row,
+    Store,
+    pack_steps,
+    unpack_steps,
+    unpack_weights,
 )
-from agents.pool import Pool, combine
 from dht import compact
 from p2pnode.errors import StateError, VerifyError
 from p2pnode.identity import Identity
@@ -62,53 +66,29 @@ from p2pnode.storage import connect_wal
 log = logging.getLogger("spore.agents")
 
 AGENTS_DB = "agents.sqlite3"
-LEARNING_RATE = 0.01  # per rating: hundreds of ratings must not carry an agent far
 SPECIALTY_NOISE = 0.01
-LEARNED_FLUSH_S = 60.0  # an agent's learnt weights are written at most this often
+# An agent's learnt weights (400 KB, twice with the WAL's checkpoint) are
+# written after this many learning steps, or this long after the first one
+# not written: ~16 agents learn from every rating, so ~3 KiB a rating (at
+# 1,000 steps it was 12.6, measured), not 400 KB an agent a minute as before.
+FLUSH_STEPS, FLUSH_S = 4000, 6 * 3600.0
+STANDING_EVERY, STANDING_S = 32, 3600.0  # ratings (or seconds) between standing writes
 EVENTS = 256  # recent births, divisions and deaths kept for /v1/agents
 CLOCK_SKEW_MS = WINDOW_MS  # a guest born later than now + this is refused
+_SEEDS = 2**63
 
 
-@dataclass(frozen=True)
-class Scored:
-    """One pool run: agent ids, their fitness, and scores [A, C]."""
+@dataclass
+class Kept:
+    """How an agent's weights are stored: `saved` (what its children derive
+    from) is `base` + `steps` until it learnt, then its `version`."""
 
-    ids: tuple[bytes, ...]
-    fitness: np.ndarray
-    scores: np.ndarray
-
-    def consensus(self) -> np.ndarray:
-        """The fitness-weighted mean of the agents' scores. Fitness is unbounded
-        (credits add up), so it is taken relative to its spread: the fittest
-        agents count more, but one old agent never silences all the others."""
-        if not self.ids:
-            return np.zeros(0, np.float32)
-        spread = float(np.std(self.fitness)) if len(self.fitness) > 1 else 0.0
-        return combine(self.scores, self.fitness, temperature=max(1.0, spread))
-
-
-def credits(scores: np.ndarray, chosen: int) -> np.ndarray:
-    """How much each agent (row) preferred candidate `chosen` over the others:
-    its score's z-score among that agent's scores, clipped to [-1, 1]."""
-    if scores.shape[1] < 2:
-        return np.zeros(scores.shape[0], dtype=np.float32)
-    mean = scores.mean(axis=1)
-    std = scores.std(axis=1) + 1e-6
-    out: np.ndarray = np.clip((scores[:, chosen] - mean) / std, -1.0, 1.0).astype(np.float32)
-    return out
-
-
-def learn(w: Weights, q: np.ndarray, memory: np.ndarray, sign: float,
-          rate: float = LEARNING_RATE) -> Weights:
-    """One step of the output layer along ±∇ cos(r(q), memory) (W2 and b2 only:
-    W1 stays the random projection every lineage shares)."""
-    h = np.tanh(q @ w.w1 + w.b1)
-    r = q + h @ w.w2 + w.b2
-    norm = float(np.linalg.norm(r)) + 1e-9
-    grad = memory / norm - float(r @ memory) * r / norm**3  # ∂cos/∂r
-    step = (sign * rate * grad).astype(np.float32)
-    return Weights(w.w1, w.b1, (w.w2 + np.outer(h, step)).astype(np.float32),
-                   (w.b2 + step).astype(np.float32))
+    saved: Weights
+    base: bytes | None = None
+    steps: tuple[tuple[int, float], ...] = ()
+    version: bytes | None = None
+    unsaved: int = 0  # learning steps not written
+    since: float = 0.0  # time.monotonic() of the first of them
 
 
 @dataclass
@@ -117,25 +97,7 @@ class Birth:
 
     agent: Agent
     genome: bytes
-
-
-def _pack_weights(w: Weights) -> bytes:
-    return b"".join(np.ascontiguousarray(a, dtype="<f4").tobytes() for a in w.arrays())
-
-
-def _unpack_weights(data: bytes) -> Weights:
-    """Weights from `_pack_weights`; ValueError when the bytes do not fit."""
-    sizes = [int(np.prod(shape)) for shape in INITIALIZERS.values()]
-    if len(data) != 4 * sum(sizes):
-        raise ValueError(f"learnt weights of {len(data)} bytes, expected {4 * sum(sizes)}")
-    flat = np.frombuffer(data, dtype="<f4").astype(np.float32)
-    if not np.isfinite(flat).all():
-        raise ValueError("learnt weights are not finite")
-    parts, at = [], 0
-    for size, shape in zip(sizes, INITIALIZERS.values(), strict=True):
-        parts.append(flat[at:at + size].reshape(shape).copy())
-        at += size
-    return Weights(*parts)
+    kept: Kept | None = None  # ours: how it is stored here (None: whole, as a guest)
 
 
 class Colony:
@@ -151,107 +113,137 @@ class Colony:
         self.good: dict[bytes, int] = {}  # good ratings since birth or the last division
         self.last_used: dict[bytes, int] = {}
         self.joined: dict[bytes, int] = {}  # arrival here, our clock (0: loaded at start)
+        self.kept: dict[bytes, Kept] = {}
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS)
         self.counters: dict[str, int] = {}
         self.pool = Pool([])
-        self._dirty: dict[bytes, float] = {}  # agents whose learnt weights are not stored yet
+        self._rated: set[bytes] = set()  # agents whose standing is not written yet
+        self._ratings, self._standing_at = 0, time.monotonic()
         self._lock = threading.Lock()  # the compute thread, and tests calling directly
         self._db: sqlite3.Connection | None = None
+        self._store: Store | None = None
         if path is not None:
             self._open(path)
 
     # --- persistence -----------------------------------------------------------------
 
     def _open(self, path: Path) -> None:
-        self._db = connect_wal(
-            path, "CREATE TABLE IF NOT EXISTS agents(id BLOB PRIMARY KEY, lineage BLOB NOT NULL,"
-            " genome BLOB NOT NULL, specialty BLOB NOT NULL, interactions INTEGER NOT NULL,"
-            " fitness REAL NOT NULL, fitness_ms INTEGER NOT NULL, good INTEGER NOT NULL,"
-            " last_used_ms INTEGER NOT NULL)", what="the agents store")
+        self._db = connect_wal(path, SCHEMA, what="the agents store")
+        self._store = store = Store(self._db)
         try:
-            columns = {r[1] for r in self._db.execute("PRAGMA table_info(agents)")}
-            if "learned" not in columns:  # stores from before learning was kept apart
-                self._db.execute("ALTER TABLE agents ADD COLUMN learned BLOB")
-            rows = self._db.execute("SELECT lineage, genome, specialty, interactions, fitness,"
-                                    " fitness_ms, good, last_used_ms, learned FROM agents"
-                                    ).fetchall()
+            store.sweep()
+            rows = list(store.rows())
         except sqlite3.DatabaseError as exc:
             raise StateError(f"cannot read the agents store {path}: {exc}") from exc
-        for lineage, genome, spec, interactions, fit, fit_ms, good, used, learned in rows:
+        for row in rows:
             try:
-                lin = decode_lineage(lineage)
-                lin.check_genome(genome)
-                weights = from_onnx(genome)
-            except VerifyError as exc:  # our own file: a broken row is skipped, not fatal
+                agent, kept = self._revive(store, row)
+            except (VerifyError, ValueError) as exc:  # our own file: skipped, not fatal
                 log.error("skipping a stored agent: %s", exc)
                 continue
-            if learned is not None:
+            self.agents[agent.agent_id], self.kept[agent.agent_id] = agent, kept
+            self.good[agent.agent_id], self.last_used[agent.agent_id] = row.good, row.last_used_ms
+
+    @staticmethod
+    def _revive(store: Store, row: Row) -> tuple[Agent, Kept]:
+        """An agent from its row: its birth weights checked bit for bit against
+        the genome hash its lineage signed, then what it learnt if that reads."""
+        lin = decode_lineage(row.lineage)
+        steps: tuple[tuple[int, float], ...] = ()
+        if row.genome:
+            lin.check_genome(row.genome)
+            birth = from_onnx(row.genome)
+        else:
+            blob = None if row.base is None else store.blob(row.base)
+            if blob is None:
+                raise ValueError(f"agent {lin.agent_id.hex()[:12]}…: its base weights are gone")
+            steps = unpack_steps(row.steps)
+            birth = derive(unpack_weights(blob), steps)
+            lin.check_genome(to_onnx(birth))
+        weights, version = birth, row.version
+        if row.learnt is not None:
+            try:
+                weights = unpack_weights(row.learnt)
+            except ValueError as exc:  # the birth weights are still there
+                log.warning("agent %s…: %s; back to its birth weights", lin.agent_id.hex()[:12],
+                            exc)
+                version = None
+        agent = Agent(lin, weights, np.frombuffer(row.specialty, np.float32).copy(),
+                      row.interactions, row.fitness, row.fitness_ms)
+        return agent, Kept(weights, row.base, steps, version)
+
+    def _insert(self, births: list[Birth]) -> None:
+        """New rows: a child of ours as its derivation while its base is stored,
+        anything else (a guest) with its genome."""
+        if self._store is None or not births:
+            return
+        rows = []
+        for b in births:
+            a, k = b.agent, b.kept
+            derived = k is not None and k.base is not None and self._store.has(k.base)
+            rows.append((a.agent_id, a.lineage.wire, b"" if derived else b.genome,
+                         a.specialty.tobytes(), a.interactions, a.fitness, a.fitness_ms,
+                         self.good.get(a.agent_id, 0), self.last_used.get(a.agent_id, 0),
+                         k.base if derived and k else None,
+                         pack_steps(k.steps) if derived and k else None))
+        self._write(self._store.insert, rows)
+
+    def _persist(self, changed: list[Agent], now: float, force: bool = False) -> None:
+        """Standing every STANDING_EVERY ratings; learnt weights of an agent
+        every FLUSH_STEPS steps or FLUSH_S; all of it when forced (close)."""
+        self._rated.update(a.agent_id for a in changed)
+        self._ratings += 1
+        if force or self._ratings >= STANDING_EVERY or now - self._standing_at >= STANDING_S:
+            self._write_standing(now)
+        due = [i for i, k in self.kept.items() if k.unsaved and (
+            force or k.unsaved >= FLUSH_STEPS or now - k.since >= FLUSH_S)]
+        self._flush_learnt(due)
+
+    def _write_standing(self, now: float) -> None:
+        live = [self.agents[i] for i in self._rated if i in self.agents]
+        self._rated.clear()
+        self._ratings, self._standing_at = 0, now
+        if self._store is not None and live:
+            self._write(self._store.standing, [
+                (a.specialty.tobytes(), a.interactions, a.fitness, a.fitness_ms,
+                 self.good.get(a.agent_id, 0), self.last_used.get(a.agent_id, 0), a.agent_id)
+                for a in live])
+
+    def _flush_learnt(self, ids: list[bytes]) -> None:
+        for i in ids:
+            agent, kept = self.agents.get(i), self.kept.get(i)
+            if agent is None or kept is None:
+                continue
+            if self._store is not None:
                 try:
-                    weights = _unpack_weights(learned)
-                except ValueError as exc:  # the signed genome is still there
-                    log.warning("agent %s…: %s; back to its birth weights", lin.agent_id.hex()[:12],
-                                exc)
-            agent = Agent(lin, weights, np.frombuffer(spec, np.float32).copy(), interactions,
-                          fit, fit_ms)
-            self.agents[agent.agent_id] = agent
-            self.good[agent.agent_id], self.last_used[agent.agent_id] = good, used
+                    kept.version = self._store.learnt(i, agent.weights)
+                except sqlite3.DatabaseError as exc:
+                    self.count("persist_errors")
+                    log.error("agents store: %s", exc)
+                    continue
+                self.count("learned_flushed")
+            kept.saved, kept.unsaved = agent.weights, 0
 
-    def _insert(self, agents: Sequence[Agent], genomes: Sequence[bytes] | None = None) -> None:
-        """A new agent's row: its genome as its lineage signed it (birth weights)."""
-        if self._db is None or not agents:
-            return
-        genomes = genomes or [to_onnx(a.weights) for a in agents]
-        rows = [(a.agent_id, a.lineage.wire, g, a.specialty.tobytes(), a.interactions,
-                 a.fitness, a.fitness_ms, self.good.get(a.agent_id, 0),
-                 self.last_used.get(a.agent_id, 0), None)
-                for a, g in zip(agents, genomes, strict=True)]
-        self._write("INSERT OR REPLACE INTO agents VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-
-    def _update(self, agents: Sequence[Agent], now: float) -> None:
-        """Standing after a rating; the learnt weights (400 KB an agent) at most
-        every LEARNED_FLUSH_S an agent, and all of them at close: a crash loses
-        at most that much learning, never an agent (the signed genome stays)."""
-        if self._db is None or not agents:
-            return
-        for a in agents:
-            self._dirty.setdefault(a.agent_id, now)
-        self._write("UPDATE agents SET specialty=?, interactions=?, fitness=?, fitness_ms=?,"
-                    " good=?, last_used_ms=? WHERE id=?",
-                    [(a.specialty.tobytes(), a.interactions, a.fitness, a.fitness_ms,
-                      self.good.get(a.agent_id, 0), self.last_used.get(a.agent_id, 0),
-                      a.agent_id) for a in agents])
-        self._flush_learned(now - LEARNED_FLUSH_S)
-
-    def _flush_learned(self, older_than: float) -> None:
-        due = [i for i, since in self._dirty.items() if since <= older_than]
-        rows = [(_pack_weights(self.agents[i].weights), i) for i in due if i in self.agents]
-        for i in due:
-            del self._dirty[i]
-        if rows:
-            self._write("UPDATE agents SET learned=? WHERE id=?", rows)
-            self.count("learned_flushed", len(rows))
-
-    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        assert self._db is not None
+    def _write(self, fn: Any, rows: list[tuple[Any, ...]]) -> None:
         try:
-            self._db.executemany(sql, rows)
+            fn(rows)
         except sqlite3.DatabaseError as exc:
             self.count("persist_errors")
             log.error("agents store: %s", exc)
 
     def _delete(self, agent_id: bytes) -> None:
-        if self._db is not None:
+        if self._store is not None:
             try:
-                self._db.execute("DELETE FROM agents WHERE id = ?", (agent_id,))
+                self._store.delete(agent_id)
             except sqlite3.DatabaseError as exc:
                 log.error("agents store: %s", exc)
 
     def close(self) -> None:
         if self._db is not None:
             with self._lock:
-                self._flush_learned(float("inf"))
+                self._persist([], time.monotonic(), force=True)
             self._db.close()
-            self._db = None
+            self._db = self._store = None
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -269,23 +261,30 @@ class Colony:
     # --- life --------------------------------------------------------------------------
 
     def start(self, now_ms: int, sigma: float) -> list[Agent]:
-        """Load what is stored; a new spore seeds its first agents. Returns the
-        agents whose cards should be (re)published."""
+        """Load what is stored; a new spore seeds its first agents (one stored
+        set of weights and their mutations). Returns the agents whose cards
+        should be (re)published."""
         with self._lock:
             for agent in self.agents.values():  # a claimed future time never stops decay
                 agent.fitness_ms = min(agent.fitness_ms, now_ms)
             if not self.agents:
                 base = Weights.initial(self.rng)
+                ref = None if self._store is None else self._store.put_weights(base)
+                births = []
                 for i in range(self.seed_agents):
-                    weights = base if i == 0 else mutate(base, sigma, self.rng)
+                    steps = () if i == 0 else ((int(self.rng.integers(_SEEDS)), sigma),)
+                    weights = derive(base, steps)
                     agent = new_agent(self.identity, weights, created_ms=now_ms)
-                    self._add(agent, now_ms, "born")
-                self._insert(list(self.agents.values()))
+                    births.append(Birth(agent, b"", Kept(weights, ref, steps)))
+                    self._add(agent, now_ms, "born", births[-1].kept)
+                self._insert(births)
             self.pool.rebuild(list(self.agents.values()))
             return list(self.agents.values())
 
-    def _add(self, agent: Agent, now_ms: int, why: str, **more: Any) -> None:
+    def _add(self, agent: Agent, now_ms: int, why: str, kept: Kept | None, **more: Any
+             ) -> None:
         self.agents[agent.agent_id] = agent
+        self.kept[agent.agent_id] = kept or Kept(agent.weights)
         self.good[agent.agent_id] = 0
         self.last_used[agent.agent_id] = self.joined[agent.agent_id] = now_ms
         self.event(why, agent, now_ms, **more)
@@ -303,12 +302,16 @@ class Colony:
         guests = sum(1 for a in self.agents.values() if self.is_guest(a))
         return max(0, min(self.spare, self.max_guests - guests))
 
+    def member(self, agent: Agent) -> Member:
+        """What the evolution policy knows of an agent: only this spore's own
+        observations (a lineage's claimed time or fitness never counts)."""
+        i = agent.agent_id
+        return Member(i, agent.fitness, self.good.get(i, 0), self.is_guest(agent),
+                      self.joined.get(i, 0), self.last_used.get(i, 0))
+
     def standing(self, agent: Agent) -> tuple[float, bool, int, bytes]:
-        """Who dies first (the smallest): the least fit as measured here, a
-        guest before one of ours, the latest arrival here. Only this spore's
-        own observations: a lineage's claimed time or fitness never counts."""
-        return (agent.fitness, not self.is_guest(agent), -self.joined.get(agent.agent_id, 0),
-                agent.agent_id)
+        """Who dies first (the smallest): agents.evolution.standing."""
+        return standing(self.member(agent))
 
     # --- scoring (compute thread) -----------------------------------------------------
 
@@ -337,7 +340,7 @@ class Colony:
         changed, children to place, agents that died)."""
         with self._lock:
             changed: list[Agent] = []
-            births: list[Birth] = []
+            mono = time.monotonic()
             for agent_id, delta in deltas.items():
                 agent = self.agents.get(agent_id)
                 if agent is None:
@@ -349,25 +352,39 @@ class Colony:
                     self.good[agent_id] = self.good.get(agent_id, 0) + 1
                 agent.weights = learn(agent.weights, q, memory, (1.0 if up else -1.0)
                                       * min(1.0, abs(float(delta))))
+                kept = self.kept[agent_id]
+                kept.since = kept.since if kept.unsaved else mono
+                kept.unsaved += 1
                 changed.append(agent)
-                if self.good[agent_id] >= threshold and agent.fitness > 0:
-                    births.append(self._divide(agent, now_ms, sigma))
+            chosen = parent([self.member(a) for a in self.agents.values()], threshold)
+            births = [] if chosen is None else [self._divide(self.agents[chosen], now_ms, sigma)]
             dead = self._cull(now_ms)
-            self._update(changed, time.monotonic())
+            self._persist(changed, mono)
             self.pool.rebuild(list(self.agents.values()))
             self.count("feedback")
             return changed, births, dead
 
     def _divide(self, parent: Agent, now_ms: int, sigma: float) -> Birth:
+        """A child of `parent`'s stored weights (what it learnt since is its
+        own): stored as (those weights, seed, σ)."""
         self.good[parent.agent_id] = 0
-        weights = mutate(parent.weights, sigma, self.rng)
+        kept = self.kept[parent.agent_id]
+        if kept.version is None and (kept.base is None or len(kept.steps) >= MAX_STEPS):
+            self._flush_learnt([parent.agent_id])  # a guest's: stored whole, so far
+        step = ((int(self.rng.integers(_SEEDS)), sigma),)
+        weights = derive(kept.saved, step)
+        base, steps = ((kept.version, step) if kept.version is not None
+                       else (kept.base, kept.steps + step))
         child = new_agent(self.identity, weights, created_ms=now_ms, parent=parent.lineage)
         child.specialty = (parent.specialty + SPECIALTY_NOISE
                            * self.rng.standard_normal(DIM)).astype(np.float32)
         # Half its parent's standing: a newborn in a full pool is not the first to die.
         child.fitness = parent.fitness / 2
-        self.event("divided", parent, now_ms, child=child.agent_id.hex())
-        return Birth(child, to_onnx(weights))
+        fit = np.asarray([a.fitness for a in self.agents.values()])
+        self.event("divided", parent, now_ms, child=child.agent_id.hex(),
+                   fitness=round(parent.fitness, 3), population_mean=round(float(fit.mean()), 3),
+                   population_std=round(float(fit.std()), 3))
+        return Birth(child, to_onnx(weights), Kept(weights, base, steps))
 
     def adopt(self, birth: Birth, now_ms: int, origin: str) -> tuple[bool, list[Agent]]:
         """Take a child (ours, or a peer's after `check_guest`) into the pool;
@@ -382,14 +399,14 @@ class Colony:
                 victims = self._room_for_guest(agent.lineage.creator, agent.agent_id, now_ms)
                 # Its standing here starts now, from what we measure.
                 agent.fitness, agent.fitness_ms, agent.interactions = 0.0, now_ms, 0
-                self._add(agent, now_ms, "adopted", origin=origin)
+                self._add(agent, now_ms, "adopted", None, origin=origin)
                 dead = [self._kill(i, now_ms, "made room for a guest") for i in victims]
             else:
-                self._add(agent, now_ms, "born", origin=origin)
+                self._add(agent, now_ms, "born", birth.kept, origin=origin)
                 dead = self._cull(now_ms)
             kept = agent.agent_id in self.agents
             if kept:
-                self._insert([agent], [birth.genome])
+                self._insert([birth])
             self.pool.rebuild(list(self.agents.values()))
             return kept, dead
 
@@ -429,20 +446,14 @@ class Colony:
 
     def _cull(self, now_ms: int) -> list[Agent]:
         """The long idle die, then the least fit until the pool fits its cap."""
-        dead = []
-        for agent_id, used in list(self.last_used.items()):
-            if len(self.agents) > 1 and now_ms - used > self.idle_ms and agent_id in self.agents:
-                dead.append(self._kill(agent_id, now_ms, "idle"))
-        while len(self.agents) > self.max_agents:
-            worst = min(self.agents.values(), key=self.standing)
-            dead.append(self._kill(worst.agent_id, now_ms, "least fit"))
-        return dead
+        members = [self.member(a) for a in self.agents.values()]
+        return [self._kill(i, now_ms, why)
+                for i, why in culled(members, self.max_agents, now_ms, self.idle_ms)]
 
     def _kill(self, agent_id: bytes, now_ms: int, why: str) -> Agent:
         agent = self.agents.pop(agent_id)
-        self.good.pop(agent_id, None)
-        self.last_used.pop(agent_id, None)
-        self.joined.pop(agent_id, None)
+        for book in (self.good, self.last_used, self.joined, self.kept):
+            book.pop(agent_id, None)
         self._delete(agent_id)
         self.event("died", agent, now_ms, cause=why, fitness=round(agent.fitness, 3))
         return agent

@@ -318,8 +318,8 @@ def test_learnt_agents_survive_a_restart_with_what_they_learnt(tmp_path: Path) -
         assert a.interactions == 1
     again.close()
 
-    with sqlite3.connect(path) as db:  # a torn learnt blob: back to the birth weights
-        db.execute("UPDATE agents SET learned = x'00'")
+    with sqlite3.connect(path) as db:  # torn learnt weights: back to the birth weights
+        db.execute("UPDATE weights SET data = x'00' WHERE ref IN (SELECT version FROM agents)")
     third = Colony(identity=me, path=path)
     assert set(third.agents) == set(learnt)
     assert not any(np.array_equal(a.weights.w2, learnt[i]) for i, a in third.agents.items())

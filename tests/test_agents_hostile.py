@@ -25,11 +25,12 @@ import msgpack
 import numpy as np
 import pytest
 
+from agents.evolution import credits
 from agents.genome import DIM, Weights, make_lineage, new_agent, to_onnx
 from agents.guard import Rejected, decode_score_reply
 from p2pnode import dna as dna_mod
 from p2pnode.agentnet import AgentNet
-from p2pnode.colony import Birth, Colony, check_guest, credits
+from p2pnode.colony import Birth, Colony, check_guest
 from p2pnode.errors import VerifyError
 from p2pnode.gossip import KIND_AGENT, KIND_PEER, GossipStore, agent_key
 from p2pnode.identity import Identity, node_id

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 PURE = ["crdt.votes", "crdt.orset", "crdt.lww", "crdt.sync", "dht.keys", "dht.compact",
-        "dht.index", "dht.codec", "dht.guard", "agents.consensus", "agents.trust"]
+        "dht.index", "dht.codec", "dht.guard", "agents.consensus", "agents.trust",
+        "agents.evolution"]
 FORBIDDEN = ("asyncio", "aiohttp", "kademlia", "onnxruntime")
 # What dht/ and agents/ may use of p2pnode: its records, identity and errors.
 LOWER_P2PNODE = {"p2pnode.records", "p2pnode.identity", "p2pnode.errors"}

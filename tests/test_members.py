@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -203,3 +204,31 @@ def test_the_join_route_refuses_what_is_not_an_invitation(swarm: dict[str, Daemo
     counters = second.json("GET", "/v1/status")["gossip"]["counters"]
     assert counters["refused_join_malformed"] >= 1 and counters["refused_rate_limited"] >= 1
     assert _sources(second, FACT[0])  # still serving
+
+
+def test_a_shown_pass_that_is_not_the_senders_admits_nothing(swarm: dict[str, Daemon]) -> None:
+    """The Spore-Member header under a valid request signature: not hex, too
+    long, someone else's pass, a pass the sender signed for itself — each is
+    refused `not_member` or `malformed`, counted, and the spore serves on."""
+    from crdt import sync
+    from p2pnode.peerauth import sign_request
+    from p2pnode.peers import MEMBER_HEADER
+    from tests.conftest import pass_header
+
+    founder = swarm["founder"]
+    swarm_id = bytes.fromhex(founder.json("GET", "/v1/status")["swarm_id"])
+    body = sync.encode_digest(sync.summarize({}))
+    honest, mallory = Identity.from_seed(b"honest pass"), Identity.from_seed(b"mallory pass")
+    someone_elses = pass_header(founder, honest)[MEMBER_HEADER]
+    for shown, reason in (("zz" * 10, "malformed"), ("ab" * 4000, "not_member"),
+                          (someone_elses, "not_member"), ("00" * 300, "not_member")):
+        headers = sign_request(mallory, swarm_id, "POST", "/peer/v1/sync", body,
+                               int(time.time() * 1000), os.urandom(16)) | {MEMBER_HEADER: shown}
+        req = urllib.request.Request(f"http://{founder.dht}/peer/v1/sync", data=body,
+                                     method="POST", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=10)
+        got = (refused.value.code, json.loads(refused.value.read())["reason"])
+        assert got == (403, reason), (shown[:20], got)
+    assert mallory.public_key.hex() not in _members(founder)
+    assert _sources(founder, FACT[0])  # still serving

@@ -33,7 +33,7 @@ import random
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,7 @@ class GossipStore:
         # by trust); the others' votes take places from Caps.low_votes.
         self.trusted: Callable[[bytes], bool] = lambda voter: True
         self._no_room: OrderedDict[bytes, float] = OrderedDict()  # item hash → when refused
+        self.rng = random.Random()  # which keys a round sends and wants when not all fit
         self._digest: sync.Digest | None = None
         # The map split by sync bucket, each bucket's hash cached until it changes:
         # a new item costs one bucket's hash, a listing reads only its buckets.
@@ -318,6 +319,31 @@ class GossipStore:
             self.count("accepted", len(changed))
             self._persist(changed)
         return changed
+
+    def worth_wanting(self, theirs: Mapping[bytes, bytes], keys: Iterable[bytes],
+                      most: int) -> list[bytes]:
+        """Of `keys` (a peer's listing has them, ours lacks or differs), the
+        ones worth a place in a delta request, at most `most`: never an item
+        refused lately for want of room (while the two stores' caps differ
+        it is listed every round and would take the places of the rest), a
+        random choice when more are left, so none waits behind others for
+        good (key order kept a flood's keys ahead of a member's vote)."""
+        now_s = self.clock()
+        keys = [k for k in keys
+                if self._no_room.get(theirs.get(k, b""), -NO_ROOM_S) <= now_s - NO_ROOM_S]
+        if len(keys) > most:
+            keys = self.rng.sample(keys, most)
+        return sorted(keys, key=lambda k: (_FIRST.get(k[:1], 3), k))
+
+    def to_send(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """A page of the items under `keys` for a peer: members' passes,
+        revocations and the DNA first, the rest in random order when they
+        fill more than a page (the peer may refuse the same ones each
+        round; in key order the others would never go)."""
+        order = list(keys)
+        self.rng.shuffle(order)
+        order.sort(key=lambda k: _FIRST.get(k[:1], 3))
+        return self.page(order)
 
     def work_in(self, items: Mapping[bytes, bytes]) -> int:
         """How many of `items` an offer would check (the others: held as
@@ -541,9 +567,10 @@ async def exchange(store: GossipStore, call: Call) -> RoundStats:
                for b in sync.as_list(raw[0], "buckets", sync.FANOUT)]
     theirs = sync.decode_listing(sync.as_bytes(raw[1], "listing", MAX_BODY))
     send, want = sync.plan(store.listing(buckets), theirs)
-    push = store.page(send)
+    push = store.to_send(send)
     stats.sent = len(push)
-    body = sync.pack([sync.encode_delta(push), want[:MAX_WANT]])
+    want = store.worth_wanting(theirs, want, MAX_WANT)
+    body = sync.pack([sync.encode_delta(push), want])
     pulled = sync.decode_delta(await call("delta", body))
     stats.received = len(pulled)
     wanted = set(want)

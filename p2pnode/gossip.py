@@ -33,7 +33,7 @@ import random
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,23 +326,26 @@ class GossipStore:
         ones worth a place in a delta request, at most `most`: never an item
         refused lately for want of room (while the two stores' caps differ
         it is listed every round and would take the places of the rest), a
-        random choice when more are left, so none waits behind others for
-        good (key order kept a flood's keys ahead of a member's vote)."""
+        random order, so none waits behind others for good (key order kept a
+        flood's keys ahead of a member's vote)."""
         now_s = self.clock()
         keys = [k for k in keys
                 if self._no_room.get(theirs.get(k, b""), -NO_ROOM_S) <= now_s - NO_ROOM_S]
-        if len(keys) > most:
-            keys = self.rng.sample(keys, most)
-        return sorted(keys, key=lambda k: (_FIRST.get(k[:1], 3), k))
+        # The reply is a page (sync.MAX_DELTA_ITEMS, MAX_DELTA_BYTES) of them
+        # in the order asked: random, but passes, revocations and the DNA first.
+        keys = self.rng.sample(keys, min(most, len(keys)))
+        return sorted(keys, key=lambda k: _FIRST.get(k[:1], 3))
 
-    def to_send(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
-        """A page of the items under `keys` for a peer: members' passes,
-        revocations and the DNA first, the rest in random order when they
-        fill more than a page (the peer may refuse the same ones each
-        round; in key order the others would never go)."""
+    def to_send(self, keys: Iterable[bytes]) -> dict[bytes, bytes]:
+        """A page of the items under `keys` for a peer (pushed, or asked for):
+        the DNA, revocations and passes first, then the others before the
+        votes of voters not trusted when they came (Caps.low_votes), each
+        kind in random order: the peer may refuse the same ones each round,
+        and in key order the others would never go."""
+        low = {key for held in self._low.values() for key, _ in held} if self._low else set()
         order = list(keys)
         self.rng.shuffle(order)
-        order.sort(key=lambda k: _FIRST.get(k[:1], 3))
+        order.sort(key=lambda k: (_FIRST.get(k[:1], 3), k in low))
         return self.page(order)
 
     def work_in(self, items: Mapping[bytes, bytes]) -> int:
@@ -502,7 +505,7 @@ class GossipStore:
                      ) -> tuple[bytes, list[Accepted]]:
         """`answer_delta` of a request decoded already (decode_delta_request)."""
         accepted = self.offer(items)
-        return sync.encode_delta(self.page(want)), accepted
+        return sync.encode_delta(self.to_send(want)), accepted
 
     def page(self, keys: Iterable[bytes]) -> dict[bytes, bytes]:
         out: dict[bytes, bytes] = {}

@@ -18,8 +18,10 @@ then moves it (Spearman against plain cosine on those embeddings: 0.99 at
 σ = 0.003, 0.93 at 0.01, 0.66 at 0.03).
 
 The genome is the ONNX bytes; their SHA-256 goes into the agent's signed
-``Lineage`` (below). ``from_onnx`` runs ``agents.guard.check`` first: a
-peer's model is never parsed for weights before it passed.
+``Lineage`` (below). ``from_onnx`` is ``agents.guard.check``, which parses a
+peer's model once, checks it and hands back its weights. The architecture
+itself lives in agents.architecture, which both this module and the guard
+read (the guard imports nothing of this module: no import cycle).
 """
 
 from __future__ import annotations
@@ -27,14 +29,26 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-import msgpack
 import numpy as np
 import numpy.typing as npt
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from agents.architecture import (
+    DIM,
+    HIDDEN,
+    INITIALIZERS,
+    INPUT,
+    IR_VERSION,
+    MAX_LINEAGE_BYTES,
+    MAX_WEIGHT,
+    NODES,
+    OPSET,
+    OUTPUT,
+)
+from agents.guard import check
+from crdt import wire
 from p2pnode.errors import VerifyError
-from p2pnode.identity import PUBLIC_KEY_BYTES, Identity, verify
+from p2pnode.identity import PUBLIC_KEY_BYTES, Envelope, Identity, open_envelope, seal
 
 __all__ = [
     "AGENT_DOMAIN",
@@ -62,29 +76,11 @@ __all__ = [
 
 Array = npt.NDArray[np.float32]
 
-DIM, HIDDEN = 384, 128
-OPSET, IR_VERSION = 17, 8  # onnx's own pairing for opset 17; onnxruntime 1.32 runs both
 AGENT_DOMAIN = b"sporemind/agent/v1"
-MAX_LINEAGE_BYTES = 1024
-MAX_WEIGHT = 1e4  # |parameter| of a genome (an honest one stays under ~10; float32 never overflows)
 _MAX_UINT = (1 << 63) - 1  # what SQLite and every msgpack reader can hold
 _MAX_GENERATION = 1 << 31
 _VERSION = 1
 _ID_BYTES = 32
-
-# The one architecture, in graph order: (op, inputs, output, node name).
-NODES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
-    ("MatMul", ("q", "W1"), "h_pre", "mm1"),
-    ("Add", ("h_pre", "b1"), "h_lin", "add1"),
-    ("Tanh", ("h_lin",), "h", "tanh"),
-    ("MatMul", ("h", "W2"), "d_pre", "mm2"),
-    ("Add", ("d_pre", "b2"), "d", "add2"),
-    ("Add", ("q", "d"), "r", "skip"),
-)
-INPUT, OUTPUT = ("q", (1, DIM)), ("r", (1, DIM))
-INITIALIZERS: dict[str, tuple[int, ...]] = {
-    "W1": (DIM, HIDDEN), "b1": (HIDDEN,), "W2": (HIDDEN, DIM), "b2": (DIM,),
-}
 
 # Initial scales (see Weights.initial). W1's gain puts a unit query's hidden
 # pre-activations near ±0.5, tanh's useful range, so a mutation of W2 has
@@ -162,26 +158,10 @@ def to_onnx(weights: Weights) -> bytes:
 
 def from_onnx(data: bytes) -> Weights:
     """Weights of a genome; raises GenomeRejected (a VerifyError) unless
-    `agents.guard.check` accepts it, which proves the exact architecture, and
-    every weight is finite and within ±MAX_WEIGHT (a huge one turns every
-    score of the pool into NaN)."""
-    from agents.guard import GenomeRejected, check  # the guard builds on this module
-
-    check(data)
-    model = onnx.ModelProto()
-    model.ParseFromString(data)
-    found = {t.name: t for t in model.graph.initializer}
-    if set(found) != set(INITIALIZERS):
-        raise VerifyError("genome initializers are not W1, b1, W2, b2")
-    arrays = []
-    for name, shape in INITIALIZERS.items():
-        arr = numpy_helper.to_array(found[name])
-        if arr.dtype != np.float32 or arr.shape != shape:
-            raise VerifyError(f"genome initializer {name} is not float32 {shape}")
-        if not np.isfinite(arr).all() or float(np.abs(arr).max()) > MAX_WEIGHT:
-            raise GenomeRejected("weights", f"{name} is not finite or over ±{MAX_WEIGHT:g}")
-        arrays.append(np.array(arr, dtype=np.float32))  # own, writable copy
-    return Weights(*arrays)
+    `agents.guard.check` accepts it: the exact architecture, and every weight
+    finite and within ±MAX_WEIGHT (a huge one turns every score of the pool
+    into NaN). The guard parses the bytes once and hands back the weights."""
+    return Weights(*check(data))
 
 
 def genome_sha256(data: bytes) -> bytes:
@@ -189,10 +169,6 @@ def genome_sha256(data: bytes) -> bytes:
 
 
 # -- lineage ---------------------------------------------------------------
-
-
-def _pack(obj: object) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -219,7 +195,7 @@ class Lineage:
 
     @property
     def wire(self) -> bytes:
-        return _pack([self.body, self.signature])
+        return Envelope(self.body, self.signature).wire
 
     def check_genome(self, data: bytes) -> None:
         """Raise VerifyError unless `data` is the genome this lineage signed."""
@@ -233,23 +209,20 @@ def make_lineage(identity: Identity, *, genome: bytes, created_ms: int,
     parent_id = parent.agent_id if parent else b""
     generation = parent.generation + 1 if parent else 0
     digest = genome_sha256(genome)
-    body = _pack(["agent", _VERSION, parent_id, generation, identity.public_key, created_ms,
-                  digest])
-    sig = identity.sign(AGENT_DOMAIN, body)
-    return Lineage(parent_id, generation, identity.public_key, created_ms, digest, body, sig)
+    env = seal(identity, AGENT_DOMAIN, wire.pack(["agent", _VERSION, parent_id, generation,
+                                                   identity.public_key, created_ms, digest]))
+    return Lineage(parent_id, generation, identity.public_key, created_ms, digest, env.body,
+                   env.signature)
 
 
 def decode_lineage(data: bytes) -> Lineage:
     """Parse and verify a lineage record; raises VerifyError on anything wrong."""
-    if len(data) > MAX_LINEAGE_BYTES:
-        raise VerifyError(f"agent lineage of {len(data)} bytes exceeds {MAX_LINEAGE_BYTES}")
     try:
-        body, sig = msgpack.unpackb(data, raw=False)
-        f = msgpack.unpackb(body, raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        env = open_envelope(data, "agent lineage", MAX_LINEAGE_BYTES)
+        f = env.open_body("agent lineage body")
+    except wire.DecodeError as exc:
         raise VerifyError(f"malformed agent lineage: {exc}") from exc
-    if not (isinstance(body, bytes) and isinstance(sig, bytes) and isinstance(f, list)
-            and len(f) == 7 and f[0] == "agent" and f[1] == _VERSION):
+    if not (isinstance(f, list) and len(f) == 7 and f[0] == "agent" and f[1] == _VERSION):
         raise VerifyError("not a v1 agent lineage")
     _, _, parent, generation, creator, created, digest = f
     if not (isinstance(parent, bytes) and len(parent) in (0, _ID_BYTES)
@@ -259,8 +232,8 @@ def decode_lineage(data: bytes) -> Lineage:
             and type(created) is int and 0 <= created <= _MAX_UINT
             and isinstance(digest, bytes) and len(digest) == _ID_BYTES):
         raise VerifyError("agent lineage has fields of the wrong type")
-    verify(creator, AGENT_DOMAIN, body, sig)
-    return Lineage(parent, generation, creator, created, digest, body, sig)
+    env.verify(AGENT_DOMAIN, creator)
+    return Lineage(parent, generation, creator, created, digest, env.body, env.signature)
 
 
 # -- state -----------------------------------------------------------------

@@ -1,6 +1,9 @@
 """Untrusted input to the agents: a peer's genomes and its agent requests.
 
-Genomes: check a peer's ONNX bytes before onnxruntime sees them.
+Genomes: check a peer's ONNX bytes before onnxruntime sees them. `check`
+parses them once and, if they pass, returns their weights: agents.genome's
+`from_onnx` is that call (the guard reads the architecture from
+agents.architecture and imports nothing of agents.genome).
 
 A genome from a peer may try to read our files through external data
 (onnxruntime resolves it against the working directory), ask for 16 GiB at
@@ -18,7 +21,7 @@ counter name:
     opset           not exactly opset 17 / IR version 8
     operator        an operator outside {MatMul, Add, Tanh}
     architecture    allowlisted, but not our graph (names, shapes, wiring)
-    weights         a parameter that is not finite or over ±MAX_WEIGHT (agents.genome.from_onnx)
+    weights         a parameter that is not finite or over ±MAX_WEIGHT
     load, run       onnxruntime refused it anyway (defence in depth)
     timeout         a run exceeded its deadline and was terminated
 
@@ -26,7 +29,7 @@ counter name:
 an empty folder, one thread) and `run_with_deadline` bounds a run's time.
 
 Requests (p2pnode.agentnet's routes score, feedback, adopt): one bounded
-decoder per wire shape (crdt.sync's msgpack helpers: exact types and
+decoder per wire shape (crdt.wire: bounded msgpack, exact types and
 sizes, ids of 32 bytes, no number used as a size), and `Scorings`, the book
 of what this spore scored for which peer, without which a peer's rating
 counts for nothing. Each refusal is a `Rejected` with a `.reason`.
@@ -45,19 +48,20 @@ from typing import Any
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
-from onnx import AttributeProto, GraphProto, NodeProto, TensorProto
+from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, numpy_helper
 
-from agents.genome import (
+from agents.architecture import (
     DIM,
     INITIALIZERS,
     INPUT,
     IR_VERSION,
     MAX_LINEAGE_BYTES,
+    MAX_WEIGHT,
     NODES,
     OPSET,
     OUTPUT,
 )
-from crdt import sync
+from crdt import wire
 from p2pnode.errors import VerifyError
 
 __all__ = [
@@ -112,8 +116,10 @@ class GenomeRejected(Rejected):
                          f"genome rejected ({reason}){': ' + shown[:120] if shown else ''}")
 
 
-def check(data: bytes) -> None:
-    """Raise GenomeRejected unless `data` is exactly an agent genome. No I/O."""
+def check(data: bytes) -> tuple[np.ndarray, ...]:
+    """The weights of `data` (float32 arrays, own copies, in INITIALIZERS'
+    order); GenomeRejected unless it is exactly an agent genome with bounded
+    weights. Parses the bytes once; no I/O."""
     if len(data) > MAX_GENOME_BYTES:
         raise GenomeRejected("too_large", f"{len(data)} bytes > {MAX_GENOME_BYTES}")
     model = _parse(data)
@@ -123,6 +129,7 @@ def check(data: bytes) -> None:
     _check_elements(model.graph)
     _check_inferred_shapes(model)
     _check_architecture(model.graph)
+    return _weights(model.graph)
 
 
 def _parse(data: bytes) -> Any:
@@ -267,6 +274,21 @@ def _check_architecture(graph: GraphProto) -> None:
         raise GenomeRejected("architecture", "nodes differ")
 
 
+def _weights(graph: GraphProto) -> tuple[np.ndarray, ...]:
+    """The initializers (whose names, types and dims the architecture check
+    proved) as arrays, each finite and within ±MAX_WEIGHT."""
+    found = {t.name: t for t in graph.initializer}
+    arrays = []
+    for name, shape in INITIALIZERS.items():
+        arr = numpy_helper.to_array(found[name])
+        if arr.dtype != np.float32 or arr.shape != shape:
+            raise GenomeRejected("architecture", f"{name} is not float32 {shape}")
+        if not np.isfinite(arr).all() or float(np.abs(arr).max()) > MAX_WEIGHT:
+            raise GenomeRejected("weights", f"{name} is not finite or over ±{MAX_WEIGHT:g}")
+        arrays.append(np.array(arr, dtype=np.float32))  # own, writable copy
+    return tuple(arrays)
+
+
 # -- onnxruntime, after the check ------------------------------------------
 
 
@@ -357,17 +379,17 @@ def row_hashes(data: bytes) -> tuple[bytes, ...]:
 
 
 def _fields(body: bytes, what: str, max_bytes: int, n: int) -> list[object]:
-    return sync.as_list(sync.unpack(body, max_bytes, what), what, n, n)
+    return wire.as_list(wire.unpack(body, max_bytes, what), what, n, n)
 
 
 def decode_score_request(body: bytes) -> tuple[bytes, np.ndarray, np.ndarray, bytes]:
     """[request id, q, candidates] -> (id, q [384], candidates [C, 384], their bytes)."""
     try:
         f = _fields(body, "score request", 1024 + (MAX_CANDIDATES + 1) * VEC_BYTES, 3)
-        rid = sync.as_bytes(f[0], "request id", RID_BYTES, RID_BYTES)
-        qb = sync.as_bytes(f[1], "query", VEC_BYTES, VEC_BYTES)
-        vb = sync.as_bytes(f[2], "candidates", MAX_CANDIDATES * VEC_BYTES, VEC_BYTES)
-    except sync.DecodeError as exc:
+        rid = wire.as_bytes(f[0], "request id", RID_BYTES, RID_BYTES)
+        qb = wire.as_bytes(f[1], "query", VEC_BYTES, VEC_BYTES)
+        vb = wire.as_bytes(f[2], "candidates", MAX_CANDIDATES * VEC_BYTES, VEC_BYTES)
+    except wire.DecodeError as exc:
         raise Rejected("malformed", str(exc)) from exc
     return rid, vectors(qb, 1)[0], vectors(vb), vb
 
@@ -377,11 +399,11 @@ def decode_score_reply(reply: bytes, candidates: int
     """[agent ids, fitness float32, scores float16 [A, C]], all finite."""
     try:
         f = _fields(reply, "score reply", 64 * 1024, 3)
-        ids = [sync.as_bytes(i, "agent id", 32, 32)
-               for i in sync.as_list(f[0], "agent ids", MAX_REMOTE_AGENTS)]
-        fit = sync.as_bytes(f[1], "fitness", 4 * len(ids), 4 * len(ids))
-        raw = sync.as_bytes(f[2], "scores", 2 * len(ids) * candidates, 2 * len(ids) * candidates)
-    except sync.DecodeError as exc:
+        ids = [wire.as_bytes(i, "agent id", 32, 32)
+               for i in wire.as_list(f[0], "agent ids", MAX_REMOTE_AGENTS)]
+        fit = wire.as_bytes(f[1], "fitness", 4 * len(ids), 4 * len(ids))
+        raw = wire.as_bytes(f[2], "scores", 2 * len(ids) * candidates, 2 * len(ids) * candidates)
+    except wire.DecodeError as exc:
         raise Rejected("malformed", str(exc)) from exc
     fitness = np.frombuffer(fit, dtype=np.float32).copy()
     scores = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
@@ -394,10 +416,10 @@ def decode_feedback(body: bytes) -> tuple[bytes, int, bool, bytes]:
     """[request id, chosen row, up, the chosen memory's float16 embedding]."""
     try:
         f = _fields(body, "feedback", 1024 + VEC_BYTES, 4)
-        rid = sync.as_bytes(f[0], "request id", RID_BYTES, RID_BYTES)
-        chosen = sync.as_int(f[1], "chosen", 0, MAX_CANDIDATES - 1)
-        memory = sync.as_bytes(f[3], "memory", VEC_BYTES, VEC_BYTES)
-    except sync.DecodeError as exc:
+        rid = wire.as_bytes(f[0], "request id", RID_BYTES, RID_BYTES)
+        chosen = wire.as_int(f[1], "chosen", 0, MAX_CANDIDATES - 1)
+        memory = wire.as_bytes(f[3], "memory", VEC_BYTES, VEC_BYTES)
+    except wire.DecodeError as exc:
         raise Rejected("malformed", str(exc)) from exc
     if not isinstance(f[2], bool):
         raise Rejected("malformed", "feedback: up must be true or false")
@@ -408,10 +430,10 @@ def decode_adoption(body: bytes) -> tuple[bytes, bytes, bytes]:
     """[lineage, genome, specialty] (each checked in full by check_guest)."""
     try:
         f = _fields(body, "adoption", MAX_GENOME_BYTES + 4096, 3)
-        return (sync.as_bytes(f[0], "lineage", MAX_LINEAGE_BYTES),
-                sync.as_bytes(f[1], "genome", MAX_GENOME_BYTES + 4096),
-                sync.as_bytes(f[2], "specialty", VEC_BYTES))
-    except sync.DecodeError as exc:
+        return (wire.as_bytes(f[0], "lineage", MAX_LINEAGE_BYTES),
+                wire.as_bytes(f[1], "genome", MAX_GENOME_BYTES + 4096),
+                wire.as_bytes(f[2], "specialty", VEC_BYTES))
+    except wire.DecodeError as exc:
         raise Rejected("malformed", str(exc)) from exc
 
 

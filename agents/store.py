@@ -22,10 +22,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import numpy as np
 
 from agents.genome import INITIALIZERS, Weights
+from crdt import wire
 from p2pnode.errors import StateError
 
 __all__ = ["MAX_STEPS", "SCHEMA", "Row", "Store", "pack_steps", "pack_weights", "unpack_steps",
@@ -39,6 +39,8 @@ SCHEMA = ("CREATE TABLE IF NOT EXISTS agents(id BLOB PRIMARY KEY, lineage BLOB N
 _COLUMNS = {"learned": "BLOB", "base": "BLOB", "steps": "BLOB", "version": "BLOB"}
 _REF_BYTES = 16
 MAX_STEPS = 64  # mutations a stored derivation may chain
+# array16 header, then per step a fixarray of a uint64 and a float64 (1 + 9 + 9)
+MAX_STEPS_BYTES = 3 + MAX_STEPS * 19
 
 
 def pack_weights(w: Weights) -> bytes:
@@ -61,8 +63,7 @@ def unpack_weights(data: bytes) -> Weights:
 
 
 def pack_steps(steps: Sequence[tuple[int, float]]) -> bytes:
-    return msgpack.packb([[int(s), float(g)] for s, g in steps],  # type: ignore[no-any-return]
-                         use_bin_type=True)
+    return wire.pack([[int(s), float(g)] for s, g in steps])
 
 
 def unpack_steps(data: bytes | None) -> tuple[tuple[int, float], ...]:
@@ -70,9 +71,9 @@ def unpack_steps(data: bytes | None) -> tuple[tuple[int, float], ...]:
     if not data:
         return ()
     try:
-        raw = msgpack.unpackb(data, raw=False, max_array_len=MAX_STEPS)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise ValueError(f"malformed mutation steps: {exc}") from exc
+        raw = wire.unpack(data, MAX_STEPS_BYTES, "mutation steps", max_len=MAX_STEPS)
+    except wire.DecodeError as exc:  # a ValueError, as the caller expects
+        raise ValueError(f"malformed {exc}") from exc
     if not isinstance(raw, list) or not all(
             isinstance(p, list) and len(p) == 2 and type(p[0]) is int and 0 <= p[0] < 2**64
             and isinstance(p[1], float) and 0 < p[1] <= 1 for p in raw):

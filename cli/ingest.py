@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
+from cli.documents import Chunk, IngestError, chunk_file, expand_paths
 from p2pnode.client import Client
-from p2pnode.ingest import Chunk, IngestError, chunk_file, expand_paths
 
 HIDDEN_SHOWN = 5  # a home folder holds dozens of hidden entries: name a few
 

@@ -13,8 +13,9 @@ order in which it was built. One round goes:
    and which to request. Only those items travel, in `page`-sized deltas.
 
 Items are state-based CRDTs, so a stale, duplicated or reordered delta is merged
-harmlessly. The module also holds the bounded msgpack helpers the other codecs share:
-anything a peer sends is checked for size and shape and fails with `DecodeError`.
+harmlessly. Every message is decoded by crdt.wire's one bounded decoder: anything a
+peer sends is checked for size and shape and fails with `DecodeError` (re-exported
+here with crdt.wire's helpers for the codecs that import them from this module).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-import msgpack
+from crdt.wire import DecodeError, as_bytes, as_int, as_list, pack, unpack
 
 __all__ = [
     "FANOUT",
@@ -63,57 +64,6 @@ MAX_ITEM_BYTES = 64 * 1024
 MAX_LISTING = 4096  # entries in one listing message
 MAX_DELTA_ITEMS = 256  # items in one delta message
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-
-
-class DecodeError(ValueError):
-    """Bytes from a peer that are not a well-formed, bounded message.
-
-    crdt imports nothing of ours (tests/test_purity.py), so the caller in
-    p2pnode maps this to ``VerifyError`` at the border.
-    """
-
-
-# --- bounded msgpack, shared by the crdt codecs -------------------------------------
-
-
-def pack(obj: object) -> bytes:
-    """Canonical msgpack (callers sort every collection before packing)."""
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-def unpack(data: bytes, max_bytes: int, what: str) -> object:
-    """Unpack at most `max_bytes`; containers and strings are bounded by it too."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise DecodeError(f"{what}: expected bytes, got {type(data).__name__}")
-    if len(data) > max_bytes:
-        raise DecodeError(f"{what}: {len(data)} bytes exceeds {max_bytes}")
-    try:
-        return msgpack.unpackb(data, raw=False, use_list=True, max_bin_len=max_bytes,
-                               max_str_len=max_bytes, max_array_len=max_bytes,
-                               max_map_len=max_bytes, max_ext_len=max_bytes)
-    except (ValueError, TypeError, OverflowError, RecursionError,
-            msgpack.UnpackException) as exc:
-        raise DecodeError(f"{what}: malformed msgpack: {exc}") from exc
-
-
-def as_list(obj: object, what: str, max_len: int, exact: int | None = None) -> list[object]:
-    if not isinstance(obj, list) or len(obj) > max_len:
-        raise DecodeError(f"{what}: expected a list of at most {max_len}")
-    if exact is not None and len(obj) != exact:
-        raise DecodeError(f"{what}: expected {exact} fields, got {len(obj)}")
-    return obj
-
-
-def as_bytes(obj: object, what: str, max_len: int, min_len: int = 0) -> bytes:
-    if not isinstance(obj, bytes) or not min_len <= len(obj) <= max_len:
-        raise DecodeError(f"{what}: expected {min_len}..{max_len} bytes")
-    return obj
-
-
-def as_int(obj: object, what: str, lo: int, hi: int) -> int:
-    if isinstance(obj, bool) or not isinstance(obj, int) or not lo <= obj <= hi:
-        raise DecodeError(f"{what}: expected an integer in {lo}..{hi}")
-    return obj
 
 
 # --- hashes and digests -------------------------------------------------------------
@@ -214,7 +164,8 @@ def encode_digest(digest: Digest) -> bytes:
 
 
 def decode_digest(data: bytes) -> Digest:
-    fields = as_list(unpack(data, 2048, "digest"), "digest", 2, exact=2)
+    fields = as_list(unpack(data, 2048, "digest", max_len=FANOUT, max_str=HASH_BYTES),
+                     "digest", 2, exact=2)
     root = as_bytes(fields[0], "digest root", HASH_BYTES, HASH_BYTES)
     raw = as_list(fields[1], "digest buckets", FANOUT)
     if len(raw) not in (0, FANOUT):
@@ -229,7 +180,8 @@ def _encode_pairs(pairs: Mapping[bytes, bytes]) -> bytes:
 
 def _decode_pairs(data: bytes, what: str, max_items: int,
                   min_value: int, max_value: int) -> dict[bytes, bytes]:
-    rows = as_list(unpack(data, MAX_MESSAGE_BYTES, what), what, max_items)
+    rows = as_list(unpack(data, MAX_MESSAGE_BYTES, what, max_len=max_items,
+                          max_str=max(MAX_KEY_BYTES, max_value)), what, max_items)
     out: dict[bytes, bytes] = {}
     for row in rows:
         raw_key, raw_value = as_list(row, f"{what} entry", 2, exact=2)

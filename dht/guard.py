@@ -12,8 +12,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import msgpack
-
+from crdt import wire
 from p2pnode.errors import VerifyError
 
 __all__ = [
@@ -56,14 +55,14 @@ MAX_KEYS = 48  # keys one find_values may ask for
 
 
 def pack(obj: object) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    return wire.pack(obj)
 
 
 def unpack(body: bytes) -> object:
-    """Decode one body with C msgpack; every failure is a ValueError."""
-    return msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True,
-                           max_bin_len=MAX_BODY, max_str_len=64, max_array_len=MAX_ARRAY,
-                           max_map_len=4, max_ext_len=0)
+    """Decode one datagram body with crdt.wire's bounded decoder; every failure
+    is a ValueError."""
+    return wire.unpack(body, MAX_BODY, "datagram", max_len=MAX_ARRAY, max_map=4, max_str=64,
+                       max_bin=MAX_BODY)
 
 
 def _bin(lo: int, hi: int) -> Callable[[object], bool]:

@@ -473,9 +473,8 @@ def check_guest(lineage_wire: bytes, genome: bytes, specialty: bytes) -> Birth:
     data, shapes, the one architecture, bounded weights) and is the one the
     lineage signed; the specialty is 384 finite float16 (or none)."""
     lineage = decode_lineage(lineage_wire)
-    guard.check(genome)
+    weights = from_onnx(genome)  # the guard's checks, parsed once
     lineage.check_genome(genome)
-    weights = from_onnx(genome)
     if len(specialty) not in (0, 2 * DIM):
         raise guard.Rejected("bad_specialty", f"a specialty of {len(specialty)} bytes")
     spec = np.frombuffer(specialty, dtype=np.float16).astype(np.float32) \

@@ -36,12 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
+from crdt import wire
 from dht.keys import DEFAULT_BITS, DEFAULT_PROBES, DEFAULT_TABLES, LshParams
 from p2pnode.errors import ConfigError, StateError, VerifyError
 from p2pnode.files import write_atomic
-from p2pnode.identity import Identity, verify
+from p2pnode.identity import Envelope, Identity, open_envelope, seal
 
 DNA_FILE = "dna.bin"
 CHAIN_FILE = "dna-chain.bin"
@@ -72,7 +71,7 @@ class Dna:
 
     @property
     def wire(self) -> bytes:
-        return msgpack.packb([self.body, self.signer, self.signature], use_bin_type=True)  # type: ignore[no-any-return]
+        return Envelope(self.body, self.signature, self.signer).wire
 
     @property
     def hash(self) -> bytes:
@@ -122,8 +121,8 @@ class Dna:
 
 
 def _signed(identity: Identity, fields: dict[str, Any]) -> Dna:
-    body = msgpack.packb(fields, use_bin_type=True)
-    return Dna(fields, body, identity.public_key, identity.sign(DNA_DOMAIN, body))
+    env = seal(identity, DNA_DOMAIN, wire.pack(fields), with_signer=True)
+    return Dna(fields, env.body, identity.public_key, env.signature)
 
 
 def found(identity: Identity, *, swarm: str, encoder_name: str, encoder_sha256: str,
@@ -252,24 +251,30 @@ def successor(current: Dna, candidate: Dna) -> bool:
 
 
 def decode(data: bytes) -> Dna:
-    """Parse and verify DNA wire bytes: signed by one of its own founders."""
-    if not isinstance(data, bytes) or len(data) > MAX_DNA_BYTES:
+    """Parse and verify DNA wire bytes: signed by one of its own founders. The
+    signer travels beside the body, so its signature is checked before the
+    body is decoded."""
+    if not isinstance(data, bytes):
         raise VerifyError(f"malformed swarm DNA: not bytes of at most {MAX_DNA_BYTES}")
     try:
-        body, signer, sig = msgpack.unpackb(data, raw=False)
-        fields = msgpack.unpackb(body, raw=False)
+        env = open_envelope(data, "swarm DNA", MAX_DNA_BYTES, with_signer=True)
+    except wire.DecodeError as exc:
+        raise VerifyError(f"malformed swarm DNA: {exc}") from exc
+    env.verify(DNA_DOMAIN)
+    signer = env.signer or b""
+    try:
+        fields: Any = env.open_body("swarm DNA body")
         founders = [bytes.fromhex(f) for f in fields["founders"]]
         LshParams(tables=fields["lsh"]["tables"], bits=fields["lsh"]["bits"],
                   probes=fields["lsh"]["probes"], seed=bytes.fromhex(fields["lsh"]["seed"]))
         _check_lineage(fields)
         if "membership" in fields or "puzzle_bits" in fields:
             _check_membership(fields["membership"], fields["puzzle_bits"])
-    except (ValueError, TypeError, KeyError, AttributeError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # DecodeError too
         raise VerifyError(f"malformed swarm DNA: {exc}") from exc
     if signer not in founders:
         raise VerifyError("swarm DNA is not signed by one of its founders")
-    verify(signer, DNA_DOMAIN, body, sig)
-    return Dna(fields, body, signer, sig)
+    return Dna(fields, env.body, signer, env.signature)
 
 
 def _check_membership(membership: Any, puzzle_bits: Any) -> None:
@@ -293,7 +298,22 @@ def _check_lineage(fields: dict[str, Any]) -> None:
 
 def chain_wire(versions: list[Dna]) -> bytes:
     """The wire bytes of a chain: every version's, v1 first."""
-    return msgpack.packb([v.wire for v in versions], use_bin_type=True)  # type: ignore[no-any-return]
+    return wire.pack([v.wire for v in versions])
+
+
+def chain_wires(data: bytes) -> list[bytes]:
+    """The versions' wire bytes in a chain's (not yet verified): VerifyError
+    unless bytes of at most MAX_CHAIN_BYTES holding 1..MAX_VERSIONS of them."""
+    if not isinstance(data, bytes) or len(data) > MAX_CHAIN_BYTES:
+        raise VerifyError(f"DNA chain is not bytes of at most {MAX_CHAIN_BYTES}")
+    try:
+        found = wire.unpack(data, MAX_CHAIN_BYTES, "DNA chain", max_len=MAX_VERSIONS,
+                            max_str=MAX_DNA_BYTES)
+    except wire.DecodeError as exc:
+        raise VerifyError(f"malformed DNA chain: {exc}") from exc
+    if not isinstance(found, list) or not 1 <= len(found) <= MAX_VERSIONS:
+        raise VerifyError(f"a DNA chain holds 1..{MAX_VERSIONS} versions")
+    return found  # type: ignore[return-value]  # each one is checked by decode
 
 
 def decode_chain(data: bytes, swarm_id: bytes) -> list[Dna]:
@@ -301,14 +321,7 @@ def decode_chain(data: bytes, swarm_id: bytes) -> list[Dna]:
     swarm id), then each next version numbered one more, naming the one
     before as `previous`, and taken by `successor` from it. VerifyError (with
     a short reason) on anything else, or over MAX_VERSIONS / MAX_CHAIN_BYTES."""
-    if not isinstance(data, bytes) or len(data) > MAX_CHAIN_BYTES:
-        raise VerifyError(f"DNA chain is not bytes of at most {MAX_CHAIN_BYTES}")
-    try:
-        wires = msgpack.unpackb(data, raw=False, max_array_len=MAX_VERSIONS)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise VerifyError(f"malformed DNA chain: {exc}") from exc
-    if not isinstance(wires, list) or not 1 <= len(wires) <= MAX_VERSIONS:
-        raise VerifyError(f"a DNA chain holds 1..{MAX_VERSIONS} versions")
+    wires = chain_wires(data)
     chain = [decode(w) for w in wires]
     if chain[0].version != 1 or chain[0].hash != swarm_id:
         raise VerifyError("DNA chain does not start at the swarm's first version")

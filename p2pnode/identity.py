@@ -3,6 +3,11 @@
 A node's key pair lives in the state directory (mode 0600); the node id is
 the SHA-256 of the raw public key, so nobody picks their own place in the DHT.
 Signatures always cover a domain prefix plus canonical bytes.
+
+Every signed thing travels in one `Envelope` (``msgpack([body, signature])``,
+or ``[body, signer, signature]`` where the body does not name its signer),
+opened by `open_envelope` with crdt.wire's bounded decoder: each codec gives
+its size limit and maps `DecodeError` / `VerifyError` to its own typed error.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import threading
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -29,6 +35,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from crdt import wire
 from p2pnode.errors import DiskFull, StateError, VerifyError
 
 KEY_FILE = "node_identity.key"
@@ -45,6 +52,9 @@ def node_id(public_key: bytes) -> bytes:
 
 def _message(domain: bytes, payload: bytes) -> bytes:
     # The domain separates record kinds: a signed vote can never pass as a memory.
+    # It ends at the NUL, so a domain holding one could pass for a shorter one.
+    if b"\x00" in domain:
+        raise ValueError("a signature domain holds no NUL byte")
     return domain + b"\x00" + payload
 
 
@@ -128,6 +138,71 @@ class Identity:
     def from_seed(cls, seed: bytes) -> Identity:
         """Deterministic identity (tests, simulations)."""
         return cls(Ed25519PrivateKey.from_private_bytes(hashlib.sha256(seed).digest()))
+
+
+# --- signed envelopes ----------------------------------------------------------------
+
+class Envelope(NamedTuple):
+    """A body and its signature as they travel: ``msgpack([body, signature])``,
+    or ``msgpack([body, signer, signature])`` when the body does not name its
+    signer (the swarm DNA). The signature covers a domain and exactly `body`'s
+    bytes: never a re-encoding of what they decode to. (A NamedTuple: made for
+    every record read, it costs a fifth of a frozen dataclass.)"""
+
+    body: bytes
+    signature: bytes
+    signer: bytes | None = None
+
+    @property
+    def wire(self) -> bytes:
+        if self.signer is None:
+            return wire.pack([self.body, self.signature])
+        return wire.pack([self.body, self.signer, self.signature])
+
+    def verify(self, domain: bytes, signer: bytes | None = None) -> None:
+        """VerifyError unless `signer`'s (by default the envelope's own signer)
+        signature over `domain` and the body."""
+        key = self.signer if signer is None else signer
+        if key is None:
+            raise VerifyError(f"no signer given for a {domain.decode(errors='replace')} body")
+        verify(key, domain, self.body, self.signature)
+
+    def open_body(self, what: str, *, max_len: int | None = None) -> object:
+        """The body decoded (bounded by its own size, which the envelope's
+        limit already bounds); DecodeError if it is not msgpack."""
+        return wire.unpack(self.body, len(self.body), what, max_len=max_len)
+
+
+def seal(identity: Identity, domain: bytes, body: bytes, *,
+         with_signer: bool = False) -> Envelope:
+    """`body` signed by `identity` over `domain` (naming the signer beside the
+    body if `with_signer`)."""
+    return Envelope(body, identity.sign(domain, body),
+                    identity.public_key if with_signer else None)
+
+
+def envelope_of(obj: object, what: str, *, with_signer: bool = False) -> Envelope:
+    """An already decoded ``[body, signature]`` (``[body, signer, signature]``
+    if `with_signer`) as an Envelope; DecodeError for any other shape. For
+    envelopes carried inside a larger value (a DHT bucket's entries)."""
+    if type(obj) is list and len(obj) == 2 + with_signer:
+        body, signature = obj[0], obj[-1]
+        signer = obj[1] if with_signer else None
+        if type(body) is bytes and type(signature) is bytes \
+                and (signer is None or type(signer) is bytes):
+            return Envelope(body, signature, signer)
+    shape = "[body, signer, signature]" if with_signer else "[body, signature]"
+    raise wire.DecodeError(f"{what}: expected {shape}, all bytes")
+
+
+def open_envelope(data: object, what: str, max_bytes: int, *,
+                  with_signer: bool = False) -> Envelope:
+    """The envelope in `data`, bytes of at most `max_bytes` (checked before
+    anything is decoded); DecodeError (wire.Oversized if too long) otherwise.
+    The signature is not checked yet: call `Envelope.verify`, before opening
+    the body when the signer travels beside it."""
+    return envelope_of(wire.unpack(data, max_bytes, what, max_len=3), what,
+                       with_signer=with_signer)
 
 
 def _key_bytes(key: Ed25519PrivateKey) -> bytes:

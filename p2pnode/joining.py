@@ -16,8 +16,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass
 
-import msgpack
-
+from crdt import wire
 from p2pnode import dna as dna_mod
 from p2pnode.errors import VerifyError
 from p2pnode.identity import Identity
@@ -96,14 +95,9 @@ def decode_invitation(code: str) -> Invitation:
 
 def _unpack_list(body: bytes, limit: int, n: int, what: str) -> list[object]:
     try:
-        if not isinstance(body, bytes) or len(body) > limit:
-            raise ValueError(f"not bytes of at most {limit}")
-        items = msgpack.unpackb(body, raw=False)
-        if not isinstance(items, list) or len(items) != n:
-            raise ValueError(f"not a list of {n}")
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise RecordError("join_malformed", f"malformed {what}: {exc}") from exc
-    return items
+        return wire.as_list(wire.unpack(body, limit, what), what, n, exact=n)
+    except wire.DecodeError as exc:
+        raise RecordError("join_malformed", f"malformed {exc}") from exc
 
 
 def join_request(identity: Identity, token: bytes) -> bytes:
@@ -133,10 +127,9 @@ def decode_join_answer(body: bytes, *, invitation: Invitation, member: bytes,
     who may invite. The joiner then makes its pass with invited_pass."""
     chain_b, parent_b, cert_b = _unpack_list(body, MAX_JOIN_ANSWER, 3, "join answer")
     try:  # the chain's own v1 names the swarm; the invitation's prefix must match it
-        first = msgpack.unpackb(chain_b, raw=False, max_array_len=dna_mod.MAX_VERSIONS)[0]
+        first = dna_mod.chain_wires(chain_b)[0]  # type: ignore[arg-type]
         chain = dna_mod.decode_chain(chain_b, hashlib.sha256(first).digest())  # type: ignore[arg-type]
-    except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException,
-            VerifyError) as exc:
+    except (TypeError, VerifyError) as exc:
         raise RecordError("join_malformed", f"malformed join answer: {exc}") from exc
     swarm, founders = chain[0].hash, dna_mod.founders_ever(chain)
     if swarm[:SWARM_PREFIX_BYTES] != invitation.swarm_prefix:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from p2pnode.identity import PUBLIC_KEY_BYTES, Identity
+from p2pnode.identity import PUBLIC_KEY_BYTES, Envelope, Identity
 from p2pnode.records import (
     ID_BYTES,
     RecordError,
@@ -61,14 +61,14 @@ T = TypeVar("T")
 
 
 class _Signed:
-    """A signed record travels as msgpack([body, signature])."""
+    """A signed record travels as msgpack([body, signature]): an Envelope."""
 
     body: bytes
     signature: bytes
 
     @property
     def wire(self) -> bytes:
-        return _pack([self.body, self.signature])
+        return Envelope(self.body, self.signature).wire
 
 
 def pass_key(member: bytes) -> bytes:
@@ -221,10 +221,9 @@ def decode_pass(data: bytes, *, swarm: bytes, founders: frozenset[bytes], puzzle
     """Parse and judge a pass for `swarm`, whose keys ever founders are
     `founders` (dna.founders_ever). A ticket needs puzzle_bits > 0: a swarm
     without a puzzle has no use for one. RecordError(pass_*) if refused."""
-    if not isinstance(data, bytes) or len(data) > MAX_PASS_BYTES:
-        raise RecordError("pass_malformed", f"a pass is bytes of at most {MAX_PASS_BYTES}")
     try:
-        body, sig, (_, _, kind, records) = _unpack_signed(data, "pass", "pass", 4)
+        body, sig, (_, _, kind, records) = _unpack_signed(data, "pass", "pass", 4,
+                                                          max_bytes=MAX_PASS_BYTES)
         if kind not in ("invited", "ticket") or not isinstance(records, list) \
                 or not all(isinstance(r, bytes) for r in records) \
                 or not 1 <= len(records) <= (MAX_CHAIN if kind == "invited" else 1):

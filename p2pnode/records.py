@@ -1,9 +1,12 @@
 """Signed records: memories, per-voter vote entries, peer cards and agent cards.
 
-A record travels as ``msgpack([body, signature])`` where ``body`` is the
-canonical msgpack of a fixed-order list and the signature covers a domain
-prefix plus exactly those bytes. Decoding keeps the original body bytes: we
-never verify a re-encoding of a parsed structure.
+A record travels as ``msgpack([body, signature])`` (p2pnode.identity's
+`Envelope`) where ``body`` is the canonical msgpack of a fixed-order list and
+the signature covers a domain prefix plus exactly those bytes. Decoding keeps
+the original body bytes: we never verify a re-encoding of a parsed structure.
+The signer's key is a field of the body (a record's id covers it), so the body
+is decoded — by crdt.wire's bounded decoder, within MAX_RECORD_BYTES — and
+checked before the signature.
 
 Every field of a decoded record is hostile until checked, and each record
 type is checked in one place, its ``decode_*`` (DESIGN.md 5b): exact sizes of
@@ -28,12 +31,12 @@ import re
 import struct
 from dataclasses import dataclass
 
-import msgpack
 import numpy as np
 
+from crdt import wire
 from dht import compact
 from p2pnode.errors import VerifyError
-from p2pnode.identity import PUBLIC_KEY_BYTES, Identity, verify
+from p2pnode.identity import PUBLIC_KEY_BYTES, Envelope, Identity, open_envelope
 
 __all__ = [
     "AGENT_CARD_DOMAIN", "MAX_CAPACITY", "MAX_DIM", "MAX_INT", "MAX_ORIGIN_CHARS",
@@ -77,42 +80,47 @@ class RecordError(VerifyError):
 
 
 def _pack(obj: object) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    return wire.pack(obj)
 
 
 def _unpack_signed(data: bytes, what: str, tag: str, n_fields: int, *,
-                   versions: dict[int, int] | None = None
-                   ) -> tuple[bytes, bytes, list[object]]:
-    """Split wire bytes into (body bytes, signature, decoded body list) of a
-    v1 record of kind `tag` with `n_fields` fields (or, with `versions`, of
-    any version it lists, with the number of fields it gives that version)."""
+                   versions: dict[int, int] | None = None,
+                   max_bytes: int = MAX_RECORD_BYTES) -> tuple[bytes, bytes, list[object]]:
+    """Split wire bytes (at most `max_bytes`) into (body bytes, signature,
+    decoded body list) of a v1 record of kind `tag` with `n_fields` fields (or,
+    with `versions`, of any version it lists, with the number of fields it
+    gives that version)."""
     if not isinstance(data, bytes):
         raise RecordError("record_malformed", f"a {what} record must be bytes")
-    if len(data) > MAX_RECORD_BYTES:
-        raise RecordError("record_too_large",
-                          f"{what} record of {len(data)} bytes exceeds {MAX_RECORD_BYTES}")
     try:
-        outer = msgpack.unpackb(data, raw=False)
-        body, sig = outer
-        fields = msgpack.unpackb(body, raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise RecordError("record_malformed", f"malformed {what} record: {exc}") from exc
-    if not isinstance(body, bytes) or not isinstance(sig, bytes) or not isinstance(fields, list):
+        env = open_envelope(data, f"{what} record", max_bytes)
+        fields = env.open_body(f"{what} record body")
+    except wire.Oversized as exc:
+        raise RecordError("record_too_large", str(exc)) from exc
+    except wire.DecodeError as exc:
+        raise RecordError("record_malformed", f"malformed {exc}") from exc
+    if not isinstance(fields, list):
         raise RecordError("record_malformed", f"malformed {what} record: wrong outer types")
     shapes = versions or {_VERSION: n_fields}
     if len(fields) < 2 or fields[0] != tag or type(fields[1]) is not int \
             or shapes.get(fields[1]) != len(fields):
         raise RecordError("record_version", f"not a {what} record of a known version")
-    return body, sig, fields
+    return env.body, env.signature, fields
 
 
 def _verify(key: bytes, domain: bytes, body: bytes, sig: bytes) -> None:
     try:
-        verify(key, domain, body, sig)
-    except RecordError:
-        raise
+        Envelope(body, sig).verify(domain, key)
     except VerifyError as exc:
         raise RecordError("record_signature", str(exc)) from exc
+
+
+def _bound(data: bytes, what: str) -> object:
+    return wire.unpack(data, MAX_RECORD_BYTES, what)
+
+
+def _wire(body: bytes, signature: bytes) -> bytes:
+    return Envelope(body, signature).wire
 
 
 # --- field checks: each raises RecordError("<field>_<check>", …) ----------------------
@@ -225,7 +233,7 @@ class MemoryRecord:
 
     @property
     def wire(self) -> bytes:
-        return _pack([self.body, self.signature])
+        return _wire(self.body, self.signature)
 
     @property
     def id(self) -> bytes:
@@ -239,9 +247,8 @@ class MemoryRecord:
     def stored_vector(wire: bytes) -> np.ndarray:
         """The embedding of a stored record's wire bytes as float32, read
         without checking it again (a record is decoded before it is stored)."""
-        body, _ = msgpack.unpackb(wire, raw=False)
-        emb = msgpack.unpackb(body, raw=False)[4]
-        return np.frombuffer(emb, dtype="<f2").astype(np.float32)
+        body = _bound(wire, "memory record")[0]  # type: ignore[index]
+        return np.frombuffer(_bound(body, "memory body")[4], dtype="<f2").astype(np.float32)  # type: ignore[index]
 
 
 def make_memory(
@@ -310,7 +317,7 @@ class VoteRecord:
 
     @property
     def wire(self) -> bytes:
-        return _pack([self.body, self.signature])
+        return _wire(self.body, self.signature)
 
 
 def make_vote(
@@ -370,7 +377,7 @@ class PeerRecord:
 
     @property
     def wire(self) -> bytes:
-        return _pack([self.body, self.signature])
+        return _wire(self.body, self.signature)
 
     @property
     def node_id(self) -> bytes:
@@ -425,7 +432,7 @@ class AgentCard:
 
     @property
     def wire(self) -> bytes:
-        return _pack([self.body, self.signature])
+        return _wire(self.body, self.signature)
 
 
 def make_agent_card(identity: Identity, *, agent_id: bytes, swarm: bytes, generation: int,

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pnode.errors import SporeError
-from p2pnode.ingest import (
+from cli.documents import (
     SUPPORTED_SUFFIXES,
     Chunk,
     IngestError,
@@ -24,6 +23,7 @@ from p2pnode.ingest import (
     html_to_text,
     read_document,
 )
+from p2pnode.errors import SporeError
 from tests.conftest import Daemon
 
 FAQ = Path("/usr/share/doc/debian/FAQ")

@@ -51,7 +51,7 @@ def rss_mb(pid: int) -> float:
 
 def faq_pairs() -> list[tuple[str, str, str]]:
     """(page#index, question, answer) for every FAQ heading that is a question."""
-    from p2pnode.ingest import faq_sections
+    from cli.documents import faq_sections
 
     if not FAQ_DIR.is_dir():
         sys.exit("the Debian FAQ is missing: apt-get install debian-faq")

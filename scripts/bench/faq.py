@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from _spore import Spore, faq_pairs
 
-from p2pnode.ingest import chunk_text
+from cli.documents import chunk_text
 
 WORD = re.compile(r"[a-z0-9]+")
 

@@ -35,7 +35,7 @@ import numpy as np
 from _spore import ROOT, Spore, faq_pairs
 from learning import LOOPBACK, zipf_stream
 
-from p2pnode.ingest import chunk_text
+from cli.documents import chunk_text
 
 GOALS = {"ask_kib": 4.0, "rating_kib": 16.0, "idle_rss_mb": 150.0}
 POLL_EVERY = 20  # asks between two reads of /v1/agents

@@ -43,8 +43,8 @@ import numpy as np
 from _attack import AttackerProc, write_plan
 from _spore import SPORE, Spore, faq_pairs, percentile
 
+from cli.documents import chunk_text
 from p2pnode import dna as dna_mod
-from p2pnode.ingest import chunk_text
 
 RATES = {"votes": 400.0, "cards": 40.0, "adopt": 2.0, "score": 40.0, "dht": 200.0, "slow": 48.0}
 BATCH = {"votes": 16, "cards": 8, "dht": 4}

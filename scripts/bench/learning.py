@@ -35,7 +35,7 @@ from _spore import Spore, faq_pairs, percentile
 from faq import tfidf_rank
 
 from agents.encoder import load_encoder
-from p2pnode.ingest import chunk_text
+from cli.documents import chunk_text
 
 # Every spore is on 127.0.0.1: one source IP for the per-IP limits. Errors
 # only: placement refusals are counted (census) rather than logged by the hundred.

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _spore import Spore, faq_pairs, percentile
 
-from p2pnode.ingest import chunk_text
+from cli.documents import chunk_text
 
 
 def _ask_all(spore: Spore, questions: list[tuple[str, str]]) -> tuple[list[float], float, float]:

@@ -1,5 +1,8 @@
 """Documents → chunks of text for `spore ingest` (pure functions and file reading).
 
+It lives beside its only user, cli.ingest: files are judged, read and chunked
+on the device that names them, and the daemon only ever receives the chunks.
+
 The pipeline is  expand_paths → read_document → chunk_text, with chunk_file
 joining the last two. The walk lists only what the named folders openly hold,
 and reading checks again that the file opened is the one listed. HTML is
@@ -8,8 +11,7 @@ What is Debian?"), so chunk_text treats HTML and Markdown alike: every chunk
 starts with the heading of its section. That heading is what a question looks
 like, which is why retrieval finds the answer paragraphs under it.
 
-Nothing here is asynchronous; the CLI calls it before talking to the daemon,
-so files are judged and read on the device that names them.
+Nothing here is asynchronous; the CLI calls it before talking to the daemon.
 """
 
 from __future__ import annotations

@@ -27,17 +27,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import msgpack
 import numpy as np
 import numpy.typing as npt
 
-from crdt.votes import Counter, tally
 from p2pnode.errors import VerifyError
 from p2pnode.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify
-from p2pnode.records import MAX_RECORD_BYTES, MemoryRecord, VoteRecord, decode_memory, decode_vote
+from p2pnode.records import MAX_RECORD_BYTES, MemoryRecord, decode_memory
 
 __all__ = [
     "BITS_BYTES", "INDEX_DOMAIN", "KIND_BUCKET", "KIND_CONTENT", "MAX_BUCKET_BYTES",
@@ -70,11 +69,12 @@ MAX_BUCKET_ENTRIES = 32
 # Kind tag + array16 header + 32 entries = 7,108 bytes: one kademlia datagram
 # (rpcudp sends at most 8,192 bytes), with room left for the RPC framing.
 MAX_BUCKET_BYTES = 1 + 3 + MAX_BUCKET_ENTRIES * MAX_ENTRY_BYTES
+# The votes an older spore's content value may carry (ignored), bounded: a
+# vote is ~580 bytes with a 388-byte compact question vector; 1 KiB is ample.
 MAX_VOTES = 256
-# A vote is ~580 bytes with a 388-byte compact question vector; 1 KiB is ample.
 MAX_VOTE_BYTES = 1024
-# ~320 KiB at most: content does NOT fit one datagram once it has a long answer
-# or a dozen votes, so the network layer needs another way to carry it.
+# ~320 KiB at most (with an older value's votes): content does NOT fit one
+# datagram once it has a long answer, so the network layer carries it otherwise.
 MAX_CONTENT_BYTES = 1 + 3 + 5 + MAX_RECORD_BYTES + 3 + MAX_VOTES * (3 + MAX_VOTE_BYTES)
 
 F32 = npt.NDArray[np.float32]
@@ -309,84 +309,47 @@ def decode_bucket(data: bytes, max_entries: int = MAX_BUCKET_ENTRIES) -> list[In
 
 # --- content values ------------------------------------------------------------------
 
-def _vote_rank(v: VoteRecord) -> tuple[Counter, bytes]:
-    # crdt.votes order (seq, up, down); the wire breaks a voter's equivocation
-    return Counter(v.seq, v.up, v.down), v.wire
-
+# A content value is [memory record, votes]. The votes part was meant to
+# carry each memory's vote CRDT with its content, but no spore ever filled it
+# (every spore gets every vote by gossip, p2pnode.gossip, and ranks with them
+# all: p2pnode.regions): it is written empty, as older spores expect the
+# shape, and what an older value carries there is bounded and ignored.
 
 @dataclass(frozen=True)
 class Content:
-    """A memory record and its votes: at most one per (voter, region), sorted."""
+    """A memory record, as the DHT holds it under its content key."""
 
     memory: MemoryRecord
-    votes: tuple[VoteRecord, ...]
 
     @property
     def id(self) -> bytes:
         return self.memory.id
 
-    def counters(self) -> dict[tuple[bytes, bytes], Counter]:
-        """The vote CRDT as crdt.votes sees it: (voter, region) -> Counter."""
-        return {(v.voter, v.region): Counter(v.seq, v.up, v.down) for v in self.votes}
-
-    def tally(self) -> tuple[int, int]:
-        """Total (up, down) over every voter and region."""
-        return tally(self.counters().values())
-
     def encode(self) -> bytes:
-        return KIND_CONTENT + _pack([self.memory.wire, [v.wire for v in self.votes]])
+        return KIND_CONTENT + _pack([self.memory.wire, []])
 
 
-def _join_votes(votes: Iterable[VoteRecord]) -> tuple[VoteRecord, ...]:
-    """merge_votes semantics on records; over MAX_VOTES the lowest-ranked go.
-
-    The cap ranks by the same order that picks a key's winner, so it keeps
-    the join property (see merge_buckets).
-    """
-    best: dict[tuple[bytes, bytes], VoteRecord] = {}
-    for v in votes:
-        mine = best.get((v.voter, v.region))
-        if mine is None or _vote_rank(v) > _vote_rank(mine):
-            best[(v.voter, v.region)] = v
-    kept = sorted(best.values(), key=_vote_rank, reverse=True)[:MAX_VOTES]
-    return tuple(sorted(kept, key=lambda v: (v.voter, v.region)))
-
-
-def _decode_votes(wires: list[object], memory_id: bytes) -> list[VoteRecord]:
-    votes = []
-    for wire in wires:
-        if not isinstance(wire, bytes) or len(wire) > MAX_VOTE_BYTES:
-            raise VerifyError(f"a vote must be bytes of at most {MAX_VOTE_BYTES}")
-        vote = decode_vote(wire)
-        if vote.memory_id != memory_id:
-            raise VerifyError("content carries a vote for another memory")
-        votes.append(vote)
-    return votes
-
-
-def _content_from(memory_wire: object, vote_wires: object, expect_id: bytes | None,
-                  strict: bool) -> Content:
-    if not isinstance(memory_wire, bytes) or not isinstance(vote_wires, list):
+def _content_from(memory_wire: object, old_votes: object, expect_id: bytes | None) -> Content:
+    if not isinstance(memory_wire, bytes) or not isinstance(old_votes, list):
         raise VerifyError("content must be [memory record, [votes]]")
-    if len(vote_wires) > MAX_VOTES:
-        raise VerifyError(f"content carries more than {MAX_VOTES} votes")
+    if len(old_votes) > MAX_VOTES or not all(
+            isinstance(v, bytes) and len(v) <= MAX_VOTE_BYTES for v in old_votes):
+        raise VerifyError(f"content carries more than {MAX_VOTES} votes, or one that is "
+                          f"not bytes of at most {MAX_VOTE_BYTES}")
     memory = decode_memory(memory_wire)
     if expect_id is not None and memory.id != expect_id:
         raise VerifyError("memory record does not hash to its content key")
-    votes = _decode_votes(vote_wires, memory.id)
-    joined = _join_votes(votes)
-    if strict and len(joined) != len(votes):
-        raise VerifyError("content lists a voter's region twice")
-    return Content(memory, joined)
+    return Content(memory)
 
 
-def encode_content(memory_wire: bytes, vote_wires: Sequence[bytes]) -> bytes:
-    """Canonical content value; verifies its parts and keeps each voter's latest."""
-    return _content_from(memory_wire, list(vote_wires), None, strict=False).encode()
+def encode_content(memory_wire: bytes) -> bytes:
+    """Canonical content value of a memory record (verified)."""
+    return _content_from(memory_wire, [], None).encode()
 
 
 def decode_content(data: bytes, expect_id: bytes) -> Content:
-    """Verify a content value stored under `expect_id`, or raise VerifyError."""
+    """Verify a content value stored under `expect_id`, or raise VerifyError
+    (the votes an older spore's value may carry are ignored)."""
     if len(data) > MAX_CONTENT_BYTES:
         raise VerifyError(f"content value of {len(data)} bytes is over its cap")
     if data[:1] != KIND_CONTENT:
@@ -394,14 +357,14 @@ def decode_content(data: bytes, expect_id: bytes) -> Content:
     parts = _unpack(data[1:], "content value")
     if not isinstance(parts, list) or len(parts) != 2:
         raise VerifyError("content must be [memory record, [votes]]")
-    return _content_from(parts[0], parts[1], _key(expect_id), strict=True)
+    return _content_from(parts[0], parts[1], _key(expect_id))
 
 
 def merge_content(a: Content, b: Content) -> Content:
-    """Same record, votes joined per (voter, region) by highest seq."""
+    """Both of one record: that record."""
     if a.memory.wire != b.memory.wire:
         raise VerifyError("cannot merge contents of two different memories")
-    return Content(a.memory, _join_votes((*a.votes, *b.votes)))
+    return a
 
 
 # --- values as the network layer sees them ----------------------------------------

@@ -14,13 +14,15 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from agents import model_build
-from agents.encoder import EncoderError, file_sha256, load_encoder
-from dht.server import bind_udp
+from agents.encoder import Encoder, EncoderError, file_sha256, load_encoder
+from dht.server import Bind, bind_udp
 from p2pnode import dna as dna_mod
 from p2pnode.agentnet import AgentNet
 from p2pnode.api import ApiRunner, make_app
@@ -119,36 +121,21 @@ async def _serve_locked(cfg: Config) -> None:
     except EncoderError as exc:
         raise StateError(str(exc)) from exc
     dna_mod.check_encoder(dna, encoder.model_sha256, encoder.dim)
-    chain = dna_mod.load_chain(cfg.state_dir)
     storage = Storage(cfg.state_dir / DB_FILE)
     egress = Egress(Path(cfg.capture_egress)) if cfg.capture_egress else None
-    swarm = Swarm(identity=identity, dna=dna, state_dir=cfg.state_dir, dim=encoder.dim,
-                  settings=SwarmSettings(host=cfg.dht_host, port=cfg.dht_port, peers=cfg.peers,
-                                         republish_s=cfg.republish_s,
-                                         max_contacts_per_ip=cfg.max_contacts_per_ip,
-                                         rate_per_s=cfg.dht_rate_per_s),
-                  bind=bind_udp if egress is None else tapped_bind(bind_udp, egress),
-                  admit=lambda key: members.standing(key))
-    members = Members(identity=identity, dna=lambda: spore.dna, chain=lambda: spore.chain,
-                      state_dir=cfg.state_dir, now_ms=lambda: int(time.time() * 1000),
-                      first=dna)
-    gossip = GossipStore(validators(dna.swarm_id, lambda: spore.dna, members.standing)
-                         | members.validators(), cfg.state_dir / GOSSIP_DB)
-    members.gossip = gossip
-    spore = Spore(identity=identity, dna=dna, storage=storage, encoder=encoder,
-                  max_text_bytes=cfg.max_text_bytes, swarm=swarm, gossip=gossip,
-                  state_dir=cfg.state_dir, chain=chain)
-    spore.members = members
-    gossip.trusted, gossip.weight = spore.trusted, spore.weight
-    members.on_revoked = spore.on_revoked
+    parts = assemble(identity=identity, dna=dna, chain=dna_mod.load_chain(cfg.state_dir),
+                     encoder=encoder, storage=storage, state_dir=cfg.state_dir,
+                     max_text_bytes=cfg.max_text_bytes,
+                     settings=SwarmSettings(host=cfg.dht_host, port=cfg.dht_port,
+                                            peers=cfg.peers, republish_s=cfg.republish_s,
+                                            max_contacts_per_ip=cfg.max_contacts_per_ip,
+                                            rate_per_s=cfg.dht_rate_per_s),
+                     bind=bind_udp if egress is None else tapped_bind(bind_udp, egress),
+                     gossip_path=cfg.state_dir / GOSSIP_DB)
+    spore, swarm, members, gossip = parts.spore, parts.swarm, parts.members, parts.gossip
     peers: PeerService | None = None
     try:
-        await _take_membership(members, gossip)
-        await spore.load()
-        await _adopt_gossiped_dna(spore, gossip)
-        await spore.refresh_trust()  # revoked voices weigh nothing from the first ask
-        gossip.offer({KIND_DNA: dna_mod.chain_wire(spore.chain)})
-        host, port = await swarm.start()
+        host, port = await start_parts(parts)
         peers = PeerService(
             identity=identity, swarm=dna.swarm_id, store=gossip, host=host, port=port,
             seeds=list(cfg.peers), interval_s=cfg.gossip_interval_s,
@@ -160,13 +147,8 @@ async def _serve_locked(cfg: Config) -> None:
         members.address = lambda: (None if peers is None or not peers.advertised else
                                    (peers.advertised, peers.port))
 
-        colony = Colony(identity=identity, path=cfg.state_dir / AGENTS_DB,
-                        max_agents=cfg.max_agents, seed_agents=cfg.seed_agents)
-        agents = AgentNet(colony=colony, identity=identity, swarm=dna.swarm_id, store=gossip,
-                          compute=spore.on_compute, dna=lambda: spore.dna)
-        spore.agents = agents
-        agents.standing = members.standing
-        await agents.start(peers)
+        await start_agents(parts, cfg.state_dir / AGENTS_DB, peers,
+                           max_agents=cfg.max_agents, seed_agents=cfg.seed_agents)
         await peers.start(cfg.advertise_host or host)
         spore.peers = peers
         app = make_app(spore, _api_token(cfg), loopback_only=cfg.loopback_only,
@@ -195,6 +177,66 @@ async def _serve_locked(cfg: Config) -> None:
         if egress is not None:
             egress.close()
         log.info("stopped")
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A spore's objects, built in dependency order by `assemble`."""
+
+    spore: Spore
+    swarm: Swarm
+    members: Members
+    gossip: GossipStore
+
+
+def assemble(*, identity: Identity, dna: dna_mod.Dna, chain: list[dna_mod.Dna],
+             encoder: Encoder, storage: Storage, state_dir: Path, max_text_bytes: int,
+             settings: SwarmSettings, bind: Bind = bind_udp, gossip_path: Path | None,
+             clock: Callable[[], float] = time.time) -> Parts:
+    """Build a spore's memory service and what it stands on: its swarm (DHT),
+    its members, its gossip store. Used by the daemon and by the in-process
+    harness (tests/harness.py), so both run the same wiring. The members,
+    the DHT's admission and the gossip validators read the spore's current
+    DNA (it may change by gossip) through the spore, built last."""
+    members = Members(identity=identity, dna=lambda: spore.dna, chain=lambda: spore.chain,
+                      state_dir=state_dir, now_ms=lambda: int(clock() * 1000), first=dna)
+    swarm = Swarm(identity=identity, dna=dna, state_dir=state_dir, dim=encoder.dim,
+                  settings=settings, bind=bind, admit=members.standing)
+    gossip = GossipStore(validators(dna.swarm_id, lambda: spore.dna, members.standing)
+                         | members.validators(), gossip_path, clock=clock)
+    members.gossip = gossip
+    spore = Spore(identity=identity, dna=dna, storage=storage, encoder=encoder,
+                  max_text_bytes=max_text_bytes, clock=clock, swarm=swarm, gossip=gossip,
+                  state_dir=state_dir, chain=chain, members=members)
+    gossip.trusted, gossip.weight = spore.trusted, spore.weight
+    members.on_revoked = spore.on_revoked
+    return Parts(spore, swarm, members, gossip)
+
+
+async def start_parts(parts: Parts) -> tuple[str, int]:
+    """Our pass, the stores loaded, trust weighed, the DHT bound and joined:
+    returns the DHT's address."""
+    spore, gossip = parts.spore, parts.gossip
+    await _take_membership(parts.members, gossip)
+    await spore.load()
+    await _adopt_gossiped_dna(spore, gossip)
+    await spore.refresh_trust()  # revoked voices weigh nothing from the first ask
+    gossip.offer({KIND_DNA: dna_mod.chain_wire(spore.chain)})
+    return await parts.swarm.start()
+
+
+async def start_agents(parts: Parts, path: Path | None, peers: PeerService | None, *,
+                       max_agents: int, seed_agents: int) -> AgentNet:
+    """The spore's colony of agents, among its peers' (None: its own only)."""
+    spore = parts.spore
+    colony = Colony(identity=spore.identity, path=path, max_agents=max_agents,
+                    seed_agents=seed_agents)
+    agents = AgentNet(colony=colony, identity=spore.identity, swarm=spore.dna.swarm_id,
+                      store=parts.gossip, compute=spore.on_compute, dna=lambda: spore.dna)
+    spore.agents = agents
+    agents.standing = parts.members.standing
+    await agents.start(peers)
+    return agents
 
 
 async def _start_site(runner: web.AppRunner, cfg: Config) -> None:

@@ -4,7 +4,13 @@ Two worker threads keep blocking work off the event loop: `compute` owns the
 encoder and the in-memory index (so they need no locks), and `db` owns the
 SQLite storage. Each request makes at most a couple of hops. The event loop
 owns the one vote book (p2pnode.regions.RegionIndex): every vote this spore
-knows, its own and gossip's, by memory id, whoever holds the memory.
+knows, its own and gossip's, by memory id, whoever holds the memory; it
+serves the ranking, the recall and /v1/votes.
+
+`ask` composes the stages of p2pnode.asking (embed, local candidates and the
+swarm's index lookup at once, fetch, the agents' say, the pure ranking of
+p2pnode.ranking, record); `rate` likewise (answer, vote, book, calibration,
+agents).
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +33,7 @@ from agents.encoder import Encoder
 from crdt.votes import Counter, fitness, record_vote
 from dht import compact
 from dht.index import LocalIndex
+from p2pnode import asking, ranking
 from p2pnode import dna as dna_mod
 from p2pnode.calibrator import FILE as CAL_FILE
 from p2pnode.calibrator import Calibrator
@@ -35,13 +41,14 @@ from p2pnode.dna import Dna
 from p2pnode.errors import BadRequest, NotFound, StateError, TooLarge, VerifyError
 from p2pnode.gossip import KIND_DNA, KIND_VOTE, Accepted, GossipStore, vote_key
 from p2pnode.identity import Identity
+from p2pnode.ranking import Candidate
 from p2pnode.records import MemoryRecord, VoteRecord, decode_vote, make_memory, make_vote
-from p2pnode.regions import RegionIndex, Said, question_text, region_key
-from p2pnode.storage import AnswerRow, MemoryRow, Storage
-from p2pnode.swarm import Found, Swarm
+from p2pnode.regions import RegionIndex, Said, region_key
+from p2pnode.storage import AnswerRow, Storage
+from p2pnode.swarm import Found, Lookup, Swarm
 
 if TYPE_CHECKING:
-    from p2pnode.agentnet import AgentNet, Verdict
+    from p2pnode.agentnet import AgentNet
     from p2pnode.members import Members
     from p2pnode.membership import Roster
     from p2pnode.peers import PeerService
@@ -50,13 +57,6 @@ T = TypeVar("T")
 TRUST_EVERY_S = 5.0
 log = logging.getLogger("spore.node")
 Prepared = tuple[MemoryRecord, bytes, float]  # signed record, int8 embedding, its scale
-CANDIDATES = 32  # memories re-ranked per ask
-AGENT_CANDIDATES = 12  # the best local ones the agents score (with the swarm's)
-AGENT_WEIGHT = 0.5  # how much of the cosine the agents' consensus replaces, once earned
-KINDS = (("familiar", True), ("novel", False))  # of questions, for the agents' record
-AGENT_TRIAL = 20  # up votes the agents are judged on before they may have a say
-RECALLED_MAX = 4  # memories rated up for questions like q: fetched anyway
-MAX_SOURCES = 20
 
 
 @dataclass(frozen=True)
@@ -70,24 +70,18 @@ class Spore:
     def __init__(self, *, identity: Identity, dna: Dna, storage: Storage, encoder: Encoder,
                  max_text_bytes: int, clock: Callable[[], float] = time.time,
                  swarm: Swarm | None = None, gossip: GossipStore | None = None,
-                 state_dir: Path | None = None, chain: list[Dna] | None = None) -> None:
+                 state_dir: Path | None = None, chain: list[Dna] | None = None,
+                 members: Members | None = None) -> None:
         self.identity, self.dna, self.storage, self.encoder = identity, dna, storage, encoder
         self.chain = chain or [dna]  # every version of the DNA, the first to ours
-        self.members: Members | None = None  # set by the daemon: who is in the swarm
+        self.members = members  # who is in the swarm (None: a spore on its own)
         self.swarm, self.gossip, self.state_dir = swarm, gossip, state_dir
         self.peers: PeerService | None = None  # set by the daemon once serving
         # Every vote known, ours and gossip's, by memory id (the event loop's):
         # ranks local and swarm answers alike.
         self._book = RegionIndex(encoder.dim)
         self.agents: AgentNet | None = None  # set by the daemon: the colony among peers
-        # Per rated answer: (agents' top-1 id, cosine's top-1 id); and who was
-        # right on the last up votes, for the agents' say (_agent_weight).
-        self._duels: OrderedDict[str, tuple[str, str, bool]] = OrderedDict()
-        # Two records: on questions like ones people rated (familiar) and on
-        # the others (novel); the agents' say on each kind is earned on it.
-        self._agent_record: dict[bool, deque[tuple[bool, bool]]] = {
-            True: deque(maxlen=200), False: deque(maxlen=200)}
-        self._shadows: dict[str, asyncio.Task[None]] = {}  # answers the agents still rank
+        self.judge = asking.AgentsRecord()  # whether the agents earned a say in the ranking
         self.calibration = Calibrator(None if state_dir is None else state_dir / CAL_FILE)
         self._background: set[asyncio.Task[Any]] = set()
         self.max_text_bytes = max_text_bytes
@@ -221,96 +215,74 @@ class Spore:
 
     # ask ----------------------------------------------------------------
     async def ask(self, question: str, top: int = 3) -> dict[str, Any]:
-        question = self.check_text(question, "question")
-        top = max(1, min(top, MAX_SOURCES))
-        # q ranks by cosine; qr (the question's words, p2pnode.regions) finds
-        # the votes cast on this very question.
-        q, qr = await self._on(self._compute, self._embed, question)
-        said = self._book.said(qr, RECALLED_MAX)  # what people said of this question
-        # The local search runs on the compute thread while the swarm's bucket
-        # lookups are in flight; the swarm waits for it only before fetching
-        # content (what is here need not be fetched).
-        ranked = asyncio.ensure_future(self._local(q, said, top))
-
-        async def local_ids() -> set[bytes]:
-            rows, _, _, found, _, _ = await ranked
-            return {found[r].id for r in rows if r in found}
-
-        remote: list[Found] = []
-        regions = said.fitness
-
-        def rejected(memory_id: bytes) -> bool:  # rated down for this question
-            return bool(consensus.rejected(regions.get(memory_id, 0.0)))
-        familiar = bool(regions)  # people rated answers to this very question
-        if self.swarm is not None:
-            try:
-                remote = await self.swarm.find(
-                    q, local_ids(), top, recalled=said.recalled, rejected=rejected)
-            finally:
-                await asyncio.wait([ranked])
-        rows, scores, conf, found, cosines, vectors = await ranked
+        """The stages of p2pnode.asking, in order: each hands its values on."""
+        top = max(1, min(top, asking.MAX_SOURCES))
+        query = await self.on_compute(asking.embed, self.encoder,
+                                      self.check_text(question, "question"))
+        said = self._book.said(query.words, asking.RECALLED_MAX)  # what people said of it
+        local, found = await asyncio.gather(self._local(query, said, top), self._lookup(query))
+        remote = await self._fetch(query, found, said, top, held=local)
+        cands = local + [asking.from_swarm(f) for f in remote]
+        say = await self.judge.consult(self.agents, query.vector, cands, bool(said.fitness))
+        ranked = ranking.rank(cands, self._opinions(said, cands), say.consensus, say.weight)
         answer_id = secrets.token_hex(8)
-        here = [(r, float(sc)) for r, sc in zip(rows, scores, strict=False) if r in found]
-        cands = [_Cand(i, _source(found[r], sc), sc, vectors[r], cosines[r], r)
-                 for i, (r, sc) in enumerate(here)]
-        for f in remote:
-            # Votes travel by gossip to every spore: a swarm answer is ranked
-            # with all of them (and those on questions like this one).
-            entries, _, _ = self._book.voices(f.record.id)
-            region = regions.get(f.record.id, 0.0)
-            overall = self._book.overall(f.record.id) if entries else fitness(f.up, f.down)
-            score = float(consensus.combine(np.array([f.cosine]), np.array([overall]),
-                                            np.array([region])).scores[0])
-            cands.append(_Cand(len(cands), _remote_source(f.record, score), score,
-                               f.record.vector(), f.cosine, None, f.record))
-        verdict, weight, shadow = None, 0.0, None
-        if self.agents is not None and len(cands) > 1:
-            weight = self._agent_weight(familiar)
-            vecs = np.stack([c.vec for c in cands])
-            if weight > 0:
-                verdict = await self.agents.rank(q, vecs)
-                for c, say in zip(cands, verdict.consensus, strict=False):
-                    # The agents' consensus stands in for part of the cosine, as
-                    # far as their record has earned it (see _agent_weight).
-                    c.score += weight * (float(say) - c.cos)
-                    c.source["score"] = round(c.score, 4)
-                    c.source["agents"] = round(float(say), 4)
-            else:  # no say yet: they rank in the shadow, off the answer's path
-                shadow = asyncio.ensure_future(self.agents.rank(q, vecs))
-        ids = [c.source["id"] for c in cands]  # in the order the agents scored them
-        by_cosine = max(cands, key=lambda c: c.cos).source["id"] if cands else ""
-        for c in cands:
-            c.rejected = rejected(bytes.fromhex(c.source["id"]))
-            if c.rejected:
-                c.source["rejected"] = True  # rated down for this question
-        cands.sort(key=lambda c: (c.rejected, -c.score))
-        sources = [self._provenance(c.source) for c in cands[:top]]
-        if cands:  # ratings of this answer refit the calibration (p2pnode.calibrator)
-            conf = self.calibration.said(answer_id, cands[0].score,
-                                         cands[1].score if len(cands) > 1 else 0.0)
-        if cands:
-            best = cands[0]
-            if best.row is not None:
-                # Not awaited: the db thread runs jobs in order, so a `rate` of this
-                # answer (queued later on the same thread) always finds it.
-                self._db.submit(self._remember, answer_id, qr, best.row, found[best.row].id)
-            elif best.record is not None:
-                self._db.submit(self._adopt, answer_id, qr, best.record)
-            if verdict is not None:
-                self._judged(answer_id, q, best, ids, by_cosine, familiar, verdict)
-            elif shadow is not None:
-                self._shadows[answer_id] = task = asyncio.ensure_future(
-                    self._judge_later(answer_id, q, best, ids, by_cosine, familiar, shadow))
-                task.add_done_callback(lambda _t: self._shadows.pop(answer_id, None))
+        confidence = self._record(answer_id, query, ranked, say)
+        sources = [self._provenance(dict(ranking.with_score(s).candidate.source))
+                   for s in ranked[:top]]
         self.counters["asks"] += 1
-        return {
-            "answer_id": answer_id if sources else None,
-            "answer": sources[0]["text"] if sources else None,
-            "confidence": round(conf, 4) if sources else 0.0,
-            "sources": sources,
-            "agents_weight": weight,
-            "memories_searched": len(self.index),
-        }
+        return {"answer_id": answer_id if sources else None,
+                "answer": sources[0]["text"] if sources else None,
+                "confidence": round(confidence, 4) if sources else 0.0,
+                "sources": sources, "agents_weight": say.weight,
+                "memories_searched": len(self.index)}
+
+    def _opinions(self, said: Said, cands: Sequence[Candidate]) -> ranking.Opinions:
+        """What the book says of these candidates: votes travel by gossip to
+        every spore, so a swarm answer is ranked with all of them too."""
+        return ranking.Opinions(said.fitness,
+                                {c.memory_id: self._book.overall(c.memory_id) for c in cands})
+
+    async def _local(self, query: asking.Query, said: Said, top: int) -> list[Candidate]:
+        """The best local candidates: as many as the answer shows, or as the
+        agents score (AGENT_CANDIDATES) when they run."""
+        near = await self.on_compute(asking.nearest, self.index, self._reader, query.vector)
+        keep = max(top, asking.AGENT_CANDIDATES if self.agents is not None else top)
+        return ranking.shortlist(near, self._opinions(said, near), keep)
+
+    async def _lookup(self, query: asking.Query) -> Lookup:
+        if self.swarm is None:
+            return Lookup({}, 0)
+        return await self.swarm.lookup(query.vector)
+
+    async def _fetch(self, query: asking.Query, found: Lookup, said: Said, top: int,
+                     held: Sequence[Candidate]) -> list[Found]:
+        """The swarm's memories worth fetching: not among the local candidates,
+        not rejected for this question; those recalled by votes as well."""
+        if self.swarm is None:
+            return []
+        rejected = {m for m, f in said.fitness.items() if consensus.rejected(f)}
+        wanted = self.swarm.worth_fetching(query.vector, found, top,
+                                           held={c.memory_id for c in held},
+                                           rejected=rejected, recalled=said.recalled)
+        return await self.swarm.fetch(query.vector, wanted)
+
+    def _record(self, answer_id: str, query: asking.Query, ranked: list[ranking.Scored],
+                say: asking.Say) -> float:
+        """The last stage: the answer's confidence kept for its rating (the
+        ratings refit the calibration, p2pnode.calibrator), the memory it gave
+        remembered (a swarm one adopted), the agents' part recorded."""
+        if not ranked:
+            return 0.0
+        confidence = self.calibration.said(answer_id, *ranking.runner_up(ranked))
+        best = ranked[0].candidate
+        # Not awaited: the db thread runs jobs in order, so a `rate` of this
+        # answer (queued later on the same thread) always finds it.
+        if best.row is not None:
+            self._db.submit(self._remember, answer_id, query.words, best.row, best.memory_id)
+        elif best.record is not None:
+            self._db.submit(self._adopt, answer_id, query.words, best.record)
+        self.judge.judged(self.agents, answer_id, query.vector, ranked, say)
+        return confidence
 
     def _provenance(self, source: dict[str, Any]) -> dict[str, Any]:
         """Who wrote a source, as the swarm sees it now: a revoked author's
@@ -326,26 +298,6 @@ class Spore:
             source["revoked_author"] = True
         return source
 
-    def _judged(self, answer_id: str, q: np.ndarray, best: _Cand, ids: list[str],
-                by_cosine: str, familiar: bool, verdict: Verdict) -> None:
-        """Remember who took part in an answer (their credit, for its rating)
-        and the agents' pick against the cosine's (for their record)."""
-        assert self.agents is not None
-        self.agents.remember(answer_id, q, best.vec, verdict, best.index)
-        self._duels[answer_id] = (ids[int(np.argmax(verdict.consensus))], by_cosine, familiar)
-        while len(self._duels) > 4096:
-            self._duels.popitem(last=False)
-
-    async def _judge_later(self, answer_id: str, q: np.ndarray, best: _Cand, ids: list[str],
-                           by_cosine: str, familiar: bool, shadow: asyncio.Future[Verdict]
-                           ) -> None:
-        try:
-            verdict = await shadow
-        except Exception as exc:  # a shadow ranking that failed costs its record only
-            log.warning("agents' shadow ranking failed: %s", exc)
-            return
-        self._judged(answer_id, q, best, ids, by_cosine, familiar, verdict)
-
     def _adopt(self, answer_id: str, qr: np.ndarray, rec: MemoryRecord) -> None:
         """Keep a verified memory found in the swarm that answered here, so it
         can be rated (and found locally next time). Runs on the db thread."""
@@ -358,51 +310,6 @@ class Spore:
             self._compute.submit(self.index.add_compact, np.asarray([row], np.int64), codes,
                                  scales)
 
-    def _embed(self, question: str) -> tuple[np.ndarray, np.ndarray]:
-        """The question's embedding, and that of its words alone (the same
-        array when they are the same text). One call each: batching pads."""
-        q = np.asarray(self.encoder.embed([question])[0], dtype=np.float32)
-        words = question_text(question)
-        if not words or words == question:
-            return q, q
-        return q, np.asarray(self.encoder.embed([words])[0], dtype=np.float32)
-
-    async def _local(self, q: np.ndarray, said: Said, top: int
-                     ) -> tuple[list[int], np.ndarray, float, dict[int, MemoryRow],
-                                dict[int, float], dict[int, np.ndarray]]:
-        """The local candidates, best first: rows, combined scores, confidence, and
-        for the best `max(top, AGENT_CANDIDATES)` their memory, cosine and vector.
-        Found on the compute thread, ranked here with what people said."""
-        rows, cos, found, vectors = await self._on(self._compute, self._candidates, q)
-        if not rows:
-            return [], np.zeros(0, np.float32), 0.0, {}, {}, {}
-        ids = [found[r].id if r in found else b"" for r in rows]
-        region = np.asarray([said.fitness.get(m, 0.0) for m in ids], np.float32)
-        overall = np.asarray([self._book.overall(m) for m in ids], np.float32)
-        ranking = consensus.combine(cos, overall, region)
-        keep = max(top, AGENT_CANDIDATES if self.agents is not None else top)
-        kept = [rows[int(i)] for i in ranking.order[:keep]]
-        cosines = {rows[int(i)]: float(cos[i]) for i in ranking.order[:keep]}
-        return (kept, ranking.scores[:keep], ranking.confidence,
-                {r: found[r] for r in kept if r in found}, cosines, {r: vectors[r] for r in kept})
-
-    def _candidates(self, q: np.ndarray) -> tuple[list[int], np.ndarray, dict[int, MemoryRow],
-                                                  dict[int, np.ndarray]]:
-        """The nearest CANDIDATES rows by cosine, with their memories and vectors."""
-        if len(self.index) == 0:
-            return [], np.zeros(0, np.float32), {}, {}
-        found_rows, approx = self.index.search(q, CANDIDATES)
-        rows = [int(r) for r in found_rows]
-        # The int8 index finds them; the records' own embeddings score them, as
-        # a spore that fetches them from the swarm does (p2pnode.swarm): a
-        # memory's cosine is the same wherever it is held (int8 here and float
-        # there differed by ~0.001 and flipped near-ties when one was adopted).
-        exact = self._reader.embeddings_by_rows(rows)
-        cos = np.asarray([float(exact[r] @ q) if r in exact else float(c)
-                          for r, c in zip(rows, approx, strict=True)], np.float32)
-        vectors = {r: exact[r] if r in exact else self.index.embedding(r) for r in rows}
-        return rows, cos, self._reader.memories_by_rows(rows), vectors
-
     def _remember(self, answer_id: str, qr: np.ndarray, row: int, memory_id: bytes) -> None:
         codes, scales = compact.to_int8(qr[None, :])
         qvec = compact.pack(codes[0], float(scales[0]))
@@ -411,28 +318,22 @@ class Spore:
 
     # rate ---------------------------------------------------------------
     async def rate(self, answer_id: str, up: bool) -> dict[str, Any]:
+        """answer → its memory's author → the next vote → the book (and
+        gossip, or storage) → calibration → the agents' feedback."""
         answer = await self._on(self._db, self.storage.answer, answer_id)
         if answer is None:
             raise NotFound(f"no answer with id {answer_id!r} (ids come from `spore ask`)")
         row = await self._on(self._db, self.storage.memory_by_id, answer.memory)
         vote = self._next_vote(answer, up, row.author if row is not None else b"")
-        await self._on(self._db, self.storage.put_vote, vote)
-        if self.gossip is not None:  # every spore of the swarm gets it
-            self.gossip.offer({vote_key(vote.memory_id, vote.voter, vote.region): vote.wire})
-        self._tally_vote(vote)
-        _, ups, downs = self._book.voices(answer.memory)
+        await self._cast(vote)
         self.counters["votes"] += 1
         if self.calibration.rated(answer_id, up):
             self.calibration.refit()
             self._db.submit(self.calibration.save, self.calibration.snapshot())
-        pending = self._shadows.get(answer_id)
-        if pending is not None:  # the agents' shadow ranking of it is still running
-            await asyncio.wait([pending])
+        await self.judge.settled(answer_id)  # its shadow ranking, if still running
         agents = await self.agents.feedback(answer_id, up) if self.agents is not None else 0
-        duel = self._duels.pop(answer_id, None)
-        if up and duel is not None:  # the right answer is known: who had it first?
-            self._agent_record[duel[2]].append((duel[0] == answer.memory.hex(),
-                                                duel[1] == answer.memory.hex()))
+        self.judge.rated(answer_id, up, answer.memory)
+        _, ups, downs = self._book.voices(answer.memory)
         return {"memory_id": answer.memory.hex(), "vote": "up" if up else "down",
                 "agents_rated": agents,
                 "up": ups, "down": downs, "fitness": round(self._book.overall(answer.memory), 4)}
@@ -443,6 +344,23 @@ class Spore:
         return make_vote(self.identity, memory_id=answer.memory, region=answer.region,
                          qvec=answer.qvec, up=counter.up, down=counter.down, seq=counter.seq,
                          author=author)
+
+    async def _cast(self, vote: VoteRecord) -> None:
+        """Our own vote, kept on disk once before it is acknowledged: by the
+        gossip store, which offers it to every spore of the swarm (and keeps
+        it in its file), or, when there is none or it refused the vote (its
+        quota), by storage's votes table; then into the book, where it acts
+        at once on this spore. Written once: the votes table held a second
+        copy of every vote the gossip store holds (twice the disk writes per
+        rating). What that costs: the gossip store commits with
+        synchronous=NORMAL, so a rating survives kill -9, and power loss once
+        a gossip round carried it to a peer (it comes back from there)."""
+        key = vote_key(vote.memory_id, vote.voter, vote.region)
+        if self.gossip is not None:
+            self.gossip.offer({key: vote.wire})
+        if self.gossip is None or self.gossip.get(key) != vote.wire:
+            await self._on(self._db, self.storage.put_vote, vote)
+        self._tally_vote(vote)
 
     # gossip -------------------------------------------------------------
     async def on_gossip(self, accepted: list[Accepted]) -> None:
@@ -566,29 +484,6 @@ class Spore:
             if self._trust_due:
                 await self.refresh_trust()
 
-    def _agent_weight(self, familiar: bool) -> float:
-        """The agents' say in the ranking, earned: none until they have been
-        judged on AGENT_TRIAL up votes here, and none while they rank the
-        answers people rated up first no more often than the plain cosine does
-        (over the last ratings). Meanwhile they rank in the shadow: their pick
-        is recorded against the cosine's, so the record keeps growing. A fresh
-        population is the encoder plus noise (its scores sit 0.01-0.03 off the
-        cosine), and noise must not cost the questions nobody rated.
-
-        Questions like ones people rated (`familiar`) and the others are judged
-        apart: agents that learnt the rated questions beat the cosine there,
-        and that says nothing of questions nobody rated (on the FAQ, a say won
-        on the first kind turned 4 of 60 unseen questions wrong). On a question
-        nobody rated they have no say at all, earned or not: their learning
-        comes from votes on other questions, and that must not reorder this
-        one's candidates (a never-rated question's right answer led by 0.0002
-        and the agents' learning moved scores by ~0.0005). Their record on such
-        questions is still kept (`spore status`)."""
-        if not familiar:
-            return 0.0
-        return consensus.earned_weight(self._agent_record[familiar], AGENT_TRIAL,
-                                       AGENT_WEIGHT)
-
     def votes_for(self, memory_id: bytes) -> dict[str, Any]:
         """A memory's votes as this spore knows them (gossip converges them)."""
         entries, up, down = self._book.voices(memory_id)
@@ -600,13 +495,13 @@ class Spore:
     # read ---------------------------------------------------------------
     async def memories(self, limit: int, offset: int) -> list[dict[str, Any]]:
         rows = await self._on(self._db, self.storage.list_memories, limit, offset)
-        return [_memory_json(r) for r in rows]
+        return [asking.memory_json(r) for r in rows]
 
     async def memory(self, memory_id: bytes) -> dict[str, Any]:
         row = await self._on(self._db, self.storage.memory_by_id, memory_id)
         if row is None:
             raise NotFound(f"no memory with id {memory_id.hex()}")
-        out = _memory_json(row)
+        out = asking.memory_json(row)
         _, up, down = self._book.voices(row.id)
         out.update(up=up, down=down, fitness=round(fitness(up, down), 4))
         return out
@@ -630,12 +525,8 @@ class Spore:
             "gossip": self.peers.status() if self.peers is not None else None,
             "members": self.members.status() if self.members is not None else None,
             "calibration": self.calibration.status(),
-            "agents": None if self.agents is None else {
-                **self.agents.status(),
-                "weight": {kind: self._agent_weight(k) for kind, k in KINDS},
-                "record": {kind: {"agents_right": sum(a for a, _ in self._agent_record[k]),
-                                  "cosine_right": sum(c for _, c in self._agent_record[k]),
-                                  "of": len(self._agent_record[k])} for kind, k in KINDS}},
+            "agents": None if self.agents is None else {**self.agents.status(),
+                                                        **self.judge.status()},
         }
 
     async def drain(self) -> None:
@@ -647,35 +538,6 @@ class Spore:
         self._compute.shutdown(wait=True)
         self._db.shutdown(wait=True)
         self._reader.close()
-
-
-def _memory_json(r: MemoryRow) -> dict[str, Any]:
-    return {"id": r.id.hex(), "question": r.question, "text": r.answer, "origin": r.origin,
-            "author": r.author.hex(), "created_ms": r.created_ms}
-
-
-def _source(r: MemoryRow, score: float) -> dict[str, Any]:
-    return {**_memory_json(r), "score": round(score, 4)}
-
-
-@dataclass
-class _Cand:
-    """One candidate answer while an ask is ranked (local row, or swarm record)."""
-
-    index: int  # its column in the agents' scores
-    source: dict[str, Any]
-    score: float
-    vec: np.ndarray
-    cos: float
-    row: int | None = None
-    record: MemoryRecord | None = None
-    rejected: bool = False  # rated down for this question: ranks after the others
-
-
-def _remote_source(rec: MemoryRecord, score: float) -> dict[str, Any]:
-    return {"id": rec.id.hex(), "question": rec.question, "text": rec.answer,
-            "origin": rec.origin, "author": rec.author.hex(), "created_ms": rec.created_ms,
-            "score": round(score, 4), "remote": True}
 
 
 def _weigh(roster: Roster, votes: trust.Votes, now_ms: int) -> dict[bytes, float]:

@@ -1,12 +1,15 @@
 """SQLite storage of memories, votes and given answers (WAL).
 
 One thread owns a Storage (the daemon's database worker); nothing here is
-async. Memories and this spore's own votes are written through a connection
-with ``synchronous=FULL``: a teach or a rating is acknowledged only after its
-transaction is in the WAL and fsynced, so it survives kill -9 and (on honest
-storage) power loss. Other spores' votes are not written here: the gossip
-store (p2pnode.gossip) keeps them, and their voters and peers hold them too
-(one fsync per gossiped vote was the db thread's whole time under a flood).
+async. Memories are written through a connection with ``synchronous=FULL``:
+a teach is acknowledged only after its transaction is in the WAL and
+fsynced, so it survives kill -9 and (on honest storage) power loss. Votes
+are the gossip store's (p2pnode.gossip keeps every vote, this spore's own
+among them, and their voters and peers hold them too; one fsync per gossiped
+vote was the db thread's whole time under a flood): the votes table here
+holds only this spore's own votes that no gossip store keeps (a spore run
+without one, or a vote its quota refused), durably as memories are, and
+those an older version stored (read at start).
 Answers are a convenience for `spore rate` and use ``NORMAL``: they
 survive a crash of the process, the last few may be lost on power loss.
 

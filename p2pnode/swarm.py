@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -128,8 +128,25 @@ class Found:
 
     record: MemoryRecord
     cosine: float
-    up: int
-    down: int
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the bucket keys of a question held: verified index entries by
+    memory id (every author's entry kept), and how many contents an ask may
+    fetch in this swarm (0: alone, nothing to fetch)."""
+
+    entries: dict[bytes, list[codec.IndexEntry]]
+    fetch: int
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A memory whose content to fetch, and the authors its index entries
+    named (None: recalled by votes, not by an entry)."""
+
+    memory_id: bytes
+    authors: frozenset[bytes] | None = None
 
 
 class Swarm:
@@ -306,17 +323,18 @@ class Swarm:
         self.store.close()
 
     # publishing -----------------------------------------------------------
-    def values_for(self, rec: MemoryRecord, up: int = 0, down: int = 0,
-                   votes: Sequence[bytes] = ()) -> list[tuple[bytes, bytes]]:
+    def values_for(self, rec: MemoryRecord) -> list[tuple[bytes, bytes]]:
         """(key, value) pairs that index one memory: its content, and an index
-        entry under the home bucket of every LSH table."""
+        entry under the home bucket of every LSH table. Votes are not in them:
+        gossip carries every vote to every spore (p2pnode.regions ranks with
+        them), so the entry's up/down stay 0 (its signed format keeps them)."""
         emb = rec.vector()
         out: list[tuple[bytes, bytes]] = []
-        content = codec.encode_content(rec.wire, list(votes))
+        content = codec.encode_content(rec.wire)
         if len(content) <= MAX_VALUE:  # larger texts are found but kept by their author
             out.append((rec.id, content))
         entry = codec.encode_bucket([codec.make_entry(self.identity, rec.id, self.sketch @ emb,
-                                                      up, down, rec.created_ms)])
+                                                      0, 0, rec.created_ms)])
         codes = table_codes(emb, self.planes)
         seed = self.dna.lsh.seed
         out.extend((bucket_key(seed, t, int(c)), entry) for t, c in enumerate(codes))
@@ -347,27 +365,24 @@ class Swarm:
             self.store.put(key, value, self.dht.node_id, self._now_ms())
 
     # finding --------------------------------------------------------------
-    async def find(self, q: np.ndarray, exclude: Awaitable[set[bytes]], limit: int,
-                   rejected: Callable[[bytes], bool] | None = None,
-                   recalled: Sequence[bytes] = ()) -> list[Found]:
-        """Memories of the swarm near `q`, verified: the bucket keys are read
-        (one datagram per holder), the candidates ranked by their sketches,
-        and the content of the best `fetch_per_ask` (`small_swarm_fetch` in a
-        small swarm) not in `exclude` (awaited only then: the local search runs
-        meanwhile) fetched and verified.
-        Memories people `rejected` for questions like this one are not fetched:
-        the budget goes to the next ones (after a down vote, try something else);
-        the `recalled` ones (rated up for questions like it, anywhere in the
-        swarm) are fetched too, whether or not the buckets led to them."""
-        if not self.dht.contacts():
-            with contextlib.suppress(Exception):
-                await exclude
-            return []  # alone: the local index has everything there is
-        small = len(self.dht.contacts()) <= self.settings.small_swarm
+    # An ask reads the swarm in two stages with its own decision between them
+    # (p2pnode.asking): `lookup` reads the bucket keys of the question and
+    # returns the verified index entries; `worth_fetching` chooses, from them,
+    # the memories whose content to fetch (given what is held here already
+    # and what people rejected for this question); `fetch` gets and verifies
+    # that content.
+
+    async def lookup(self, q: np.ndarray) -> Lookup:
+        """The verified index entries of the buckets near `q` (one datagram per
+        holder), by memory id, with the fetch budget of this swarm's size.
+        Alone: nothing (the local index has everything there is)."""
+        contacts = len(self.dht.contacts())
+        if not contacts:
+            return Lookup({}, 0)
+        small = contacts <= self.settings.small_swarm
         budget = None if small else self.settings.lookups_per_ask
         fetch = self.settings.small_swarm_fetch if small else self.settings.fetch_per_ask
-        keys = bucket_keys(q, self.dna.lsh, self.planes, budget)
-        values = await self._get_many(keys)
+        values = await self._get_many(bucket_keys(q, self.dna.lsh, self.planes, budget))
         # Every author's entry for a memory id is kept: a forger's entry for
         # another author's memory must not stand in for the author's own.
         entries: dict[bytes, list[codec.IndexEntry]] = {}
@@ -376,20 +391,42 @@ class Swarm:
                 listed = entries.setdefault(e.memory_id, [])
                 if all(x.author != e.author for x in listed):
                     listed.append(e)
-        here = await exclude
-        for memory_id in here & entries.keys():
+        return Lookup(entries, fetch)
+
+    def worth_fetching(self, q: np.ndarray, found: Lookup, limit: int, *,
+                       held: Collection[bytes] = (), rejected: Collection[bytes] = (),
+                       recalled: Sequence[bytes] = ()) -> list[Wanted]:
+        """The memories whose content an ask fetches: of the entries found,
+        those not `held` here, ranked by their sketches, the best
+        max(`limit`, fetch budget) (`_fetch_order`). Memories people
+        `rejected` for this question are not fetched: the budget goes to the
+        next ones (after a down vote, try something else). The `recalled`
+        ones (rated up for questions like it, anywhere in the swarm) are
+        fetched too, whether or not the buckets led to them. Nothing while
+        alone: what is not here is nowhere."""
+        if not found.fetch:
+            return []
+        entries = {m: listed for m, listed in found.entries.items() if m not in held}
+        skipped = [m for m in entries if m in rejected]
+        for memory_id in skipped:
             del entries[memory_id]
-        if rejected is not None:
-            for memory_id in [m for m in entries if rejected(m)]:
-                del entries[memory_id]
-                self.counters["skipped_rejected"] = self.counters.get("skipped_rejected", 0) + 1
-        best = self._fetch_order(q, entries, max(limit, fetch))
-        extra = [m for m in recalled if m not in here and m not in {m for m, _ in best}]
-        contents = await self._get_many([m for m, _ in best] + extra)
-        found = [self._content(m, contents.get(m), q, {e.author for e in entries[m]})
-                 for m, _ in best]
-        found += [self._content(m, contents.get(m), q) for m in extra]
-        self.counters["recalled"] = self.counters.get("recalled", 0) + len(extra)
+        if skipped:
+            self._count("skipped_rejected", len(skipped))
+        best = [m for m, _ in self._fetch_order(q, entries, max(limit, found.fetch))]
+        chosen = set(best)
+        extra = [m for m in dict.fromkeys(recalled) if m not in held and m not in chosen]
+        self._count("recalled", len(extra))
+        return ([Wanted(m, frozenset(e.author for e in entries[m])) for m in best]
+                + [Wanted(m) for m in extra])
+
+    async def fetch(self, q: np.ndarray, wanted: Sequence[Wanted]) -> list[Found]:
+        """The content of the `wanted` memories, verified (a record whose
+        author is none its index entries named is refused), with its cosine."""
+        if not wanted:
+            return []
+        contents = await self._get_many([w.memory_id for w in wanted])
+        found = [self._content(w.memory_id, contents.get(w.memory_id), q, w.authors)
+                 for w in wanted]
         out = [f for f in found if f is not None]
         self.counters["remote_found"] += len(out)
         return out
@@ -433,7 +470,7 @@ class Swarm:
             return {}
 
     def _content(self, memory_id: bytes, data: bytes | None, q: np.ndarray,
-                 authors: set[bytes] | None = None) -> Found | None:
+                 authors: Collection[bytes] | None = None) -> Found | None:
         """A fetched content value, verified: its key, signature and swarm (and
         an author one of its index entries named)."""
         if data is None:
@@ -447,10 +484,9 @@ class Swarm:
         if (authors is not None and rec.author not in authors) or rec.dna_hash != self.dna.swarm_id:
             self.counters["remote_rejected"] += 1
             return None
-        up, down = content.tally()
         # By the record's own (float16) embedding, as a spore that holds it
         # ranks it (p2pnode.node): adopting a memory moves no ranking.
-        return Found(rec, float(rec.vector() @ q), up, down)
+        return Found(rec, float(rec.vector() @ q))
 
     async def locate(self, memory_id: bytes) -> list[tuple[str, str, int]]:
         return await self.dht.locate(memory_id)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
-PURE = ["crdt.votes", "crdt.orset", "crdt.lww", "crdt.sync", "dht.keys", "dht.compact",
-        "dht.index", "dht.codec", "dht.guard", "agents.consensus", "agents.trust",
-        "agents.evolution"]
+PURE = ["crdt.votes", "crdt.orset", "crdt.lww", "crdt.sync", "crdt.wire", "dht.keys",
+        "dht.compact", "dht.index", "dht.codec", "dht.guard", "agents.consensus", "agents.trust",
+        "agents.evolution", "agents.learner", "agents.architecture", "p2pnode.ranking"]
 FORBIDDEN = ("asyncio", "aiohttp", "kademlia", "onnxruntime")
 # What dht/ and agents/ may use of p2pnode: its records, identity and errors.
 LOWER_P2PNODE = {"p2pnode.records", "p2pnode.identity", "p2pnode.errors"}
@@ -44,3 +46,51 @@ def test_rooms_import_downward_only() -> None:
                         assert top in ok, f"{path.name} ({room}) imports {top}"
                     if top == "p2pnode" and room in ("dht", "agents"):
                         assert words[1] in LOWER_P2PNODE, f"{path.name} imports {words[1]}"
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOMS = ("crdt", "dht", "agents", "p2pnode", "cli")
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the first-party modules it imports anywhere in its text
+    (inside functions too: a deferred import is still a cycle)."""
+    names = {f"{p.parent.name}.{p.stem}" if p.stem != "__init__" else p.parent.name: p
+             for room in ROOMS for p in (ROOT / room).glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name in names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                deps.update({node.module} & names.keys())
+                deps.update(f"{node.module}.{a.name}" for a in node.names
+                            if f"{node.module}.{a.name}" in names)
+        graph[name] = deps - {name}
+    return graph
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    graph = _import_graph()
+    assert {"agents.guard", "agents.genome"} <= graph.keys()
+    for start in graph:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            mod = todo.pop()
+            assert mod != start, f"{start} imports itself through {sorted(seen)}"
+            if mod not in seen:
+                seen.add(mod)
+                todo.extend(graph[mod])
+
+
+@pytest.mark.parametrize(("module", "absent"), [
+    ("agents.guard", "agents.genome"),  # the guard builds on the architecture, not the genome
+    ("agents.genome", None),
+    ("agents.architecture", "onnx"),
+])
+def test_agent_modules_import_alone(module: str, absent: str | None) -> None:
+    code = f"import sys, {module}\nprint({absent!r} in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.strip()
+    assert out == "False"

@@ -36,7 +36,7 @@ def _forgeries(dna_hash: bytes) -> dict[str, tuple[bytes, bytes]]:
     rec = make_memory(author, question="", answer="The sky is green.",
                       embedding=np.ones(384, np.float32) / 384 ** 0.5, created_ms=1,
                       origin="taught", dna_hash=dna_hash)
-    good = codec.encode_content(rec.wire, [])
+    good = codec.encode_content(rec.wire)
     body, sig = msgpack.unpackb(rec.wire)
     fields = msgpack.unpackb(body)
     fields[3] = "The sky is blue."  # altered after signing

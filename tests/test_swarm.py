@@ -15,6 +15,9 @@ import pytest
 
 from tests.conftest import Daemon, make_daemon, start_swarm, stop_all, wait_for
 
+# 16 daemons: ~100 s here. tests/test_ask_inprocess.py proves the same walk
+# (taught anywhere, answered everywhere) in-process in about a second.
+pytestmark = pytest.mark.slow
 SPORES = 16
 REPUBLISH_S = 3.0
 FACTS = [

@@ -1,0 +1,226 @@
+"""An ask as named stages that hand values forward (STYLE.md 12):
+
+    embed          the question's embedding, and that of its words alone
+      ├─ local     the nearest memories held here          (compute thread)
+      └─ lookup    the swarm's index entries near it       (p2pnode.swarm)
+    fetch          the content worth fetching: not held here, not rejected
+                   for this question, and the memories recalled by votes
+    agents' say    their consensus, as far as their record earned it
+    rank           one pure scoring of local and swarm candidates together
+                   (p2pnode.ranking), rejected last, and the confidence
+    record         the answer remembered for its rating (p2pnode.node)
+
+`Spore.ask` composes them; nothing here calls back into the node. The
+agents' record (who was right on rated answers, their shadow rankings) is
+`AgentsRecord`, owned by the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agents import consensus
+from agents.encoder import Encoder
+from p2pnode.ranking import Candidate, Scored
+from p2pnode.regions import question_text
+from p2pnode.storage import MemoryRow
+
+if TYPE_CHECKING:
+    from dht.index import LocalIndex
+    from p2pnode.agentnet import AgentNet, Verdict
+    from p2pnode.records import MemoryRecord
+    from p2pnode.storage import Reader
+    from p2pnode.swarm import Found
+
+__all__ = ["AGENT_CANDIDATES", "CANDIDATES", "MAX_SOURCES", "RECALLED_MAX", "AgentsRecord",
+           "Query", "Say", "embed", "from_swarm", "memory_json", "nearest"]
+
+log = logging.getLogger("spore.ask")
+CANDIDATES = 32  # memories re-ranked per ask
+AGENT_CANDIDATES = 12  # the best local ones the agents score (with the swarm's)
+AGENT_WEIGHT = 0.5  # how much of the cosine the agents' consensus replaces, once earned
+KINDS = (("familiar", True), ("novel", False))  # of questions, for the agents' record
+AGENT_TRIAL = 20  # up votes the agents are judged on before they may have a say
+RECALLED_MAX = 4  # memories rated up for questions like q: fetched anyway
+MAX_SOURCES = 20
+DUELS_KEPT = 4096
+
+
+@dataclass(frozen=True)
+class Query:
+    """A question as the ask ranks it: `vector` ranks by cosine, `words` (the
+    question's words, p2pnode.regions) finds the votes cast on it."""
+
+    text: str
+    vector: np.ndarray = field(repr=False)
+    words: np.ndarray = field(repr=False)
+
+
+def embed(encoder: Encoder, text: str) -> Query:
+    """Stage 1 (compute thread): one encoder call each, as batching pads."""
+    q = np.asarray(encoder.embed([text])[0], dtype=np.float32)
+    words = question_text(text)
+    if not words or words == text:
+        return Query(text, q, q)
+    return Query(text, q, np.asarray(encoder.embed([words])[0], dtype=np.float32))
+
+
+def memory_json(r: MemoryRow) -> dict[str, Any]:
+    return {"id": r.id.hex(), "question": r.question, "text": r.answer, "origin": r.origin,
+            "author": r.author.hex(), "created_ms": r.created_ms}
+
+
+def nearest(index: LocalIndex, reader: Reader, q: np.ndarray,
+            limit: int = CANDIDATES) -> list[Candidate]:
+    """Stage 2a (compute thread): the nearest `limit` memories held here, by
+    the index, each with its cosine by its record's own embedding: the int8
+    index finds them, the float16 embedding scores them, as a spore that
+    fetches them from the swarm does (int8 here and float there differed by
+    ~0.001 and flipped near-ties when one was adopted)."""
+    if len(index) == 0:
+        return []
+    found_rows, approx = index.search(q, limit)
+    rows = [int(r) for r in found_rows]
+    exact = reader.embeddings_by_rows(rows)
+    memories = reader.memories_by_rows(rows)
+    out = []
+    for r, c in zip(rows, approx, strict=True):
+        if r not in memories:  # gone between the index and the read: not an answer
+            continue
+        vector = exact[r] if r in exact else index.embedding(r)
+        cosine = float(np.float32(exact[r] @ q)) if r in exact else float(np.float32(c))
+        out.append(Candidate(memories[r].id, cosine, vector, memory_json(memories[r]), row=r))
+    return out
+
+
+def from_swarm(f: Found) -> Candidate:
+    """A verified memory the swarm held, as a candidate like any other."""
+    rec: MemoryRecord = f.record
+    return Candidate(rec.id, float(np.float32(f.cosine)), rec.vector(),
+                     {"id": rec.id.hex(), "question": rec.question, "text": rec.answer,
+                      "origin": rec.origin, "author": rec.author.hex(),
+                      "created_ms": rec.created_ms, "remote": True}, record=rec)
+
+
+@dataclass
+class Say:
+    """The agents' part in one ask: their consensus when they had a say
+    (`weight` > 0), else a shadow ranking still running (or nothing)."""
+
+    weight: float = 0.0
+    verdict: Verdict | None = None
+    shadow: asyncio.Future[Verdict] | None = None
+    familiar: bool = False
+
+    @property
+    def consensus(self) -> np.ndarray | None:
+        return None if self.verdict is None else self.verdict.consensus
+
+
+class AgentsRecord:
+    """Whether the agents earned a say: per rated answer, their top-1 against
+    the cosine's; on the last up votes, who was right (`weight`). Questions
+    like ones people rated (familiar) and the others are judged apart."""
+
+    def __init__(self) -> None:
+        # Per answer: (agents' top-1 id, cosine's top-1 id, familiar).
+        self._duels: OrderedDict[str, tuple[str, str, bool]] = OrderedDict()
+        self._record: dict[bool, deque[tuple[bool, bool]]] = {
+            True: deque(maxlen=200), False: deque(maxlen=200)}
+        self._shadows: dict[str, asyncio.Task[None]] = {}  # answers the agents still rank
+
+    def weight(self, familiar: bool) -> float:
+        """The agents' say in the ranking, earned: none until they have been
+        judged on AGENT_TRIAL up votes here, and none while they rank the
+        answers people rated up first no more often than the plain cosine does
+        (over the last ratings). Meanwhile they rank in the shadow: their pick
+        is recorded against the cosine's, so the record keeps growing. A fresh
+        population is the encoder plus noise (its scores sit 0.01-0.03 off the
+        cosine), and noise must not cost the questions nobody rated.
+
+        Familiar questions and the others are judged apart: agents that learnt
+        the rated questions beat the cosine there, and that says nothing of
+        questions nobody rated (on the FAQ, a say won on the first kind turned
+        4 of 60 unseen questions wrong). On a question nobody rated they have
+        no say at all, earned or not: their learning comes from votes on other
+        questions, and that must not reorder this one's candidates (a
+        never-rated question's right answer led by 0.0002 and the agents'
+        learning moved scores by ~0.0005). Their record on such questions is
+        still kept (`status`)."""
+        if not familiar:
+            return 0.0
+        return consensus.earned_weight(self._record[familiar], AGENT_TRIAL, AGENT_WEIGHT)
+
+    async def consult(self, agents: AgentNet | None, q: np.ndarray,
+                      cands: Sequence[Candidate], familiar: bool) -> Say:
+        """Stage 4: the agents' consensus over the candidates if they earned a
+        say; else their ranking started in the shadow, off the answer's path."""
+        if agents is None or len(cands) < 2:
+            return Say(familiar=familiar)
+        weight = self.weight(familiar)
+        vecs = np.stack([c.vector for c in cands])
+        if weight > 0:
+            return Say(weight, await agents.rank(q, vecs), familiar=familiar)
+        return Say(weight, shadow=asyncio.ensure_future(agents.rank(q, vecs)),
+                   familiar=familiar)
+
+    def judged(self, agents: AgentNet | None, answer_id: str, q: np.ndarray,
+               ranked: Sequence[Scored], say: Say) -> None:
+        """Record an answer's agents (their credit, for its rating) and their
+        pick against the cosine's (for their record), now or once the shadow
+        ranking is done."""
+        if agents is None or not ranked:
+            return
+        by_order = sorted(ranked, key=lambda s: s.index)  # the order the agents scored
+        ids = [s.candidate.source["id"] for s in by_order]
+        by_cosine = max(by_order, key=lambda s: s.candidate.cosine).candidate.source["id"]
+        best = ranked[0]
+        if say.verdict is not None:
+            self._judged(agents, answer_id, q, best, ids, by_cosine, say.familiar, say.verdict)
+        elif say.shadow is not None:
+            self._shadows[answer_id] = task = asyncio.ensure_future(self._judge_later(
+                agents, answer_id, q, best, ids, by_cosine, say.familiar, say.shadow))
+            task.add_done_callback(lambda _t: self._shadows.pop(answer_id, None))
+
+    def _judged(self, agents: AgentNet, answer_id: str, q: np.ndarray, best: Scored,
+                ids: list[str], by_cosine: str, familiar: bool, verdict: Verdict) -> None:
+        agents.remember(answer_id, q, best.candidate.vector, verdict, best.index)
+        self._duels[answer_id] = (ids[int(np.argmax(verdict.consensus))], by_cosine, familiar)
+        while len(self._duels) > DUELS_KEPT:
+            self._duels.popitem(last=False)
+
+    async def _judge_later(self, agents: AgentNet, answer_id: str, q: np.ndarray,
+                           best: Scored, ids: list[str], by_cosine: str, familiar: bool,
+                           shadow: asyncio.Future[Verdict]) -> None:
+        try:
+            verdict = await shadow
+        except Exception as exc:  # a shadow ranking that failed costs its record only
+            log.warning("agents' shadow ranking failed: %s", exc)
+            return
+        self._judged(agents, answer_id, q, best, ids, by_cosine, familiar, verdict)
+
+    async def settled(self, answer_id: str) -> None:
+        """Wait for the shadow ranking of an answer, if it still runs."""
+        pending = self._shadows.get(answer_id)
+        if pending is not None:
+            await asyncio.wait([pending])
+
+    def rated(self, answer_id: str, up: bool, memory_id: bytes) -> None:
+        """An answer's rating: on an up vote, the right answer is known: who had it first?"""
+        duel = self._duels.pop(answer_id, None)
+        if up and duel is not None:
+            self._record[duel[2]].append((duel[0] == memory_id.hex(),
+                                          duel[1] == memory_id.hex()))
+
+    def status(self) -> dict[str, Any]:
+        return {"weight": {kind: self.weight(k) for kind, k in KINDS},
+                "record": {kind: {"agents_right": sum(a for a, _ in self._record[k]),
+                                  "cosine_right": sum(c for _, c in self._record[k]),
+                                  "of": len(self._record[k])} for kind, k in KINDS}}

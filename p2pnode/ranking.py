@@ -1,0 +1,114 @@
+"""An ask's ranking, pure: every candidate scored by one function, local or
+swarm alike, then ordered (rejected last) and its confidence read.
+
+The score is the encoder's cosine moved by what people said of the memory
+for this very question (agents.consensus.combine: its region fitness; the
+overall fitness term weighs zero) and, as far as their record has earned it,
+by the agents' consensus standing in for part of the cosine. A memory
+people rejected for this question ranks after every one they did not,
+whatever its score. No clock, no I/O, no randomness: the same candidates and
+the same votes give the same order on every spore (tests/test_purity.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from agents import consensus
+
+__all__ = ["Candidate", "Opinions", "Scored", "rank", "runner_up", "scores", "shortlist",
+           "with_score"]
+
+
+@dataclass(frozen=True, eq=False)
+class Candidate:
+    """A memory that may answer: held here (`row`) or fetched from the swarm
+    (`record`, a verified p2pnode.records.MemoryRecord), with its cosine to
+    the question by its record's own embedding (the same wherever held)."""
+
+    memory_id: bytes
+    cosine: float
+    vector: np.ndarray = field(repr=False)
+    source: Mapping[str, Any]  # what the API shows of it (p2pnode.asking)
+    row: int | None = None
+    record: Any = None
+
+
+@dataclass(frozen=True)
+class Opinions:
+    """What the vote book says of the candidates: region fitness (votes on
+    this very question) and overall fitness, by memory id (0.0 when absent)."""
+
+    region: Mapping[bytes, float]
+    overall: Mapping[bytes, float] = field(default_factory=dict)
+
+    def rejected(self, memory_id: bytes) -> bool:
+        """Rated down for this question (consensus.REJECTED_BELOW)."""
+        return bool(consensus.rejected(self.region.get(memory_id, 0.0)))
+
+
+@dataclass(frozen=True)
+class Scored:
+    candidate: Candidate
+    index: int  # its place among the candidates scored (the agents' column)
+    score: float
+    rejected: bool
+    agents: float | None = None  # the agents' consensus on it, when they had a say
+
+
+def scores(cands: Sequence[Candidate], said: Opinions) -> np.ndarray:
+    """consensus.combine's score of each candidate, in their order (float32)."""
+    if not cands:
+        return np.zeros(0, np.float32)
+    ids = [c.memory_id for c in cands]
+    ranking = consensus.combine(
+        np.asarray([c.cosine for c in cands], np.float32),
+        np.asarray([said.overall.get(m, 0.0) for m in ids], np.float32),
+        np.asarray([said.region.get(m, 0.0) for m in ids], np.float32))
+    out = np.empty(len(cands), np.float32)
+    out[ranking.order] = ranking.scores
+    return out
+
+
+def shortlist(cands: Sequence[Candidate], said: Opinions, keep: int) -> list[Candidate]:
+    """The best `keep` of some candidates, best first (rejected last)."""
+    ranked = rank(cands, said)
+    return [s.candidate for s in ranked[:keep]]
+
+
+def rank(cands: Sequence[Candidate], said: Opinions, agents: np.ndarray | None = None,
+         weight: float = 0.0) -> list[Scored]:
+    """Every candidate scored (`scores`, then the agents' consensus `agents`,
+    aligned with `cands`, replacing `weight` of the cosine; those past its
+    end get no say), best first: those rejected for this question after all
+    the others, each group by score (ties keep the candidates' order)."""
+    base = scores(cands, said)
+    out = []
+    for i, c in enumerate(cands):
+        score = float(base[i])
+        say = None
+        if agents is not None and weight > 0 and i < len(agents):
+            say = float(agents[i])
+            score += weight * (say - c.cosine)
+        out.append(Scored(c, i, score, said.rejected(c.memory_id), say))
+    return sorted(out, key=lambda s: (s.rejected, -s.score))
+
+
+def runner_up(ranked: Sequence[Scored]) -> tuple[float, float]:
+    """(top score, runner-up score) of a ranking: what its confidence reads."""
+    top = ranked[0].score if ranked else 0.0
+    return top, ranked[1].score if len(ranked) > 1 else 0.0
+
+
+def with_score(s: Scored) -> Scored:
+    """`s` with its source showing its score (and agents' say, and rejection)."""
+    source = dict(s.candidate.source, score=round(s.score, 4))
+    if s.agents is not None:
+        source["agents"] = round(s.agents, 4)
+    if s.rejected:
+        source["rejected"] = True
+    return replace(s, candidate=replace(s.candidate, source=source))

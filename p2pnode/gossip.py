@@ -274,12 +274,15 @@ class GossipStore:
 
     # --- writing -------------------------------------------------------------------
 
-    def offer(self, items: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]
-              ) -> list[Accepted]:
+    def offer(self, items: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]],
+              *, durable: bool = False) -> list[Accepted]:
         """Validate and merge items (ours or a peer's); returns what changed.
         An invalid item, or a new key over its group's cap, is refused and
         counted by reason (``refused_<reason>``), never stored; the others of
-        the batch are taken all the same."""
+        the batch are taken all the same. `durable` (our own vote, about to
+        be acknowledged): committed with synchronous=FULL, so it survives
+        power loss too, and a failed write raises (SporeError) instead of
+        being counted: what peers sent comes back from them, ours would not."""
         self._check_loaded()
         pairs = sorted(items.items() if isinstance(items, Mapping) else items,
                        key=lambda pair: _FIRST.get(pair[0][:1], 3))
@@ -317,7 +320,7 @@ class GossipStore:
             if self.on_change is not None:
                 self.on_change()
             self.count("accepted", len(changed))
-            self._persist(changed)
+            self._persist(changed, durable)
         return changed
 
     def worth_wanting(self, theirs: Mapping[bytes, bytes], keys: Iterable[bytes],
@@ -460,21 +463,30 @@ class GossipStore:
         self._evicted.append(key)
         self.count("evicted_low_trust")
 
-    def _persist(self, changed: list[Accepted]) -> None:
+    def _persist(self, changed: list[Accepted], durable: bool = False) -> None:
         self._write("INSERT OR REPLACE INTO items(key, stamp, item) VALUES (?,?,?)",
-                    [(a.key, a.stamp, self.items[a.key][1]) for a in changed])
+                    [(a.key, a.stamp, self.items[a.key][1]) for a in changed], durable)
 
-    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    def _write(self, sql: str, rows: list[tuple[Any, ...]], durable: bool = False) -> None:
         """One transaction; on any error it is rolled back (the next write
-        works) and counted: what it carried stays in memory, peers hold it too."""
+        works) and counted: what it carried stays in memory, peers hold it
+        too. A `durable` one is synced to the disk (FULL) and raises."""
         if self._db is None or self._path is None:
             return
         try:
-            with transaction(self._db, self._path, "the gossip store") as con:
-                con.executemany(sql, rows)
-        except (SporeError, OverflowError, ValueError, TypeError) as exc:
+            if durable:
+                self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                with transaction(self._db, self._path, "the gossip store") as con:
+                    con.executemany(sql, rows)
+            finally:
+                if durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+        except (SporeError, OverflowError, ValueError, TypeError, sqlite3.Error) as exc:
             self.count("persist_errors")
             log.error("gossip store: %s", exc)
+            if durable:
+                raise
 
     # --- the responder's half of a round ---------------------------------------------
 

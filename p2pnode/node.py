@@ -352,12 +352,11 @@ class Spore:
         quota), by storage's votes table; then into the book, where it acts
         at once on this spore. Written once: the votes table held a second
         copy of every vote the gossip store holds (twice the disk writes per
-        rating). What that costs: the gossip store commits with
-        synchronous=NORMAL, so a rating survives kill -9, and power loss once
-        a gossip round carried it to a peer (it comes back from there)."""
+        rating). Either commit is synced (synchronous=FULL) before the
+        rating is acknowledged: it survives kill -9 and power loss."""
         key = vote_key(vote.memory_id, vote.voter, vote.region)
         if self.gossip is not None:
-            self.gossip.offer({key: vote.wire})
+            self.gossip.offer({key: vote.wire}, durable=True)
         if self.gossip is None or self.gossip.get(key) != vote.wire:
             await self._on(self._db, self.storage.put_vote, vote)
         self._tally_vote(vote)

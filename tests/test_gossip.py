@@ -19,7 +19,7 @@ import pytest
 from crdt import sync
 from dht import compact
 from p2pnode import dna as dna_mod
-from p2pnode.errors import StateError
+from p2pnode.errors import SporeError, StateError
 from p2pnode.gossip import (
     KIND_DNA,
     KIND_PEER,
@@ -393,3 +393,30 @@ def test_a_spore_that_missed_versions_verifies_the_newest_through_the_chain() ->
     v4 = dna_mod.update(v3, second, {"founders": [second.public_key.hex()]}, 4)
     assert [a.record[-1].version for a in
             s.offer({KIND_DNA: dna_mod.chain_wire([DNA, v2, v3, v4])})] == [4]
+
+
+def test_our_own_vote_is_synced_and_a_failed_write_of_it_raises(tmp_path: Path) -> None:
+    """A peer's item whose write fails is counted (peers send it again); our
+    own vote, about to be acknowledged, is committed with synchronous=FULL
+    and a failed write raises: the rating is refused, never acknowledged
+    and lost."""
+    s = store(tmp_path / "g.sqlite3")
+    db = s._db
+    assert db is not None
+    full: list[int] = []
+    db.set_trace_callback(lambda sql: full.append(1) if sql == "PRAGMA synchronous=FULL" else None)
+    voters = [Identity.from_seed(b"durable %d" % i) for i in range(3)]
+    s.offer(dict([vote(voters[0], b"a" * 32, 1)]), durable=True)
+    assert full and db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again
+    s.offer(dict([vote(voters[1], b"b" * 32, 1)]))  # a peer's: NORMAL
+    assert len(full) == 1
+    db.execute("PRAGMA query_only=ON")  # every write now fails
+    s.offer(dict([vote(voters[1], b"c" * 32, 1)]))
+    assert s.counters["persist_errors"] == 1
+    with pytest.raises(SporeError, match=r"readonly|read-only|query_only"):
+        s.offer(dict([vote(voters[2], b"d" * 32, 1)]), durable=True)
+    assert s.counters["persist_errors"] == 2
+    db.execute("PRAGMA query_only=OFF")
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 1
+    reopened = store(tmp_path / "g.sqlite3")
+    assert vote_key(b"a" * 32, voters[0].public_key, bytes(32)) in reopened.items

@@ -30,12 +30,12 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import msgpack
 import numpy as np
 import numpy.typing as npt
 
+from crdt import wire
 from p2pnode.errors import VerifyError
-from p2pnode.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify
+from p2pnode.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Envelope, Identity, envelope_of
 from p2pnode.records import MAX_RECORD_BYTES, MemoryRecord, decode_memory
 
 __all__ = [
@@ -80,15 +80,16 @@ MAX_CONTENT_BYTES = 1 + 3 + 5 + MAX_RECORD_BYTES + 3 + MAX_VOTES * (3 + MAX_VOTE
 F32 = npt.NDArray[np.float32]
 
 
-def _pack(obj: object) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+_pack = wire.pack
 
 
-def _unpack(data: bytes, what: str) -> object:
+def _unpack(data: bytes, what: str, max_bytes: int, *, max_len: int | None = None,
+            canonical: bool = False) -> object:
+    """crdt.wire's one bounded decode; its errors as VerifyError."""
     try:
-        return msgpack.unpackb(data, raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise VerifyError(f"malformed {what}: {exc}") from exc
+        return wire.unpack(data, max_bytes, what, max_len=max_len, canonical=canonical)
+    except wire.DecodeError as exc:
+        raise VerifyError(f"malformed {exc}") from exc
 
 
 def _uint(x: object) -> bool:
@@ -164,7 +165,7 @@ class IndexEntry:
 
     @property
     def wire(self) -> bytes:
-        return _pack([self.body, self.signature])
+        return Envelope(self.body, self.signature).wire
 
     @property
     def slot(self) -> tuple[bytes, bytes]:
@@ -191,11 +192,12 @@ def make_entry(identity: Identity, memory_id: bytes, emb: F32, up: int, down: in
 
 
 def _decode_entry(pair: object) -> IndexEntry:
-    if not (isinstance(pair, list) and len(pair) == 2
-            and isinstance(pair[0], bytes) and isinstance(pair[1], bytes)):
-        raise VerifyError("an index entry must be [body, signature]")
-    body, sig = pair
-    f = _unpack(body, "index entry")
+    try:
+        body, sig, _ = envelope_of(pair, "index entry")
+    except wire.DecodeError as exc:
+        raise VerifyError("an index entry must be [body, signature]") from exc
+    # canonical: one entry, one encoding
+    f = _unpack(body, "index entry", MAX_ENTRY_BYTES, max_len=8, canonical=True)
     if not (isinstance(f, list) and len(f) == 8 and f[0] == "index" and f[1] == _VERSION):
         raise VerifyError("not a v1 index entry")
     _, _, memory_id, bits, author, up, down, created = f
@@ -204,9 +206,7 @@ def _decode_entry(pair: object) -> IndexEntry:
             and isinstance(author, bytes) and len(author) == PUBLIC_KEY_BYTES
             and len(sig) == SIGNATURE_BYTES and _uint(up) and _uint(down) and _uint(created)):
         raise VerifyError("index entry has fields of the wrong type or size")
-    if _entry_body(memory_id, bits, author, up, down, created) != body:
-        raise VerifyError("index entry body is not canonical")  # one entry, one encoding
-    verify(author, INDEX_DOMAIN, body, sig)
+    Envelope(body, sig).verify(INDEX_DOMAIN, author)
     return IndexEntry(memory_id, bits, author, up, down, created, sig, body)
 
 
@@ -298,7 +298,8 @@ def decode_bucket(data: bytes, max_entries: int = MAX_BUCKET_ENTRIES) -> list[In
         raise VerifyError(f"bucket value of {len(data)} bytes is over its cap")
     if data[:1] != KIND_BUCKET:
         raise VerifyError("not a bucket value")
-    pairs = _unpack(data[1:], "bucket value")
+    pairs = _unpack(data[1:], "bucket value", 3 + max_entries * MAX_ENTRY_BYTES,
+                    max_len=max(max_entries, 2))
     if not isinstance(pairs, list) or not 0 < len(pairs) <= max_entries:
         raise VerifyError(f"a bucket must be a list of 1 to {max_entries} entries")
     entries = [_decode_entry(p) for p in pairs]
@@ -354,7 +355,7 @@ def decode_content(data: bytes, expect_id: bytes) -> Content:
         raise VerifyError(f"content value of {len(data)} bytes is over its cap")
     if data[:1] != KIND_CONTENT:
         raise VerifyError("not a content value")
-    parts = _unpack(data[1:], "content value")
+    parts = _unpack(data[1:], "content value", MAX_CONTENT_BYTES)
     if not isinstance(parts, list) or len(parts) != 2:
         raise VerifyError("content must be [memory record, [votes]]")
     return _content_from(parts[0], parts[1], _key(expect_id))

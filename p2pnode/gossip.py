@@ -27,6 +27,7 @@ it over signed HTTP (p2pnode.peerapi), the benchmark in-process.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import itertools
 import logging
 import random
@@ -165,9 +166,12 @@ class GossipStore:
         # place of one of the least trusted voter's, never of an equal's.
         self.weight: Callable[[bytes], float] = lambda voter: 0.0
         self.weights_version = 0  # the owner bumps it when `weight` changed
-        self._low: dict[bytes, list[tuple[bytes, list[tuple[bytes, int]]]]] = {}
-        self._low_order: list[bytes] = []
-        self._low_order_version, self._low_at = -1, 0
+        # The low share's votes: key -> (voter, item hash, quota groups), and a
+        # heap of them worst first (see _make_room), rebuilt when weights change.
+        self._low: dict[bytes, tuple[bytes, bytes, list[tuple[bytes, int]]]] = {}
+        self._low_heap: list[tuple[float, bytes, bytes]] = []
+        self._low_of: dict[bytes, set[bytes]] = {}  # voter -> its keys in the low share
+        self._low_heap_version = -1
         self._evicted: list[bytes] = []
         self._unchecked: list[tuple[int, object, object]] = []  # rows read, not validated
         self._db: sqlite3.Connection | None = None
@@ -199,7 +203,7 @@ class GossipStore:
                 if not isinstance(key, bytes) or not isinstance(item, bytes):
                     raise RecordError("record_malformed", "a stored row is not bytes")
                 stamp, record = self._judge(key, item, now_ms)
-                self._take_place(key, record, loading=True)
+                self._take_place(key, record, sync.item_hash(item), loading=True)
             except VerifyError as exc:
                 self.count("dropped_on_load")
                 self.count(f"dropped_on_load_{_reason(exc)}")
@@ -301,7 +305,9 @@ class GossipStore:
                 if old is not None and old >= (stamp, item):
                     continue
                 if old is None:
-                    self._take_place(key, record)
+                    self._take_place(key, record, hashed)
+                elif key in self._low:  # a low-share vote's newer item: its new rank
+                    self._rerank(key, hashed)
             except VerifyError as exc:
                 reason = _reason(exc)
                 self.count(f"refused_{reason}")
@@ -345,10 +351,9 @@ class GossipStore:
         votes of voters not trusted when they came (Caps.low_votes), each
         kind in random order: the peer may refuse the same ones each round,
         and in key order the others would never go."""
-        low = {key for held in self._low.values() for key, _ in held} if self._low else set()
         order = list(keys)
         self.rng.shuffle(order)
-        order.sort(key=lambda k: (_FIRST.get(k[:1], 3), k in low))
+        order.sort(key=lambda k: (_FIRST.get(k[:1], 3), k in self._low))
         return self.page(order)
 
     def work_in(self, items: Mapping[bytes, bytes]) -> int:
@@ -411,41 +416,87 @@ class GossipStore:
     def _full(self, groups: list[tuple[bytes, int]]) -> bool:
         return any(self._held.get(group, 0) >= cap for group, cap in groups)
 
-    def _take_place(self, key: bytes, record: Any, *, loading: bool = False) -> None:
+    def _take_place(self, key: bytes, record: Any, hashed: bytes, *,
+                    loading: bool = False) -> None:
         """Count a new key in its groups, or RecordError("quota") if one is
         full (at load, the low shares are not enforced: who is trusted is
         known only once the votes are in)."""
         groups = self._groups(key, record)
         full = [g for g, cap in groups if self._held.get(g, 0) >= cap
                 and not (loading and g in _LOW_SHARES)]
-        if full and not (full == [b"Vl"] and isinstance(record, VoteRecord)
-                         and self._make_room(record.voter)):
+        if full and not (isinstance(record, VoteRecord) and key not in self._low
+                         and self._make_low_room(full, record.voter, hashed)):
             raise RecordError("quota", "the item's group is full")
         for group, _ in groups:
             self._held[group] = self._held.get(group, 0) + 1
         if isinstance(record, VoteRecord) and any(g == b"Vl" for g, _ in groups):
-            self._low.setdefault(record.voter, []).append((key, groups))
+            self._low[key] = (record.voter, hashed, groups)
+            self._low_of.setdefault(record.voter, set()).add(key)
+            if self._low_heap_version == self.weights_version:
+                heapq.heappush(self._low_heap, self._rank(key, record.voter, hashed))
 
-    def _make_room(self, voter: bytes) -> bool:
-        """Evict one low-share vote of the least trusted voter if it is less
-        trusted than `voter`. The order is sorted once per change of weights."""
-        mine = self.weight(voter)
-        if (self._low_order_version != self.weights_version
-                or self._low_at >= len(self._low_order)):
-            self._low_order = sorted(self._low, key=lambda v: (self.weight(v), v))
-            self._low_order_version, self._low_at = self.weights_version, 0
-        while self._low_at < len(self._low_order):
-            least = self._low_order[self._low_at]
-            held = self._low.get(least)
-            if not held:
-                self._low_at += 1
+    def _rerank(self, key: bytes, hashed: bytes) -> None:
+        voter, _, groups = self._low[key]
+        self._low[key] = (voter, hashed, groups)
+        if self._low_heap_version == self.weights_version:
+            heapq.heappush(self._low_heap, self._rank(key, voter, hashed))
+
+    def _rank(self, key: bytes, voter: bytes, hashed: bytes) -> tuple[float, bytes, bytes]:
+        """A low-share vote's place, worst first: less trusted, then the higher
+        item hash (bytes inverted, so the heap pops the highest first)."""
+        return self.weight(voter), bytes(255 - b for b in hashed), key
+
+    def _make_low_room(self, full: list[bytes], voter: bytes, hashed: bytes) -> bool:
+        """Room in the low share for a vote (its groups in `full` are full):
+        if the voter's own share is full, in place of its own vote of the
+        highest item hash, if the new one's is lower; else in place of the
+        worst of the share (_make_room). Nothing else makes room."""
+        own = b"Vv" + voter
+        if not set(full) <= {b"Vl", own}:
+            return False
+        if own not in full:
+            return self._make_room(voter, hashed)
+        keys = self._low_of.get(voter)
+        if not keys:
+            return False
+        worst = max(keys, key=lambda k: self._low[k][1])
+        if self._low[worst][1] <= hashed:
+            return False
+        self._forget_low(worst)
+        return True
+
+    def _forget_low(self, key: bytes) -> None:
+        """Evict a low-share vote; offered again, it is refused by its hash."""
+        voter, hashed, groups = self._low.pop(key)
+        self._remember_no_room(hashed, self.clock())
+        mine = self._low_of[voter]
+        mine.discard(key)
+        if not mine:
+            del self._low_of[voter]
+        self._drop(key, groups)
+
+    def _make_room(self, voter: bytes, hashed: bytes) -> bool:
+        """Evict the worst low-share vote if the new one ranks better: more
+        trusted, or as trusted with a lower item hash. A total order on the
+        items themselves, so two stores offered the same votes in any order
+        keep the same ones: their digests meet and rounds end (first come,
+        first kept, they differed for good under a flood, and every round
+        listed and offered the difference again)."""
+        if self._low_heap_version != self.weights_version:
+            self._low_heap = [self._rank(k, v, h) for k, (v, h, _) in self._low.items()]
+            heapq.heapify(self._low_heap)
+            self._low_heap_version = self.weights_version
+        mine = self._rank(b"", voter, hashed)
+        while self._low_heap:
+            worst = self._low_heap[0]
+            held = self._low.get(worst[2])
+            if held is None or held[1] != bytes(255 - b for b in worst[1]):
+                heapq.heappop(self._low_heap)  # evicted or replaced since
                 continue
-            if self.weight(least) >= mine:
+            if worst[:2] >= mine[:2]:
                 return False
-            key, groups = held.pop()
-            if not held:
-                del self._low[least]
-            self._drop(key, groups)
+            heapq.heappop(self._low_heap)
+            self._forget_low(worst[2])
             return True
         return False
 

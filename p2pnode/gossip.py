@@ -515,7 +515,15 @@ class GossipStore:
         self.count("evicted_low_trust")
 
     def _persist(self, changed: list[Accepted], durable: bool = False) -> None:
-        self._write("INSERT OR REPLACE INTO items(key, stamp, item) VALUES (?,?,?)",
+        """Write what changed in one transaction. A newer item for a key held
+        is updated in place: its row keeps its rowid, so only its leaf page
+        changes (INSERT OR REPLACE deleted it and appended a new row: the old
+        leaf, the last leaf and the key's index page, 3 WAL frames for each
+        re-rating; footprint.py: 13.5 -> 7.3 KiB of gossip WAL per rating, and
+        it beat a WITHOUT ROWID table, 9.7, whose ~600-byte rows made a deep
+        tree that split often)."""
+        self._write("INSERT INTO items(key, stamp, item) VALUES (?,?,?) ON CONFLICT(key)"
+                    " DO UPDATE SET stamp=excluded.stamp, item=excluded.item",
                     [(a.key, a.stamp, self.items[a.key][1]) for a in changed], durable)
 
     def _write(self, sql: str, rows: list[tuple[Any, ...]], durable: bool = False) -> None:

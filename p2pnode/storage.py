@@ -10,8 +10,15 @@ vote was the db thread's whole time under a flood): the votes table here
 holds only this spore's own votes that no gossip store keeps (a spore run
 without one, or a vote its quota refused), durably as memories are, and
 those an older version stored (read at start).
-Answers are a convenience for `spore rate` and use ``NORMAL``: they
-survive a crash of the process, the last few may be lost on power loss.
+Answers are a convenience for `spore rate`: an answer's row is kept in
+memory and written in groups (`ANSWERS_BATCH` rows, or `ANSWERS_FLUSH_S`
+after the first one not written, and at close) with ``NORMAL``, so an ask
+costs a fraction of a page instead of a commit of two (footprint.py). A
+rating finds its answer in memory until then. What a kill -9 can lose: the
+answer ids of the last few seconds (at most ANSWERS_BATCH asks), so a
+`spore rate` of one of them after the restart is refused (404); never a
+memory and never a rating (those are durable before the API answers). A
+power loss may lose the last groups written too.
 
 Every SQLite file of the spore (through `connect_wal` and `transaction`):
 a write rolls back on any exception and leaves the connection usable;
@@ -31,6 +38,7 @@ import logging
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
@@ -45,6 +53,8 @@ from p2pnode.identity import KEY_FILE
 from p2pnode.records import MemoryRecord, VoteRecord, decode_memory
 
 DB_FILE = "spore.sqlite3"
+ANSWERS_BATCH = 64  # answer rows written in one transaction
+ANSWERS_FLUSH_S = 5.0  # or this long after the first one not written
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS memories(
@@ -367,9 +377,18 @@ class Reader:
 class Storage:
     """The spore's database. Not thread-safe: one worker thread owns it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, answers_batch: int = ANSWERS_BATCH,
+                 answers_flush_s: float = ANSWERS_FLUSH_S) -> None:
         self.path = path
         self.skipped_records = 0  # stored memories that no longer verify
+        self.answers_batch, self.answers_flush_s = answers_batch, answers_flush_s
+        # Answers not written yet (see the module's docstring), and the timer that
+        # writes them; the lock also keeps the timer's thread and the owner's
+        # apart on the answers' connection.
+        self._answers: dict[str, tuple[AnswerRow, int]] = {}
+        self._answers_lock = threading.Lock()
+        self._answers_timer: threading.Timer | None = None
+        self._closed = False
         self._durable = self._connect("FULL")
         try:
             self._fast = self._connect("NORMAL")
@@ -388,8 +407,19 @@ class Storage:
         quick_check(self._durable, self.path, WHAT)
 
     def close(self) -> None:
-        self._fast.close()
-        self._durable.close()
+        """Write the answers still in memory, then close (a failure to write
+        them is logged: they were never more than a convenience)."""
+        with self._answers_lock:
+            if self._answers_timer is not None:
+                self._answers_timer.cancel()
+                self._answers_timer = None
+            try:
+                self._write_answers()
+            except SporeError as exc:
+                log.warning("%d answers not written at close: %s", len(self._answers), exc)
+            self._closed = True
+            self._fast.close()
+            self._durable.close()
 
     # memories ---------------------------------------------------------
     @_faults
@@ -514,18 +544,57 @@ class Storage:
         return int(self._durable.execute("SELECT COUNT(*) FROM votes").fetchone()[0])
 
     # answers ----------------------------------------------------------
-    @_faults
     def put_answer(self, answer: AnswerRow, created_ms: int) -> None:
+        """Keep an answer for its rating; written with the next group."""
         check_int("an answer's row", answer.row, BadRequest)
         check_int("an answer's time", created_ms, BadRequest)
-        with self._tx(self._fast) as con:
-            con.execute(
-                "INSERT OR REPLACE INTO answers(id, created_ms, memory, row, region, qvec)"
-                " VALUES (?,?,?,?,?,?)",
-                (answer.id, created_ms, answer.memory, answer.row, answer.region, answer.qvec))
+        with self._answers_lock:
+            if self._closed:
+                raise StateError(f"{WHAT} {self.path} is closed")
+            self._answers[answer.id] = (answer, created_ms)
+            if len(self._answers) >= self.answers_batch:
+                self._write_answers()
+            elif self._answers_timer is None:
+                self._answers_timer = threading.Timer(self.answers_flush_s, self.flush_answers)
+                self._answers_timer.daemon = True
+                self._answers_timer.start()
+
+    def flush_answers(self) -> None:
+        """Write the answers kept in memory now (the timer's job; a failure is
+        logged and they stay for the next try)."""
+        with self._answers_lock:
+            self._answers_timer = None
+            if self._closed:
+                return
+            try:
+                self._write_answers()
+            except SporeError as exc:
+                log.warning("%d answers not written yet: %s", len(self._answers), exc)
+
+    def _write_answers(self) -> None:
+        """One transaction for the answers kept (the lock is held). On failure
+        they stay in memory, at most a few batches' worth (the oldest go)."""
+        if not self._answers:
+            return
+        rows = [(a.id, ms, a.memory, a.row, a.region, a.qvec)
+                for a, ms in self._answers.values()]
+        try:
+            with self._tx(self._fast) as con:
+                con.executemany(
+                    "INSERT OR REPLACE INTO answers(id, created_ms, memory, row, region, qvec)"
+                    " VALUES (?,?,?,?,?,?)", rows)
+        except BaseException:
+            while len(self._answers) > 16 * self.answers_batch:
+                del self._answers[next(iter(self._answers))]
+            raise
+        self._answers.clear()
 
     @_faults
     def answer(self, answer_id: str) -> AnswerRow | None:
-        r = self._fast.execute(
-            "SELECT id, memory, row, region, qvec FROM answers WHERE id=?", (answer_id,)).fetchone()
+        with self._answers_lock:
+            kept = self._answers.get(answer_id)
+            if kept is not None:
+                return kept[0]
+            r = self._fast.execute("SELECT id, memory, row, region, qvec FROM answers WHERE id=?",
+                                   (answer_id,)).fetchone()
         return AnswerRow(*r) if r else None

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agents.consensus import PRIOR, Calibration, fit_calibration
-from p2pnode.calibrator import REFIT_EVERY, SAMPLES, Calibrator
+from p2pnode.calibrator import REFIT_EVERY, SAMPLES, SAVE_EVERY, Calibrator
 
 
 def _stream(truth: Calibration, n: int, seed: int = 0) -> list[tuple[float, float, bool]]:
@@ -94,3 +94,34 @@ def test_only_the_newest_samples_are_kept(tmp_path: Path) -> None:
     cal = Calibrator(path)
     cal.load()
     assert len(cal.samples) == SAMPLES
+
+
+def test_samples_are_written_every_save_every_ratings_and_at_flush(tmp_path: Path) -> None:
+    path = tmp_path / "calibration.json"
+    cal = Calibrator(path)
+
+    def rate(n: int) -> None:
+        for _ in range(n):
+            k = str(len(cal.samples))
+            cal.said(k, 0.6, 0.5)
+            cal.rated(k, True)
+
+    def stored() -> int:
+        return len(json.loads(path.read_text())["samples"])
+
+    rate(REFIT_EVERY)
+    cal.save(cal.snapshot())  # the first snapshot is written
+    assert stored() == REFIT_EVERY
+    rate(SAVE_EVERY - 1)
+    cal.save(cal.snapshot())  # kept, not written
+    assert stored() == REFIT_EVERY
+    rate(1)
+    cal.save(cal.snapshot())
+    assert stored() == REFIT_EVERY + SAVE_EVERY
+    rate(3)
+    cal.save(cal.snapshot())
+    assert stored() == REFIT_EVERY + SAVE_EVERY
+    cal.flush()  # at close
+    assert stored() == REFIT_EVERY + SAVE_EVERY + 3
+    cal.flush()  # nothing left: nothing written
+    assert stored() == REFIT_EVERY + SAVE_EVERY + 3

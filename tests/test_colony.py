@@ -169,3 +169,29 @@ def test_a_store_from_before_keeps_its_agents_and_moves_on(tmp_path: Path) -> No
     assert again.agents[agent.agent_id].weights == now
     assert again.agents[agent.agent_id].interactions == 4
     again.close()
+
+
+def test_a_batch_of_standing_is_one_transaction_and_all_or_nothing(tmp_path: Path) -> None:
+    """On the colony's autocommit connection, executemany committed each row
+    alone (a WAL frame and a commit per agent); now one transaction."""
+    from agents.store import Store
+    from p2pnode.storage import connect_wal
+
+    path = tmp_path / "agents.sqlite3"
+    colony = Colony(identity=ME, path=path, rng=np.random.default_rng(17))
+    colony.start(1_000, 0.005)
+    ids = list(colony.agents)
+    colony.close()
+    con = connect_wal(path, colony_mod.SCHEMA)
+    store = Store(con)
+    begun: list[str] = []
+    con.set_trace_callback(lambda sql: begun.append(sql) if sql.startswith("BEGIN") else None)
+    spec = np.zeros(384, np.float32).tobytes()
+    store.standing([(spec, 7, 0.5, 2_000, 1, 2_000, i) for i in ids])
+    assert len(begun) == 1 and len(ids) > 1
+    with pytest.raises(OverflowError):  # the last row cannot be bound: none is written
+        store.standing([(spec, 9, 0.5, 2_000, 1, 2_000, i) for i in ids[:-1]]
+                       + [(spec, 2**70, 0.5, 2_000, 1, 2_000, ids[-1])])
+    assert {r[0] for r in con.execute("SELECT interactions FROM agents")} == {7}
+    assert not con.in_transaction
+    con.close()

@@ -215,7 +215,8 @@ def test_calibration_save_on_a_full_disk_keeps_the_last_file(
     cal = Calibrator(tiny_fs / "calibration.json")
     cal.save(b'{"samples": []}')
     _fill(tiny_fs)
-    cal.save(b'{"samples": [[0.5, 0.1, true]]}' + b" " * 100_000)
+    cal.save(b'{"samples": [[0.5, 0.1, true]]}' + b" " * 100_000)  # kept for flush
+    cal.flush()
     assert "free space on the filesystem" in caplog.text
     assert (tiny_fs / "calibration.json").read_bytes() == b'{"samples": []}'
     assert not (tiny_fs / "calibration.tmp").exists()

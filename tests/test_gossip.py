@@ -420,3 +420,20 @@ def test_our_own_vote_is_synced_and_a_failed_write_of_it_raises(tmp_path: Path) 
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 1
     reopened = store(tmp_path / "g.sqlite3")
     assert vote_key(b"a" * 32, voters[0].public_key, bytes(32)) in reopened.items
+
+
+def test_a_newer_item_is_written_in_place(tmp_path: Path) -> None:
+    """A re-rating updates its row where it is (same rowid: one leaf page in
+    the WAL), not a delete and an append (three)."""
+    s = store(tmp_path / "g.sqlite3")
+    assert s._db is not None
+    voter, memory = Identity.from_seed(b"again"), os.urandom(32)
+    k1, v1 = vote(voter, memory, 1)
+    s.offer({k1: v1}, durable=True)
+    [(rowid, stored)] = s._db.execute("SELECT rowid, item FROM items WHERE key=?", (k1,))
+    _, v3 = vote(voter, memory, 3)
+    s.offer({k1: v3}, durable=True)
+    assert s._db.execute("SELECT rowid, item FROM items WHERE key=?", (k1,)).fetchall() == [
+        (rowid, v3)] and stored == v1
+    s.close()
+    assert store(tmp_path / "g.sqlite3").get(k1) == v3

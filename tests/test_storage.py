@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from p2pnode.errors import AlreadyRunning
+from p2pnode.errors import AlreadyRunning, SporeError
 from p2pnode.identity import Identity
 from p2pnode.lock import StateLock
 from p2pnode.records import make_memory, make_vote
@@ -87,4 +93,86 @@ def test_the_reader_scores_by_the_records_own_embedding(tmp_path: Path) -> None:
         np.testing.assert_array_equal(got[row], rec.vector())
     assert reader.embeddings_by_rows([]) == {}
     reader.close()
+    db.close()
+
+
+# --- answers: kept in memory, written in groups ------------------------------------------
+
+def _answer(i: int) -> AnswerRow:
+    return AnswerRow(f"a{i}", b"m" * 32, i, b"r" * 32, b"q")
+
+
+def _on_disk(path: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        return {r[0] for r in con.execute("SELECT id FROM answers")}
+
+
+def test_answers_are_written_in_groups_and_found_before(tmp_path: Path) -> None:
+    db = Storage(tmp_path / "s.db", answers_batch=3, answers_flush_s=3600)
+    for i in range(2):
+        db.put_answer(_answer(i), 1)
+    assert _on_disk(tmp_path / "s.db") == set()  # kept in memory…
+    assert db.answer("a1") == _answer(1)  # …where a rating finds it
+    db.put_answer(_answer(2), 1)  # the third: the group is written
+    assert _on_disk(tmp_path / "s.db") == {"a0", "a1", "a2"}
+    db.put_answer(_answer(3), 1)
+    db.close()  # what is left is written at close
+    assert _on_disk(tmp_path / "s.db") == {"a0", "a1", "a2", "a3"}
+    again = Storage(tmp_path / "s.db")
+    assert again.answer("a3") == _answer(3)
+    again.close()
+
+
+def test_answers_are_written_a_few_seconds_later_without_more_asks(tmp_path: Path) -> None:
+    db = Storage(tmp_path / "s.db", answers_batch=1000, answers_flush_s=0.05)
+    db.put_answer(_answer(0), 1)
+    deadline = time.monotonic() + 10
+    while _on_disk(tmp_path / "s.db") != {"a0"} and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _on_disk(tmp_path / "s.db") == {"a0"}
+    db.close()
+
+
+def test_an_answer_that_cannot_be_written_stays_for_its_rating(tmp_path: Path) -> None:
+    db = Storage(tmp_path / "s.db", answers_batch=2, answers_flush_s=3600)
+    db.put_answer(_answer(0), 1)
+    db.put_answer(AnswerRow("a1", b"m" * 32, 1, b"r" * 32, b"q"), 1)
+    db._fast.execute("DROP TABLE answers")  # any write of answers now fails
+    db.put_answer(_answer(2), 1)
+    with pytest.raises(SporeError):
+        db.put_answer(_answer(3), 1)
+    assert db.answer("a3") == _answer(3) and db.answer("a2") == _answer(2)
+    db.close()  # logged, not raised
+
+
+_CRASH = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from tests.test_storage import _answer, _item
+from p2pnode.storage import Storage
+db = Storage(Path({path!r}), answers_batch=3, answers_flush_s=3600)
+db.add_memories([_item("taught")])
+for i in range(4):
+    db.put_answer(_answer(i), 1)
+print("acknowledged", flush=True)
+time.sleep(60)
+"""
+
+
+def test_kill_9_loses_only_the_answers_not_written_yet(tmp_path: Path) -> None:
+    """What a crash can lose: answer ids of the last seconds, never a memory."""
+    path = tmp_path / "s.db"
+    root = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen([sys.executable, "-c", _CRASH.format(root=root, path=str(path))],
+                            stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"acknowledged\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    db = Storage(path)
+    db.check()
+    assert [m.answer for m in db.list_memories(10, 0)] == ["taught"]
+    assert {a for a in ("a0", "a1", "a2", "a3") if db.answer(a)} == {"a0", "a1", "a2"}
     db.close()

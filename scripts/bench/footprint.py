@@ -14,8 +14,11 @@ divisions per 1,000 ratings, population, max generation, and each parent's
 fitness against the population's at the time (its z-score and rank).
 
 ``--base DIR`` runs the same bench first against another source tree (e.g.
-``git worktree add /work/fp-base HEAD``; its code is put first on the
-spore's PYTHONPATH), so before and after come from one run on one machine.
+``mkdir /tmp/fpbase && git archive HEAD | tar -x -C /tmp/fpbase``; its code
+is put first on the spore's PYTHONPATH), so before and after come from one
+run on one machine. The tree measured second is the one this script is in:
+to weigh one change alone, copy a tree, change it, and run the copy's
+footprint.py with ``--base`` the tree without the change.
 
     .venv/bin/python scripts/bench/footprint.py [--asks 2000] [--base /work/fp-base]
         [--seed 1] [--json]

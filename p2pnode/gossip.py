@@ -460,8 +460,8 @@ class GossipStore:
         if not keys:
             return False
         worst = max(keys, key=lambda k: self._low[k][1])
-        if self._low[worst][1] <= hashed:
-            return False
+        if self.weight(voter) > 0 or self._low[worst][1] <= hashed:
+            return False  # (its votes are all as trusted: item hash decides at 0 only)
         self._forget_low(worst)
         return True
 
@@ -477,11 +477,14 @@ class GossipStore:
 
     def _make_room(self, voter: bytes, hashed: bytes) -> bool:
         """Evict the worst low-share vote if the new one ranks better: more
-        trusted, or as trusted with a lower item hash. A total order on the
-        items themselves, so two stores offered the same votes in any order
-        keep the same ones: their digests meet and rounds end (first come,
-        first kept, they differed for good under a flood, and every round
-        listed and offered the difference again)."""
+        trusted, or, between votes that weigh nothing (trust 0: voters who
+        went against what the swarm settled), the lower item hash. Among those
+        a total order on the items themselves, so two stores offered the same
+        flood in any order keep the same votes: their digests meet and rounds
+        end (first come, first kept, they differed for good, and every round
+        listed and offered the difference again). Between equals that weigh
+        something, the vote held stays: a fresh key (FLOOR) never pushes out
+        an honest newcomer's vote by grinding its hash."""
         if self._low_heap_version != self.weights_version:
             self._low_heap = [self._rank(k, v, h) for k, (v, h, _) in self._low.items()]
             heapq.heapify(self._low_heap)
@@ -493,7 +496,7 @@ class GossipStore:
             if held is None or held[1] != bytes(255 - b for b in worst[1]):
                 heapq.heappop(self._low_heap)  # evicted or replaced since
                 continue
-            if worst[:2] >= mine[:2]:
+            if not _better(mine, worst):
                 return False
             heapq.heappop(self._low_heap)
             self._forget_low(worst[2])
@@ -599,6 +602,12 @@ def decode_delta_request(body: bytes) -> tuple[dict[bytes, bytes], list[bytes]]:
     want = [sync.as_bytes(k, "wanted key", sync.MAX_KEY_BYTES, 1)
             for k in sync.as_list(raw[1], "wanted keys", MAX_WANT)]
     return items, want
+
+
+def _better(new: tuple[float, bytes, bytes], held: tuple[float, bytes, bytes]) -> bool:
+    """Whether a low-share vote ranked `new` takes the place of one ranked
+    `held` (GossipStore._rank): more trusted, or both at 0 and a lower hash."""
+    return new[0] > held[0] or (new[0] == held[0] == 0 and new[1] > held[1])
 
 
 # crdt.sync.bucket_hash in two steps, so a bucket's entry hashes are computed

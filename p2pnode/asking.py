@@ -5,6 +5,11 @@
       └─ lookup    the swarm's index entries near it       (p2pnode.swarm)
     fetch          the content worth fetching: not held here, not rejected
                    for this question, and the memories recalled by votes
+                   (after a down vote: the shortlist and the fetch widened
+                   by the number rejected, ordered by the moved question)
+    learnt         cosines moved away from what was rejected for this
+                   question and by what the learner earned (p2pnode.ranking.
+                   learnt_cosines; trained by `learn` on its own thread)
     agents' say    their consensus, as far as their record earned it
     rank           one pure scoring of local and swarm candidates together
                    (p2pnode.ranking), rejected last, and the confidence
@@ -18,6 +23,7 @@ agents' record (who was right on rated answers, their shadow rankings) is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -26,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agents import consensus
+from agents import consensus, learner
 from agents.encoder import Encoder
 from p2pnode.ranking import Candidate, Scored
 from p2pnode.regions import question_text
@@ -39,8 +45,10 @@ if TYPE_CHECKING:
     from p2pnode.storage import Reader
     from p2pnode.swarm import Found
 
-__all__ = ["AGENT_CANDIDATES", "CANDIDATES", "MAX_SOURCES", "RECALLED_MAX", "AgentsRecord",
-           "Query", "Say", "embed", "from_swarm", "memory_json", "nearest"]
+__all__ = ["AGENT_CANDIDATES", "CANDIDATES", "LEARN_EVERY", "MAX_SOURCES", "RECALLED_MAX",
+           "REJECTED_FETCH_MAX",
+           "AgentsRecord", "Query", "Say", "Seen", "embed", "from_swarm", "learn", "memory_json",
+           "nearest", "training_set"]
 
 log = logging.getLogger("spore.ask")
 CANDIDATES = 32  # memories re-ranked per ask
@@ -51,6 +59,13 @@ AGENT_TRIAL = 20  # up votes the agents are judged on before they may have a say
 RECALLED_MAX = 4  # memories rated up for questions like q: fetched anyway
 MAX_SOURCES = 20
 DUELS_KEPT = 4096
+REJECTED_FETCH_MAX = 4  # rejected memories fetched per ask for their vectors alone
+LEARN_EVERY = 50  # new votes in the book between two trainings of the learner
+# What one training may cost, whatever the votes: half the learner's default
+# pool and held-out questions (the FAQ bench has 211 memories, 120 questions:
+# the same there): 2.9 s wall at the caps (4.3 s at the defaults) on a shared
+# 2-core machine under a load average of 15, one BLAS thread.
+LIMITS = learner.Limits(max_pool=1024, max_held=128)
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,66 @@ def from_swarm(f: Found) -> Candidate:
                      {"id": rec.id.hex(), "question": rec.question, "text": rec.answer,
                       "origin": rec.origin, "author": rec.author.hex(),
                       "created_ms": rec.created_ms, "remote": True}, record=rec)
+
+
+class Seen:
+    """The vectors of the memories the latest asks here ranked (float16, the
+    latest `cap`): the learner's pool of distractors, the vectors of most
+    rated memories, and of those rejected (owned by the event loop)."""
+
+    def __init__(self, cap: int = LIMITS.max_pool) -> None:
+        self.cap = cap
+        self._vectors: OrderedDict[bytes, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def __contains__(self, memory_id: object) -> bool:
+        return memory_id in self._vectors
+
+    def add(self, cands: Sequence[Candidate]) -> None:
+        for c in cands:
+            self._vectors[c.memory_id] = np.asarray(c.vector, np.float16)
+            self._vectors.move_to_end(c.memory_id)
+        while len(self._vectors) > self.cap:
+            self._vectors.popitem(last=False)
+
+    def vectors(self, memory_ids: Sequence[bytes]) -> list[np.ndarray]:
+        return [self._vectors[m].astype(np.float32) for m in memory_ids if m in self._vectors]
+
+    def snapshot(self) -> dict[bytes, np.ndarray]:
+        """A copy for the compute thread (the arrays are never changed in place)."""
+        return dict(self._vectors)
+
+
+def training_set(memory_ids: Sequence[bytes], seen: dict[bytes, np.ndarray],
+                 rows: dict[bytes, int], index: LocalIndex) -> tuple[list[int], np.ndarray]:
+    """Which rated pairs can teach (compute thread: it owns the index): each
+    memory's vector as an ask saw it, else as the index holds its row; a
+    memory held nowhere here teaches nothing. (pair numbers, vectors)"""
+    keep, answers = [], []
+    for i, m in enumerate(memory_ids):
+        vector = seen.get(m)
+        if vector is None and m in rows:
+            with contextlib.suppress(KeyError):
+                vector = index.embedding(rows[m])
+        if vector is not None:
+            keep.append(i)
+            answers.append(np.asarray(vector, np.float32))
+    return keep, np.stack(answers) if answers else np.zeros((0, index.dim), np.float32)
+
+
+def learn(questions: np.ndarray, answers: np.ndarray, signs: np.ndarray, pool: np.ndarray,
+          limits: learner.Limits = LIMITS) -> tuple[learner.Learnt, int]:
+    """The learner trained on rated pairs (the learner's own thread, never
+    the loop nor the compute thread: at the caps it takes seconds on a busy
+    2-core board). Bounded by `limits` whatever the votes; hostile rows are
+    dropped by learner.ratings. (what was learnt, the pairs it learnt from)"""
+    dim = answers.shape[1]
+    if not len(answers):
+        return learner.NOTHING_LEARNT, 0
+    r = learner.ratings(questions, answers, signs, dim=dim, limits=limits)
+    return learner.train(r, pool[-limits.max_pool:], limits=limits), len(r)
 
 
 @dataclass

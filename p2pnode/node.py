@@ -1,11 +1,13 @@
 """The spore's memory service: teach, ask, rate, list — the single-spore walk.
 
-Two worker threads keep blocking work off the event loop: `compute` owns the
-encoder and the in-memory index (so they need no locks), and `db` owns the
-SQLite storage. Each request makes at most a couple of hops. The event loop
-owns the one vote book (p2pnode.regions.RegionIndex): every vote this spore
-knows, its own and gossip's, by memory id, whoever holds the memory; it
-serves the ranking, the recall and /v1/votes.
+Three worker threads keep blocking work off the event loop: `compute` owns
+the encoder and the in-memory index (so they need no locks), `db` owns the
+SQLite storage, and `learn` trains the learner (agents.learner) every
+asking.LEARN_EVERY new votes on copies, so no ask waits for it. Each request
+makes at most a couple of hops. The event loop owns the one vote book
+(p2pnode.regions.RegionIndex): every vote this spore knows, its own and
+gossip's, by memory id, whoever holds the memory; it serves the ranking, the
+recall and /v1/votes.
 
 `ask` composes the stages of p2pnode.asking (embed, local candidates and the
 swarm's index lookup at once, fetch, the agents' say, the pure ranking of
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from agents import consensus, trust
+from agents import consensus, learner, trust
 from agents.encoder import Encoder
 from crdt.votes import Counter, fitness, record_vote
 from dht import compact
@@ -45,7 +47,7 @@ from p2pnode.ranking import Candidate
 from p2pnode.records import MemoryRecord, VoteRecord, decode_vote, make_memory, make_vote
 from p2pnode.regions import RegionIndex, Said, region_key
 from p2pnode.storage import AnswerRow, Storage
-from p2pnode.swarm import Found, Lookup, Swarm
+from p2pnode.swarm import Found, Lookup, Swarm, Wanted
 
 if TYPE_CHECKING:
     from p2pnode.agentnet import AgentNet
@@ -82,6 +84,12 @@ class Spore:
         self._book = RegionIndex(encoder.dim)
         self.agents: AgentNet | None = None  # set by the daemon: the colony among peers
         self.judge = asking.AgentsRecord()  # whether the agents earned a say in the ranking
+        # What the ratings taught beyond their own questions (agents.learner):
+        # trained on its own thread every LEARN_EVERY new votes and at load.
+        self.learnt = learner.NOTHING_LEARNT
+        self._seen = asking.Seen()  # vectors of the memories asks ranked lately
+        self._new_votes = 0
+        self._learning: asyncio.Task[None] | None = None
         self.calibration = Calibrator(None if state_dir is None else state_dir / CAL_FILE)
         self._background: set[asyncio.Task[Any]] = set()
         self.max_text_bytes = max_text_bytes
@@ -93,7 +101,10 @@ class Spore:
         self._reader = storage.reader()  # used by the compute thread only
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="spore-compute")
         self._db = ThreadPoolExecutor(1, thread_name_prefix="spore-db")
-        self.counters = {"asks": 0, "teaches": 0, "votes": 0, "rejected": 0}
+        # The learner's training: seconds at its caps, so neither the loop nor
+        # the compute thread (asks, agents' scoring) waits for it.
+        self._learner = ThreadPoolExecutor(1, thread_name_prefix="spore-learn")
+        self.counters = {"asks": 0, "teaches": 0, "votes": 0, "rejected": 0, "learnt": 0}
         # Each voice's weight (agents.trust), recomputed off the loop when
         # votes or members changed (keep_trust); empty: every voice weighs 1.
         self.trust: dict[bytes, float] = {}
@@ -121,6 +132,7 @@ class Spore:
         if len(rows):
             await self._on(self._compute, self.index.add_compact, rows, matrix, scales)
         await self._on(self._db, self.calibration.load)
+        self._maybe_learn(at_least=1)
 
     def _load_gossiped_votes(self) -> None:
         """Tally every vote the gossip store holds. At load, not in __init__:
@@ -147,7 +159,8 @@ class Spore:
         of our dimension (a row of an older version) is dropped and counted:
         the spore starts anyway."""
         try:
-            self._book.put_compact(memory_id, (voter, region), qvec, counter, author=author)
+            if self._book.put_compact(memory_id, (voter, region), qvec, counter, author=author):
+                self._new_votes += 1
             self._trust_due = True
         except ValueError:
             self._count("votes_dropped")
@@ -220,9 +233,19 @@ class Spore:
         query = await self.on_compute(asking.embed, self.encoder,
                                       self.check_text(question, "question"))
         said = self._book.said(query.words, asking.RECALLED_MAX)  # what people said of it
-        local, found = await asyncio.gather(self._local(query, said, top), self._lookup(query))
-        remote = await self._fetch(query, found, said, top, held=local)
-        cands = local + [asking.from_swarm(f) for f in remote]
+        rejected = [m for m, f in said.fitness.items() if consensus.rejected(f)]
+        # After a down vote, reach as much deeper as there are rejected.
+        widen = min(len(rejected), asking.CANDIDATES)
+        near, found, _ = await asyncio.gather(
+            self.on_compute(asking.nearest, self.index, self._reader, query.vector,
+                            asking.CANDIDATES + widen), self._lookup(query),
+            self._see(query, rejected))
+        gone = self._rejected_vectors(rejected, near)
+        local = self._local(query, said, near, gone, top + widen)
+        remote = await self._fetch(query, found, said, top + widen, held=local, gone=gone)
+        cands = local + self._learnt(query, said, [asking.from_swarm(f) for f in remote], gone)
+        self._seen.add(near)
+        self._seen.add(cands)
         say = await self.judge.consult(self.agents, query.vector, cands, bool(said.fitness))
         ranked = ranking.rank(cands, self._opinions(said, cands), say.consensus, say.weight)
         answer_id = secrets.token_hex(8)
@@ -242,12 +265,97 @@ class Spore:
         return ranking.Opinions(said.fitness,
                                 {c.memory_id: self._book.overall(c.memory_id) for c in cands})
 
-    async def _local(self, query: asking.Query, said: Said, top: int) -> list[Candidate]:
-        """The best local candidates: as many as the answer shows, or as the
-        agents score (AGENT_CANDIDATES) when they run."""
-        near = await self.on_compute(asking.nearest, self.index, self._reader, query.vector)
+    def _local(self, query: asking.Query, said: Said, near: list[Candidate],
+               gone: np.ndarray, top: int) -> list[Candidate]:
+        """The best local candidates, by the learnt cosines: as many as the
+        answer shows, or as the agents score (AGENT_CANDIDATES) when they run
+        (`top` widened by the memories rejected for this question)."""
         keep = max(top, asking.AGENT_CANDIDATES if self.agents is not None else top)
+        near = self._learnt(query, said, near, gone)
         return ranking.shortlist(near, self._opinions(said, near), keep)
+
+    async def _see(self, query: asking.Query, rejected: Sequence[bytes]) -> None:
+        """The rejected memories no ask here saw, fetched from the swarm (at
+        most REJECTED_FETCH_MAX, verified by their content key) for their
+        vectors alone: the next ask of a question moves away from what was
+        rejected for it on whichever spore it is asked, not only where the
+        vote was cast. Never candidates: they rank nowhere."""
+        unseen = [m for m in rejected if m not in self._seen][:asking.REJECTED_FETCH_MAX]
+        if self.swarm is None or not unseen:
+            return
+        fetched = await self.swarm.fetch(query.vector, [Wanted(m) for m in unseen])
+        self._seen.add([asking.from_swarm(f) for f in fetched])
+
+    def _rejected_vectors(self, rejected: Sequence[bytes], near: Sequence[Candidate]
+                          ) -> np.ndarray:
+        """The vectors of the memories rejected for this question that an ask
+        here saw (or this one's local candidates hold), [k, dim]."""
+        held = {c.memory_id: c.vector for c in near}
+        vectors = [held[m] for m in rejected if m in held]
+        vectors += self._seen.vectors([m for m in rejected if m not in held])
+        return np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
+
+    def _learnt(self, query: asking.Query, said: Said, cands: list[Candidate],
+                gone: np.ndarray) -> list[Candidate]:
+        """The learnt stage (p2pnode.ranking.learnt_cosines). The memories
+        rated up for other questions are read only when the learner gave
+        that a say. A failure costs the stage, never the ask."""
+        if not cands or (not len(gone) and not self.learnt.lam and not self.learnt.mu):
+            return cands
+        ups = self._book.ups_on([c.memory_id for c in cands]) if self.learnt.mu else (
+            np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64))
+        try:
+            return ranking.learnt_cosines(query.vector, cands, ranking.Opinions(said.fitness),
+                                          rejected=gone, ups=ups, learnt=self.learnt)
+        except ValueError as exc:
+            self._count("learnt_failed")
+            log.warning("the learnt stage was skipped: %s", exc)
+            return cands
+
+    def _maybe_learn(self, at_least: int | None = None) -> None:
+        """Train the learner in the background when `at_least` votes came
+        since the last training (and none is running: at most one at once)."""
+        due = asking.LEARN_EVERY if at_least is None else at_least
+        if self._new_votes >= due and (self._learning is None or self._learning.done()):
+            self._learning = asyncio.ensure_future(self._learn_in_background())
+            self._background.add(self._learning)
+            self._learning.add_done_callback(self._background.discard)
+
+    async def _learn_in_background(self) -> None:
+        try:
+            await self.learn()
+        except Exception as exc:  # a failed training keeps what was learnt before
+            self._count("learner_failed")
+            log.warning("the learner's training failed: %s", exc)
+
+    async def learn(self) -> None:
+        """One training of the learner: the book's rated pairs read on the loop
+        (the latest LIMITS.max_pairs), rows of the memories no ask here saw
+        on the db thread, their vectors on the compute thread, the training
+        on the learner's own thread."""
+        self._new_votes = 0
+        questions, ids, signs = self._book.rated_pairs(asking.LIMITS.max_pairs)
+        if not ids:
+            return
+        seen = self._seen.snapshot()
+        rows = await self._on(self._db, self._rows_of, [m for m in set(ids) if m not in seen])
+        keep, answers = await self.on_compute(asking.training_set, ids, seen, rows, self.index)
+        pool = np.stack(list(seen.values())).astype(np.float32) if seen else answers
+        learnt, pairs = await self._on(self._learner, asking.learn, questions[keep], answers,
+                                       signs[keep], pool)
+        self.learnt = learnt
+        self.counters["learnt"] += 1
+        self.counters["learnt_pairs"] = pairs
+
+    def _rows_of(self, memory_ids: Sequence[bytes]) -> dict[bytes, int]:
+        """The storage rows of the memories held here (db thread)."""
+        found = {m: self.storage.memory_by_id(m) for m in memory_ids}
+        return {m: r.row for m, r in found.items() if r is not None}
+
+    def learner_status(self) -> dict[str, Any]:
+        return {"lam": self.learnt.lam, "mu": self.learnt.mu,
+                "trainings": self.counters["learnt"],
+                "pairs": self.counters.get("learnt_pairs", 0)}
 
     async def _lookup(self, query: asking.Query) -> Lookup:
         if self.swarm is None:
@@ -255,13 +363,15 @@ class Spore:
         return await self.swarm.lookup(query.vector)
 
     async def _fetch(self, query: asking.Query, found: Lookup, said: Said, top: int,
-                     held: Sequence[Candidate]) -> list[Found]:
+                     held: Sequence[Candidate], gone: np.ndarray) -> list[Found]:
         """The swarm's memories worth fetching: not among the local candidates,
-        not rejected for this question; those recalled by votes as well."""
+        not rejected for this question (ordered by the question moved away
+        from those, learner.feedback_query); those recalled by votes as well."""
         if self.swarm is None:
             return []
         rejected = {m for m, f in said.fitness.items() if consensus.rejected(f)}
-        wanted = self.swarm.worth_fetching(query.vector, found, top,
+        order_by = learner.feedback_query(query.vector, gone) if len(gone) else query.vector
+        wanted = self.swarm.worth_fetching(order_by, found, top,
                                            held={c.memory_id for c in held},
                                            rejected=rejected, recalled=said.recalled)
         return await self.swarm.fetch(query.vector, wanted)
@@ -360,6 +470,7 @@ class Spore:
         if self.gossip is None or self.gossip.get(key) != vote.wire:
             await self._on(self._db, self.storage.put_vote, vote)
         self._tally_vote(vote)
+        self._maybe_learn()
 
     # gossip -------------------------------------------------------------
     async def on_gossip(self, accepted: list[Accepted]) -> None:
@@ -368,6 +479,7 @@ class Spore:
         votes = [a.record for a in accepted if a.key[:1] == KIND_VOTE]
         for vote in votes:
             self._tally_vote(vote)
+        self._maybe_learn()
         others = sum(v.voter != self.identity.public_key for v in votes)
         if others:
             self.counters["gossip_votes"] = self.counters.get("gossip_votes", 0) + others
@@ -524,6 +636,7 @@ class Spore:
             "gossip": self.peers.status() if self.peers is not None else None,
             "members": self.members.status() if self.members is not None else None,
             "calibration": self.calibration.status(),
+            "learner": self.learner_status(),
             "agents": None if self.agents is None else {**self.agents.status(),
                                                         **self.judge.status()},
         }
@@ -535,6 +648,8 @@ class Spore:
 
     def close(self) -> None:
         self._compute.shutdown(wait=True)
+        self._learner.shutdown(wait=True)
+        self._db.submit(self.calibration.flush)  # its samples since the last save
         self._db.shutdown(wait=True)
         self._reader.close()
 

@@ -1,7 +1,9 @@
 """An ask's ranking, pure: every candidate scored by one function, local or
 swarm alike, then ordered (rejected last) and its confidence read.
 
-The score is the encoder's cosine moved by what people said of the memory
+The score is the encoder's cosine (as `learnt_cosines` moves it: away from
+what was rejected for this question, and by what agents.learner earned a
+say for) moved by what people said of the memory
 for this very question (agents.consensus.combine: its region fitness; the
 overall fitness term weighs zero) and, as far as their record has earned it,
 by the agents' consensus standing in for part of the cosine. A memory
@@ -18,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from agents import consensus
+from agents import consensus, learner
 
-__all__ = ["Candidate", "Opinions", "Scored", "rank", "runner_up", "scores", "shortlist",
-           "with_score"]
+__all__ = ["Candidate", "Opinions", "Scored", "learnt_cosines", "rank", "runner_up", "scores",
+           "shortlist", "with_score"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,6 +74,31 @@ def scores(cands: Sequence[Candidate], said: Opinions) -> np.ndarray:
     out = np.empty(len(cands), np.float32)
     out[ranking.order] = ranking.scores
     return out
+
+
+def learnt_cosines(q: np.ndarray, cands: Sequence[Candidate], said: Opinions, *,
+                   rejected: np.ndarray, ups: tuple[np.ndarray, np.ndarray],
+                   learnt: learner.Learnt) -> list[Candidate]:
+    """The stage between the candidates and their ranking: each candidate's
+    cosine as agents.learner.ranking_cosines reads it, the question `q` (the
+    one the cosines were taken against) moved away from the `rejected`
+    memories' vectors (after a down vote, try another direction: Rocchio),
+    plus what the learner earned a say for (`learnt`: its mapping, and
+    `mu` against memories rated up for unlike questions, `ups`: as
+    RegionIndex.ups_on gives them). With nothing rejected and nothing
+    learnt, the candidates come back as they were: a spore with few ratings
+    ranks exactly as without the stage."""
+    rejected = np.asarray(rejected, np.float32).reshape(-1, len(q)) if len(rejected) else (
+        np.zeros((0, len(q)), np.float32))
+    if not cands or (not len(rejected) and not learnt.lam and not learnt.mu):
+        return list(cands)
+    taken = None
+    if learnt.mu:
+        own_up = np.array([said.region.get(c.memory_id, 0.0) > 0 for c in cands])
+        taken = learner.taken_elsewhere(q, len(cands), ups[0], ups[1], own_up)
+    cos = learner.ranking_cosines(q, np.stack([c.vector for c in cands]), learnt=learnt,
+                                  rejected=rejected, taken=taken)
+    return [replace(c, cosine=float(x)) for c, x in zip(cands, cos, strict=True)]
 
 
 def shortlist(cands: Sequence[Candidate], said: Opinions, keep: int) -> list[Candidate]:

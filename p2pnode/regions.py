@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +44,7 @@ __all__ = ["RegionIndex", "Said", "question_text", "region_key"]
 REGION_DOMAIN = b"sporemind/question-region/v1"
 _END_MARKS = "?!.,;:¿¡…\"'«»“”‘’()[] \t\n"
 CHUNK = 4096  # questions compared with an ask at once (bounds the float copy: 6 MB at 384-d)
+UPS_MAX = 4096  # up-rated (question, memory) pairs read for one ask's candidates
 # What all voices below trust.ESTABLISHED on one memory weigh together at most.
 # Below 0.5 so that they never reject a memory alone (fitness -c/(c+2) stays
 # above consensus.REJECTED_BELOW = -0.2): alone they move a memory by
@@ -286,6 +287,64 @@ class RegionIndex:
         seq, up, down = (int(x) for x in self._counter.data[row])
         return Counter(seq, up, down)
 
+    def ups_on(self, memory_ids: Sequence[bytes], limit: int = UPS_MAX
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """What agents.learner.taken_elsewhere reads: for these memories, the
+        question of each (memory, question) the established voices rated up
+        on net, as float32 rows [k, dim], and the index in `memory_ids` of
+        the memory it rated; the latest `limit` (one numpy pass over the
+        votes, however many a peer sent)."""
+        numbers = [self._memory_of[m] for m in memory_ids if m in self._memory_of]
+        empty = np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64)
+        if not numbers:
+            return empty
+        rows = np.nonzero(np.isin(self._memory.view, numbers))[0]
+        memory, question, net = self._net_pairs(rows)
+        up = np.nonzero(net > 0)[0][-max(limit, 0):] if limit > 0 else np.zeros(0, np.int64)
+        if not len(up):
+            return empty
+        at = {self._memory_of[m]: i for i, m in enumerate(memory_ids) if m in self._memory_of}
+        return self._questions(question[up]), np.array([at[int(m)] for m in memory[up]],
+                                                       np.int64)
+
+    def rated_pairs(self, limit: int) -> tuple[np.ndarray, list[bytes], np.ndarray]:
+        """What the learner trains on: every (question, memory) the established
+        voices (and ours) rated, net, as (questions [k, dim] float32, memory
+        ids, signs ±1), the `limit` whose latest vote came last, oldest
+        first. Low voices (below trust.ESTABLISHED) teach nothing: a pile of
+        fresh keys cannot steer what is learnt."""
+        if not len(self) or limit <= 0:
+            return np.zeros((0, self.dim), np.float32), [], np.zeros(0, np.float32)
+        memory, question, net = self._net_pairs(np.arange(len(self)))
+        keep = np.nonzero(net != 0)[0][-limit:]
+        return (self._questions(question[keep]),
+                [self._memories[int(m)] for m in memory[keep]],
+                np.sign(net[keep]).astype(np.float32))
+
+    def _net_pairs(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Over `rows`, per (memory, question): its memory number, question row
+        and net stance weighed by its voters' trust, low voices left out;
+        ordered by the last vote row of each (oldest first)."""
+        memory = self._memory.view[rows].astype(np.int64)
+        question = self._question.view[rows].astype(np.int64)
+        voter = self._voter.view[rows]
+        weight = np.where(self._low.view[voter], 0, self._units.view[voter]).astype(np.float64)
+        _, first, at = np.unique(memory << 32 | question, return_index=True,
+                                 return_inverse=True)
+        at = at.ravel()
+        net = np.bincount(at, weights=self._stance.view[rows] * weight, minlength=len(first))
+        last = np.zeros(len(first), np.int64)
+        np.maximum.at(last, at, rows.astype(np.int64))
+        order = np.argsort(last, kind="stable")
+        return memory[first][order], question[first][order], net[order]
+
+    def _questions(self, rows: np.ndarray) -> np.ndarray:
+        """Question rows as float32 embeddings (int8 codes times their scale)."""
+        with np.errstate(over="ignore"):  # a peer's absurd scale: inf, dropped by the learner
+            out: np.ndarray = (self._codes.view[rows].astype(np.float32)
+                               * self._scales.view[rows, None])
+        return out
+
     def said(self, q: np.ndarray, recall_max: int) -> Said:
         """Region fitness (consensus.region_weights, votes.fitness) per memory
         with votes on this very question, and up to `recall_max` memories rated
@@ -308,9 +367,11 @@ class RegionIndex:
         same = np.zeros(len(codes), bool)
         near = np.zeros(len(codes), bool)
         for at in range(0, len(codes), CHUNK):
-            block = codes[at:at + CHUNK].astype(np.float32) * scales[at:at + CHUNK, None]
-            same[at:at + CHUNK] = consensus.region_weights(q, block) > 0
-            near[at:at + CHUNK] = consensus.near_questions(q, block)
+            # A peer's absurd scale makes inf (and NaN) rows: alike to nothing.
+            with np.errstate(over="ignore", invalid="ignore"):
+                block = codes[at:at + CHUNK].astype(np.float32) * scales[at:at + CHUNK, None]
+                same[at:at + CHUNK] = consensus.region_weights(q, block) > 0
+                near[at:at + CHUNK] = consensus.near_questions(q, block)
         return same, near
 
     def _weigh(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,9 +16,10 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from agents import consensus
+from agents import consensus, learner
 from crdt.votes import fitness
 from p2pnode.node import Spore, TeachItem
 from tests.harness import Harness, Node, alone
@@ -60,6 +61,15 @@ async def ranked(spore: Spore, question: str = QUESTION, top: int = 3) -> list[d
 
 def texts(sources: list[dict[str, Any]]) -> list[str]:
     return [s["text"] for s in sources]
+
+
+def moved_cosine(h: Harness, text: str, away_from: str, question: str = QUESTION) -> float:
+    """The cosine a memory ranks by once `away_from` was rejected for the
+    question: with the question moved away from it (learner.feedback_query),
+    by the memories' embeddings as their records keep them (float16)."""
+    q = h.encoder.embed([question])[0]
+    mine, gone = h.encoder.embed([text, away_from]).astype("<f2").astype(np.float32)
+    return float(mine / np.linalg.norm(mine) @ learner.feedback_query(q, gone[None]))
 
 
 def by_text(sources: list[dict[str, Any]], text: str) -> dict[str, Any]:
@@ -133,11 +143,14 @@ def test_an_up_vote_lifts_its_answer_on_every_spore(tmp_path: Path) -> None:
             await founder.spore.rate(up["answer_id"], True)
             await h.settle()
             lift = consensus.REGION_WEIGHT * fitness(1.0, 0.0)  # the founder weighs 1
+            # FIRST was rejected for the question: the cosines are taken
+            # with the question moved away from it (learner.feedback_query).
+            moved = moved_cosine(h, SECOND, away_from=FIRST)
+            assert moved < scores[founder.host][SECOND]
             for node in (teacher, other):
                 sources = await ranked(node.spore)
                 assert sources[0]["text"] == SECOND
-                assert by_text(sources, SECOND)["score"] == pytest.approx(
-                    scores[node.host][SECOND] + lift, abs=2e-4)
+                assert by_text(sources, SECOND)["score"] == pytest.approx(moved + lift, abs=2e-4)
     run(scenario)
 
 
@@ -146,7 +159,8 @@ def test_a_voice_weighs_its_voters_trust_and_ones_own_weighs_one(tmp_path: Path)
         async with Harness(tmp_path) as h:
             founder, teacher, member, judge = await h.spores(4)
             ids = await taught(h, teacher)
-            plain = {n.host: by_text(await ranked(n.spore), SECOND)["score"] for n in h.nodes}
+            for n in h.nodes:  # each asks once, and keeps FIRST, the answer it gave
+                await ranked(n.spore)
             out = await member.spore.ask(QUESTION)
             await member.spore.rate(out["answer_id"], False)  # FIRST, down
             out = await member.spore.ask(QUESTION)
@@ -154,8 +168,10 @@ def test_a_voice_weighs_its_voters_trust_and_ones_own_weighs_one(tmp_path: Path)
             await member.spore.rate(out["answer_id"], True)
             # Here its voice weighs 1 (the asker's own vote always acts fully).
             mine = by_text(await ranked(member.spore), SECOND)["score"]
+            # FIRST rejected: SECOND's cosine is taken with the question moved away from it.
+            moved = moved_cosine(h, SECOND, away_from=FIRST)
             assert mine == pytest.approx(
-                plain[member.host] + consensus.REGION_WEIGHT * fitness(1.0, 0.0), abs=2e-4)
+                moved + consensus.REGION_WEIGHT * fitness(1.0, 0.0), abs=2e-4)
             await h.settle()
             # Elsewhere it weighs the member's trust: a fresh invitation, below a founder's.
             weight = judge.spore.trust[member.key]
@@ -164,8 +180,8 @@ def test_a_voice_weighs_its_voters_trust_and_ones_own_weighs_one(tmp_path: Path)
             assert votes["up"] == 1 and votes["weighed_up"] == pytest.approx(weight, abs=1e-6)
             theirs = by_text(await ranked(judge.spore), SECOND)["score"]
             assert theirs == pytest.approx(
-                plain[judge.host] + consensus.REGION_WEIGHT * fitness(weight, 0.0), abs=2e-4)
-            assert plain[judge.host] < theirs < plain[judge.host] + (mine - plain[member.host])
+                moved + consensus.REGION_WEIGHT * fitness(weight, 0.0), abs=2e-4)
+            assert moved < theirs < mine
     run(scenario)
 
 

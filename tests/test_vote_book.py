@@ -203,3 +203,55 @@ def test_voices_below_established_weigh_a_quarter_of_one_together() -> None:
     book.put_compact(b"n", (b"latecomer", b"r"), QUESTIONS[0], Counter(1, 1, 0))
     book.put_compact(b"n", (fresh[0], b"r"), QUESTIONS[0], Counter(1, 0, 1))
     assert book.weighed(b"n") == pytest.approx((0.25 * 0.02 / 0.32, 0.25 * 0.3 / 0.32))
+
+
+# --- what the learner reads (agents.learner via p2pnode.ranking.learnt_cosines) --------
+
+def _region(i: int) -> bytes:
+    return b"r%d" % i
+
+
+def test_rated_pairs_are_net_per_memory_and_question_latest_last() -> None:
+    book = RegionIndex(DIM)
+    book.put_compact(MEMORIES[0], (VOTERS[0], _region(0)), QUESTIONS[0], Counter(1, 1, 0))
+    book.put_compact(MEMORIES[0], (VOTERS[1], _region(0)), QUESTIONS[0], Counter(1, 1, 0))
+    book.put_compact(MEMORIES[1], (VOTERS[0], _region(1)), QUESTIONS[1], Counter(1, 0, 1))
+    book.put_compact(MEMORIES[2], (VOTERS[0], _region(2)), QUESTIONS[2], Counter(1, 1, 0))
+    book.put_compact(MEMORIES[2], (VOTERS[1], _region(2)), QUESTIONS[2], Counter(1, 0, 1))
+    questions, ids, signs = book.rated_pairs(10)
+    assert ids == [MEMORIES[0], MEMORIES[1]]  # memory 2: one up, one down, net nothing
+    assert signs.tolist() == [1.0, -1.0]
+    assert questions == pytest.approx(np.stack([_question(0), _question(1)]))
+    book.put_compact(MEMORIES[0], (VOTERS[2], _region(0)), QUESTIONS[0], Counter(1, 1, 0))
+    assert book.rated_pairs(1)[1] == [MEMORIES[0]]  # voted on last: the latest kept
+    assert book.rated_pairs(0)[1] == []
+
+
+def test_low_voices_teach_the_learner_nothing() -> None:
+    book = RegionIndex(DIM)
+    for k in range(50):
+        book.put_compact(MEMORIES[0], (b"sybil%d" % k, _region(0)), QUESTIONS[0],
+                         Counter(1, 1, 0))
+    book.set_trust({}, default=ESTABLISHED / 10, own=VOTERS[0])
+    assert book.rated_pairs(10)[1] == []
+    assert len(book.ups_on(MEMORIES)[1]) == 0
+    book.put_compact(MEMORIES[0], (VOTERS[0], _region(0)), QUESTIONS[0], Counter(1, 1, 0))
+    assert book.rated_pairs(10)[1] == [MEMORIES[0]]
+
+
+def test_ups_on_names_the_candidate_each_up_rated_question_rated() -> None:
+    book = RegionIndex(DIM)
+    book.put_compact(MEMORIES[1], (VOTERS[0], _region(0)), QUESTIONS[0], Counter(1, 1, 0))
+    book.put_compact(MEMORIES[2], (VOTERS[0], _region(1)), QUESTIONS[1], Counter(1, 0, 1))
+    book.put_compact(MEMORIES[0], (VOTERS[0], _region(2)), QUESTIONS[2], Counter(1, 1, 0))
+    cands = [MEMORIES[2], b"not voted", MEMORIES[1]]
+    qs, rows = book.ups_on(cands)
+    assert rows.tolist() == [2]  # memory 1, up; memory 2 was rated down; memory 0 no candidate
+    assert qs == pytest.approx(_question(0)[None, :])
+    for k in range(20):
+        book.put_compact(MEMORIES[1], (VOTERS[1], b"q%d" % k), QUESTIONS[k % 3],
+                         Counter(1, 1, 0))
+    # memory 1 now rated up for all 3 questions: the limit keeps the latest 2
+    assert book.ups_on(cands, limit=2)[0] == pytest.approx(
+        np.stack([_question((19 - 1) % 3), _question(19 % 3)]))
+    assert book.ups_on([])[0].shape == (0, DIM)

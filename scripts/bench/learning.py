@@ -42,6 +42,7 @@ from cli.documents import chunk_text
 LOOPBACK = {"SPORE_MAX_CONTACTS_PER_IP": "256", "SPORE_DHT_RATE": "100000",
             "SPORE_GOSSIP_INTERVAL": "0.5", "SPORE_LOG_LEVEL": "error"}
 GOAL, ROLLING = 0.90, 100
+AFTER_DOWN_GOAL = 0.60  # issue 12: the next ask after a down vote, satisfied
 COLONY_COUNTERS = ("born", "divided", "died", "adopted", "placement_failed",
                    "children_placed_remote", "children_kept", "remote_scorers")
 
@@ -145,6 +146,13 @@ def census(spores: list[Spore]) -> dict[str, Any]:
         counters.update({k: v for k, v in got["counters"].items() if k in COLONY_COUNTERS})
     return {"agents": len(live), "max_generation": max(generations),
             "mean_fitness": float(np.mean(live)) if live else 0.0, **counters}
+
+
+def learners(spores: list[Spore]) -> dict[str, list[Any]]:
+    """What each spore's learner (agents.learner) earned: its weights, the
+    trainings and the pairs of the last (empty before the learner existed)."""
+    got = [s.call("GET", "/v1/status").get("learner") or {} for s in spores]
+    return {k: [g.get(k) for g in got] for k in ("lam", "mu", "trainings", "pairs")}
 
 
 def moved(secs: list[str], before: list[float], after: list[float], right: str) -> int:
@@ -277,9 +285,23 @@ def switching(asks: list[Ask]) -> dict[str, dict[str, float]]:
         when = "soon" if a.at_s - prev.at_s < 2.0 else "later"
         hoped = (a.top1 == prev.top1) == prev.satisfied
         for key in (vote, f"{vote} {where} {when}"):
-            got = tally.setdefault(key, [0, 0])
-            got[0], got[1] = got[0] + hoped, got[1] + 1
-    return {k: {"as_hoped": v[0] / v[1], "n": v[1]} for k, v in sorted(tally.items())}
+            got = tally.setdefault(key, [0, 0, 0])
+            got[0], got[1], got[2] = got[0] + hoped, got[1] + 1, got[2] + a.satisfied
+    return {k: {"as_hoped": v[0] / v[1], "n": v[1], "satisfied": v[2] / v[1]}
+            for k, v in sorted(tally.items())}
+
+
+def after_down(right: list[bool], stream: list[tuple[int, int]]) -> dict[str, float]:
+    """The issue's measure: of the asks that follow a down vote on the same
+    question (the previous ask of it was wrong), the share right, for any
+    line of answers (the swarm's, or the ideal try-next's: its ceiling)."""
+    last: dict[int, bool] = {}
+    after: list[bool] = []
+    for ok, (q, _) in zip(right, stream, strict=True):
+        if q in last and not last[q]:
+            after.append(ok)
+        last[q] = ok
+    return {"satisfied": share(after), "n": len(after)}
 
 
 def most_asked(asks: list[Ask], corpus: Corpus, window: int, n: int = 8) -> list[dict[str, Any]]:
@@ -352,12 +374,14 @@ def satisfaction_run(tmp: Path, corpus: Corpus, args: argparse.Namespace,
         asks, series = run_stream(spores, corpus, stream)
         stream_s = time.perf_counter() - t
         votes = votes_spread(spores, sum(1 for a in asks if a.rate_ms > 0))
+        learnt = learners(spores)
         where = [int(s) for s in rng.integers(args.spores, size=nq)]
         top1, top5, swept = sweep(spores, corpus, list(range(nq)), where)
         refused = refusals(spores)
     per_q = [a.satisfied for a in swept]
     asked = {a.question for a in asks}
     return {"publish_s": publish_s, "stream_s": stream_s, "asks": asks, "series": series,
+            "learner": learnt,
             "stream": stream, "votes": votes, "refusals": refused,
             "sweep_top1": top1, "sweep_top5": top5,
             "sweep_asked_top1": share([ok for q, ok in enumerate(per_q) if q in asked]),
@@ -378,12 +402,14 @@ def harm_run(tmp: Path, corpus: Corpus, args: argparse.Namespace,
         asks, _ = run_stream(spores, corpus, stream, poll_every=len(stream))
         a1, a5, after_asks = sweep(spores, corpus, b_half, where)
         refused = refusals(spores)
+        learnt = learners(spores)
     before = [a.satisfied for a in before_asks]
     after = [a.satisfied for a in after_asks]
     secs = [(q, corpus.questions[q][0]) for q in b_half]
     base = {f"{name}_top{k}": share([s in ranks[q][:k] for q, s in secs])
             for name, ranks in (("plain", corpus.plain), ("tfidf", corpus.tfidf)) for k in (1, 5)}
     return {"rated_asks": len(stream), "unseen": len(b_half), "refusals": refused,
+            "learner": learnt,
             "rated_last": share([a.satisfied for a in asks[-args.window:]]),
             "before_top1": b1, "before_top5": b5, "after_top1": a1, "after_top5": a5,
             "turned_right": sum(not x and y for x, y in zip(before, after, strict=True)),
@@ -440,6 +466,7 @@ def summarize(corpus: Corpus, sat: dict[str, Any], harm: dict[str, Any] | None,
         "distinct_asked": len({a.question for a in asks}),
         "satisfaction": {k: {"first": share(v[:w]), "last": share(v[-w:])}
                          for k, v in lines.items()},
+        "after_down": {k: after_down(lines[k], stream) for k in ("swarm", "ideal_try_next")},
         "goal_met": share(lines["swarm"][-w:]) >= GOAL,
         "harm": harm, "series": sat["series"],
         "calibration": {"all": calibration(asks), "first": calibration(asks[:w]),
@@ -449,7 +476,7 @@ def summarize(corpus: Corpus, sat: dict[str, Any], harm: dict[str, Any] | None,
         "diagnosis": {**diagnose(asks, corpus, w), "votes": sat["votes"],
                       **{k: sat[k] for k in ("sweep_top1", "sweep_top5", "sweep_asked_top1",
                                              "sweep_never_asked_top1", "sweep_never_asked")}},
-        "publish_s": sat["publish_s"], "stream_s": sat["stream_s"],
+        "publish_s": sat["publish_s"], "stream_s": sat["stream_s"], "learner": sat["learner"],
         "refusals": sat["refusals"],
     }
 
@@ -470,10 +497,16 @@ def show_harm(h: dict[str, Any], w: int) -> None:
     print(f"  top-1 changed for {h['changed_top1']} unseen questions; among their 5 sources the "
           f"votes moved it {h['after_votes_moved']}, the agents {h['after_agents_moved']} "
           "(+1 to the right one, -1 away)")
+    show_learner(h["learner"], "after half A")
     for d in h["turned_wrong_detail"]:
         print(f"    turned wrong: {d['question']!r}: {d['before']} (cos {d['cos_before']:.3f}) -> "
               f"{d['after']} (cos {d['cos_after']:.3f}); nearest rated question at cos "
               f"{d['nearest_rated']:.2f}")
+
+
+def show_learner(x: dict[str, list[Any]], when: str) -> None:
+    print(f"  learner {when}, per spore: lam {x['lam']}, mu {x['mu']}, trainings "
+          f"{x['trainings']}, pairs {x['pairs']}")
 
 
 def show_calibration(c: dict[str, Any], w: int) -> None:
@@ -529,6 +562,11 @@ def show(r: dict[str, Any]) -> None:
                       ("tfidf", "TF-IDF"), ("ideal_try_next", "ideal try-next (ceiling)")):
         print(f"  {name:26} {s[key]['first']:>9.1%} {s[key]['last']:>9.1%}")
     print(f"goal last {w} >= {GOAL:.0%}: {'MET' if r['goal_met'] else 'MISSED'}")
+    down, ideal = r["after_down"]["swarm"], r["after_down"]["ideal_try_next"]
+    print(f"after a down vote, the next ask of that question right: {down['satisfied']:.1%} "
+          f"of {down['n']} (goal >= {AFTER_DOWN_GOAL:.0%}; ideal try-next "
+          f"{ideal['satisfied']:.1%} of {ideal['n']})")
+    show_learner(r["learner"], "after the stream")
     if r["harm"] is not None:
         show_harm(r["harm"], w)
     p0, p1 = r["series"][0], r["series"][-1]

@@ -14,9 +14,12 @@ A voice weighs its voter's trust (agents.trust, given by `set_trust`; 1.0
 each until then), the spore's own always 1.0: the asker's vote acts at once
 on its own spore. The voices below trust.ESTABLISHED fill silence only: on
 a memory where an established voice (or our own) spoke they count for
-nothing, elsewhere they weigh LOW_VOICES_CAP at most all together (per
-question in `said`, and overall): a thousand fresh keys are a quarter of a
-voice where no member said anything, and nothing against a member.
+nothing, elsewhere each weighs what it earned above trust.FLOOR, and all
+together LOW_VOICES_CAP at most (per question in `said`, and overall): a
+thousand fresh keys weigh nothing (scripts/bench/sybil.py: at FLOOR each,
+K = 1,000 unsettled Sybils were the whole low pool and rejected what
+tickets not yet established had rated up), keys with a history a quarter
+of a voice where no member said anything, and nothing against a member.
 
 `RegionIndex` is the spore's one vote book (the event loop's; no locks):
 every vote it knows, whoever holds the memory, in flat arrays. A vote costs
@@ -205,7 +208,9 @@ class RegionIndex:
             return trust.UNIT, False
         w = self._trust.get(key, self._default)
         w = min(w, 1.0) if w > 0 else 0.0  # NaN too: a weight out of [0, 1] is no weight
-        return round(w * trust.UNIT), w < trust.ESTABLISHED
+        if w < trust.ESTABLISHED:  # a low voice weighs what it earned above FLOOR
+            return round(max(w - trust.FLOOR, 0.0) * trust.UNIT), True
+        return round(w * trust.UNIT), False
 
     def _restance(self, row: int, new: int) -> None:
         """Set a vote's stance, moving its memory's voices as its voter's sum turns."""

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.consensus import REJECTED_BELOW
-from agents.trust import ESTABLISHED
+from agents.trust import ESTABLISHED, FLOOR
 from crdt.votes import Counter, VoteKey, fitness, merge_votes, voices
 from dht import compact
 from p2pnode.regions import LOW_VOICES_CAP, RegionIndex
@@ -123,7 +123,10 @@ def _weighed(entries: dict[tuple[bytes, bytes, bytes], int], memory: bytes,
     for voter, total in said.items():
         if total:
             w = weight[voter]
-            (low if w < ESTABLISHED else high)[total < 0] += w
+            if w < ESTABLISHED:  # a low voice: what it earned above FLOOR
+                low[total < 0] += max(w - FLOOR, 0.0)
+            else:
+                high[total < 0] += w
     if sum(high):
         low = [0.0, 0.0]
     scale = min(1.0, cap / sum(low)) if sum(low) else 1.0
@@ -202,7 +205,8 @@ def test_voices_below_established_weigh_a_quarter_of_one_together() -> None:
     assert book.weighed(b"m") == (0.5, 0.0)
     book.put_compact(b"n", (b"latecomer", b"r"), QUESTIONS[0], Counter(1, 1, 0))
     book.put_compact(b"n", (fresh[0], b"r"), QUESTIONS[0], Counter(1, 0, 1))
-    assert book.weighed(b"n") == pytest.approx((0.25 * 0.02 / 0.32, 0.25 * 0.3 / 0.32))
+    # the latecomer (FLOOR: no history) weighs nothing; the other its earned 0.28, capped
+    assert book.weighed(b"n") == pytest.approx((0.0, 0.25))
 
 
 # --- what the learner reads (agents.learner via p2pnode.ranking.learnt_cosines) --------

@@ -48,8 +48,9 @@ with a set S of keys, none a founder or invited, and no vote of another key
 that names a key of S as the author of the memory it rates up, adding any
 votes signed by S changes the trust of no key outside S, and leaves every
 key of S below ESTABLISHED; a key of S whose votes no established voice met
-stays at FLOOR exactly. A low-trust voice still counts, a little: the vote
-book (p2pnode.regions) caps what all of them together weigh on a memory.
+stays at FLOOR exactly. A low-trust voice counts for what it earned above
+FLOOR, in silence only: the vote book (p2pnode.regions) caps what all of
+them together weigh on a memory, and a key at FLOOR weighs nothing there.
 
 Every sum is of integers (trust in units of 1/UNIT), so the result does not
 depend on the order of the items, their repetition or the numbering of

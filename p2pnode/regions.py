@@ -16,8 +16,8 @@ on its own spore. The voices below trust.ESTABLISHED fill silence only: on
 a memory where an established voice (or our own) spoke they count for
 nothing, elsewhere each weighs what it earned above trust.FLOOR, and all
 together LOW_VOICES_CAP at most (per question in `said`, and overall): a
-thousand fresh keys weigh nothing (scripts/bench/sybil.py: at FLOOR each,
-K = 1,000 unsettled Sybils were the whole low pool and rejected what
+thousand fresh keys weigh nothing (at FLOOR each, K = 1,000 Sybils that
+no established voice ever met were the whole low pool and could reject what
 tickets not yet established had rated up), keys with a history a quarter
 of a voice where no member said anything, and nothing against a member.
 

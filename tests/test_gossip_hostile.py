@@ -391,3 +391,45 @@ def test_stores_offered_the_same_flood_in_any_order_keep_the_same_votes() -> Non
     assert len(s.offer(held)) == 10
     fresh = [vote(Identity.from_seed(b"grinder %d" % i), b"g" * 32) for i in range(200)]
     assert s.offer(fresh) == [] and "evicted_low_trust" not in s.counters
+
+
+def test_a_listing_too_long_for_one_reply_reaches_every_bucket_in_turn() -> None:
+    """Two stores that differ for good in every bucket (a flood one of them
+    refused) and hold more than one listing (sync.MAX_LISTING): the larger
+    one's reply lists as many differing buckets as fit. In bucket order it
+    listed the same first buckets every round, and a member's votes in the
+    last buckets never went (scripts/bench/sybil.py: each spore held a third
+    of the other members' votes). Now the buckets listed are drawn at
+    random: every vote arrives within a few rounds."""
+    import asyncio
+
+    from crdt.sync import FANOUT, MAX_LISTING, bucket_of
+    from p2pnode.gossip import exchange
+
+    def direct(responder: GossipStore):  # type: ignore[no-untyped-def]
+        async def call(route: str, body: bytes) -> bytes:
+            if route == "sync":
+                return responder.answer_sync(body)
+            return responder.answer_delta(body)[0]
+        return call
+
+    member = Identity.from_seed(b"member")
+    sybils = [Identity.from_seed(b"sybil %d" % i) for i in range(24)]
+    flood = [vote(who, (n * 256 + i).to_bytes(32, "big"))
+             for n, who in enumerate(sybils) for i in range(250)]
+    honest = [item for item in (vote(member, b"\xee" * 30 + i.to_bytes(2, "big"))
+                                for i in range(400)) if bucket_of(item[0]) >= FANOUT - 8][:10]
+    assert len(flood) > MAX_LISTING + 1000 and len(honest) == 10
+    full = store()  # holds all
+    small = store(caps=Caps(low_votes=100, low_votes_per_voter=8))  # refuses the flood
+    full.trusted = small.trusted = lambda voter: voter == member.public_key
+    full.rng, small.rng = random.Random(1), random.Random(2)
+    full.offer(flood + honest)
+    small.offer(flood[:100])
+    assert len(full.listing(range(FANOUT))) > MAX_LISTING
+    rounds = 0
+    while rounds < 20 and not all(k in small.items for k, _ in honest):
+        rounds += 1
+        asyncio.run(exchange(small, direct(full)))  # the small one pulls: full lists
+    assert all(k in small.items for k, _ in honest), rounds
+    assert full.counters.get("listing_paged", 0) >= 1

@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from cli import output
+from cli.mcp import mcp_command
+from cli.memory import COMMANDS as MEMORY_COMMANDS
 from p2pnode.client import Client, DaemonUnreachable
 from p2pnode.config import Config, load_config
 from p2pnode.errors import SporeError
@@ -250,7 +253,7 @@ def dna_show(ctx: click.Context, as_json: bool) -> None:
     if found is None:
         raise SporeError("no swarm DNA yet: run `spore init` (or `spore node run`)")
     data = found.show()
-    emit(as_json, data, lambda: click.echo(json.dumps(data, indent=2)))
+    emit(as_json, data, lambda: click.echo(output.dna_lines(data)))
 
 
 @dna.command("export")
@@ -293,7 +296,9 @@ def dna_update(ctx: click.Context, assignments: tuple[str, ...], as_json: bool) 
     api = client(ctx)
     api.need_token()  # DNA changes need the token, on loopback too
     data = api.post("/v1/dna", {"set": changes})
-    emit(as_json, data, lambda: click.echo(json.dumps(data, indent=2)))
+    emit(as_json, data, lambda: click.echo(f"published DNA version {data.get('version')}; "
+                                           f"gossip takes it to every spore\n"
+                                           + output.dna_lines(data)))
 
 
 def _assignments(items: tuple[str, ...]) -> dict[str, Any]:
@@ -357,6 +362,18 @@ def invite(ctx: click.Context, may_invite: bool, ttl: str, path: Path | None,
         write_atomic(path, invitation_text(data["code"]).encode(), private=True)
         data = {**{k: v for k, v in data.items() if k != "code"}, "file": str(path)}
     emit(as_json, data, lambda: click.echo(_invitation_lines(data)))
+    _warn_if_alone(api)
+
+
+def _warn_if_alone(api: Client) -> None:
+    """An invitation names this spore's peer address: while it is alone, that
+    is 127.0.0.1 (p2pnode.config.dht_listen), reachable from this device only."""
+    listen = (api.get("/v1/status").get("dht") or {}).get("listen") or {}
+    if listen.get("reason") == "alone":
+        click.echo("note: this spore listens for peers on this device only (it is alone), so "
+                   "the invitation works only here; to invite another device, set [dht] "
+                   "host = \"0.0.0.0\" in config.toml (or SPORE_DHT_HOST=0.0.0.0), restart "
+                   "the daemon and invite again", err=True)
 
 
 def _invitation_lines(data: dict[str, Any]) -> str:
@@ -481,14 +498,24 @@ def _print_answer(data: dict[str, Any]) -> None:
     if not data["sources"]:
         click.echo("I know nothing yet: teach me with `spore teach` or `spore ingest`.")
         return
-    click.echo(data["answer"])
-    click.echo()
-    click.echo(f"confidence {data['confidence']:.2f}   answer id {data['answer_id']}"
-               f"   (rate it: spore rate {data['answer_id']} up|down)")
+    abstained = bool(data.get("abstained"))
+    if abstained:
+        click.echo("I don't know: nothing I hold is near this question.")
+        click.echo()
+        click.echo(f"maybe   answer id {data['answer_id']}   (if [1] answers it: "
+                   f"spore rate {data['answer_id']} up)")
+    else:
+        click.echo(data["answer"])
+        click.echo()
+        click.echo(f"confidence {data['confidence']:.2f}   answer id {data['answer_id']}"
+                   f"   (rate it: spore rate {data['answer_id']} up|down)")
     for i, s in enumerate(data["sources"], 1):
         click.echo(f"  [{i}] {s['score']:.3f}  {s['id'][:16]}  {s['origin']}  "
                    f"by {s['author'][:12]}  {_when(s['created_ms'])}"
                    + ("  (rated down for this question)" if s.get("rejected") else ""))
+        if abstained:  # no answer text above: each maybe's own first words
+            text = " ".join(str(s.get("text", "")).split())
+            click.echo(f"      {text[:100]}{'…' if len(text) > 100 else ''}")
 
 
 @main.command()
@@ -510,38 +537,20 @@ def rate(ctx: click.Context, answer_id: str, vote: str, as_json: bool) -> None:
 def status(ctx: click.Context, as_json: bool) -> None:
     """The daemon's status."""
     data = client(ctx).get("/v1/status")
-    emit(as_json, data, lambda: click.echo(_status_lines(data)))
+    emit(as_json, data, lambda: click.echo(output.status_lines(data)))
 
 
-def _status_lines(data: dict[str, Any]) -> str:
-    lines = [f"{k:10} {v}" for k, v in data.items()
-             if k not in ("counters", "dht", "members")]
-    members = data.get("members")
-    if members:
-        lines.append(_membership_line(members))
-    dht = data.get("dht")
-    if dht:
-        lines.append(f"{'dht':10} {dht['dht_address']} udp, {dht['contacts']} contacts, "
-                     f"holding {dht['store']['count']} values for the swarm")
-        if dht.get("alone"):
-            lines.append(_alone_line(dht.get("bootstrap") or {}))
-    return "\n".join(lines)
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL. bash: add
+    `eval "$(spore completion bash)"` to ~/.bashrc; zsh: the same with zsh in
+    ~/.zshrc; fish: `spore completion fish > ~/.config/fish/completions/spore.fish`."""
+    from click.shell_completion import get_completion_class
 
-
-def _membership_line(m: dict[str, Any]) -> str:
-    standing = m.get("standing", "member")
-    who = (f"a {m.get('kind')}" if standing == "member"
-           else f"NOT A MEMBER ({standing}): other spores refuse this one")
-    invites = ", may invite" if m.get("may_invite") else ""
-    return (f"{'membership':10} {m.get('membership')} swarm; this spore is {who}{invites}; "
-            f"{m.get('members', 0)} members known")
-
-
-def _alone_line(boot: dict[str, Any]) -> str:
-    peers = ", ".join(boot.get("peers") or []) or "gossip peers"
-    return (f"{'':10} ALONE: no DHT contact although peers are configured ({peers}); "
-            f"{boot.get('attempts_since_joined', 0)} bootstrap attempts, "
-            f"next in {boot.get('next_retry_s')} s")
+    kind = get_completion_class(shell)
+    assert kind is not None  # click ships all three
+    click.echo(kind(main, {}, "spore", "_SPORE_COMPLETE").source())
 
 
 @main.command()
@@ -624,9 +633,14 @@ def memories(ctx: click.Context, memory_id: str | None, limit: int, offset: int,
     api = client(ctx)
     if memory_id:
         one = api.get(f"/v1/memories/{memory_id}")
-        emit(as_json, one, lambda: click.echo(json.dumps(one, indent=2, ensure_ascii=False)))
+        emit(as_json, one, lambda: click.echo(output.memory_lines(one)))
         return
     data = api.get(f"/v1/memories?limit={limit}&offset={offset}")
     emit(as_json, data, lambda: click.echo("\n".join(
         f"{m['id'][:16]}  {_when(m['created_ms'])}  {m['origin'][-40:]:40}  "
         f"{m['text'][:60].replace(chr(10), ' ')}" for m in data["memories"])))
+
+
+main.add_command(mcp_command)
+for _command in MEMORY_COMMANDS:  # forget, export, import
+    main.add_command(_command)

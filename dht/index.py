@@ -147,6 +147,19 @@ class LocalIndex:
         self._rows_increase = self._rows_increase and increasing
         self._n = hi
 
+    def remove(self, rows: RowIds) -> int:
+        """Drop rows (a forgotten memory's); returns how many were indexed."""
+        n = self._n
+        gone = np.isin(self._rows[:n], np.asarray(rows, dtype=np.int64).reshape(-1))
+        dropped = int(gone.sum())
+        if dropped:
+            keep = np.flatnonzero(~gone)
+            m = len(keep)
+            self._codes[:m], self._scales[:m] = self._codes[keep], self._scales[keep]
+            self._rows[:m], self._sketch[:, :m] = self._rows[keep], self._sketch[:, keep]
+            self._n = m
+        return dropped
+
     def _check_new(self, ids: I64) -> None:
         if len(np.unique(ids)) != len(ids):
             raise ValueError("row ids repeat within one add")

@@ -174,6 +174,7 @@ class SporeProtocol(KademliaProtocol):  # type: ignore[misc]
             self.counters["malformed_requests"] += 1
             return
         name, args = call
+        self.counters[f"rpc_served_{name}"] += 1  # names from guard's table: bounded
         result = getattr(self, f"rpc_{name}")(src, *args)
         self._reply(src, data[1:HEADER], result)
 
@@ -221,6 +222,7 @@ class SporeProtocol(KademliaProtocol):  # type: ignore[misc]
             raise TooLarge(f"a DHT {name} of {len(data)} bytes is over {MAX_DATAGRAM}")
         if not self._send(addr, data, triggered=triggered):
             return False, None
+        self.counters[f"rpc_sent_{name}"] += 1
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[bool, object]] = loop.create_future()
         timer = loop.call_later(self._wait_timeout, self._expire, msg_id)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from dht.codec import KIND_BUCKET, merge_values, validate_value
@@ -63,6 +64,9 @@ class ValueStore:
         self._used: dict[bytes, int] = defaultdict(int)
         self._total = 0
         self._load_usage()
+        # What the holder will not keep (the daemon's: forgotten memories):
+        # (key, value) -> the value to store, or VerifyError. Runs first.
+        self.screen: Callable[[bytes, bytes], bytes] | None = None
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -108,6 +112,8 @@ class ValueStore:
         """
         if not 0 < len(publisher) <= _MAX_PUBLISHER_BYTES:
             raise ValueError("publisher must be a node id")
+        if self.screen is not None:
+            data = self.screen(key32, data)
         old = self._row(key32)
         if old is None:
             kind, value = validate_value(key32, data, now_ms=now_ms)
@@ -154,6 +160,26 @@ class ValueStore:
     def get(self, key32: bytes) -> bytes | None:
         row = self._row(key32)
         return None if row is None else row[0]
+
+    def narrow(self, key32: bytes, value: bytes | None) -> None:
+        """Replace a held value by a part of it (a bucket without some entries,
+        canonical already), or drop it (None): what the holder must no longer
+        keep. The publisher and times stay; a merge could only add."""
+        old = self._row(key32)
+        if old is None:
+            return
+        try:
+            with self._db:
+                if value is None:
+                    self._db.execute("DELETE FROM dht_values WHERE key = ?", (key32,))
+                else:
+                    self._db.execute("UPDATE dht_values SET value = ?, size = ? WHERE key = ?",
+                                     (value, len(value), key32))
+        except sqlite3.Error as exc:
+            raise StateError(f"DHT value store {self.path}: {exc}") from exc
+        delta = (0 if value is None else len(value)) - len(old[0])
+        self._used[old[1]] += delta
+        self._total += delta
 
     def expire(self, now_ms: int, ttl_ms: int) -> int:
         """Drop the values nobody refreshed within `ttl_ms`; returns how many."""

@@ -7,8 +7,9 @@ Web pages on this device reach the API too, so `gate` lets a request through
 only with one of the API's own Host names (DNS rebinding), no cross-site
 Origin or Sec-Fetch-Site, and a JSON body (a page may post text/plain or a
 form without asking first). DNA and membership changes (who is in the
-swarm: invitations, revocations) need the token from the state directory
-even on loopback; beyond loopback every route but /healthz does.
+swarm: invitations, revocations) and exports (they hold the questions rated
+here) need the token from the state directory even on loopback; beyond
+loopback every route but /healthz does.
 What aiohttp cannot hand to a route (an unparsable request, a line over its
 limit) is answered in JSON too, and logged as one counted line at most every
 LOG_EVERY_S (`ApiRunner`): a flood of garbage costs a counter, not the disk.
@@ -33,8 +34,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
+from p2pnode import metrics as metrics_mod
 from p2pnode.config import parse_peers
 from p2pnode.errors import BadRequest, ConfigError, SporeError, StateError, TooLarge
+from p2pnode.exchange import export_lines, import_lines
 from p2pnode.node import Spore, TeachItem
 from p2pnode.openapi import (
     DEFAULT_INVITE_TTL_S,
@@ -52,6 +55,7 @@ log = logging.getLogger("spore.api")
 
 MAX_BODY = 4 * 1024 * 1024
 MAX_INGEST_CHUNKS = 256
+MAX_IMPORT_LINES = 1024
 MAX_TOP = 20
 MAX_LIMIT = 1000
 MAX_OFFSET = 10**9
@@ -368,9 +372,13 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def _status_of(request: web.Request) -> dict[str, Any]:
+    """What /v1/status says (and /metrics, from the same snapshot)."""
+    return {**await _spore(request).status(), "api": request.app[FAULTS_KEY].status()}
+
+
 async def status(request: web.Request) -> web.Response:
-    return web.json_response({**await _spore(request).status(),
-                              "api": request.app[FAULTS_KEY].status()})
+    return web.json_response(await _status_of(request))
 
 
 async def dna(request: web.Request) -> web.Response:
@@ -439,6 +447,34 @@ def _memory_id(raw: str) -> bytes:
 
 async def memory(request: web.Request) -> web.Response:
     return web.json_response(await _spore(request).memory(_memory_id(request.match_info["id"])))
+
+
+async def forget(request: web.Request) -> web.Response:
+    """The author's memory forgotten by every spore; anyone else's hidden here."""
+    body = await _body(request, "memory_id")
+    mid = _memory_id(_field(body, "memory_id", str))
+    return web.json_response(await _spore(request).forgetting.forget(mid))
+
+
+async def export(request: web.Request) -> web.StreamResponse:
+    """JSON lines, streamed as storage is read (p2pnode.exchange)."""
+    rated = request.query.get("rated", "false")
+    if rated not in ("true", "false"):
+        raise BadRequest("query parameter 'rated' must be true or false")
+    resp = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "application/x-ndjson"})
+    await resp.prepare(request)
+    async for line in export_lines(_spore(request), rated=rated == "true"):
+        await resp.write(line.encode())
+    await resp.write_eof()
+    return resp
+
+
+async def import_(request: web.Request) -> web.Response:
+    """A batch of an export's lines; the CLI streams a file in such batches."""
+    lines = _field(await _body(request, "lines"), "lines", list)
+    if len(lines) > MAX_IMPORT_LINES or not all(isinstance(x, str) for x in lines):
+        raise BadRequest(f"'lines' must be a list of at most {MAX_IMPORT_LINES} strings")
+    return web.json_response((await import_lines(_spore(request), lines)).json())
 
 
 async def peers(request: web.Request) -> web.Response:
@@ -563,6 +599,19 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
 
+async def mcp(request: web.Request) -> web.StreamResponse:
+    """MCP for AI assistants over streamable HTTP (p2pnode.mcp), past the same gate.
+    Its SDK (the optional extra) is imported at the first /mcp request only."""
+    try:
+        from p2pnode.mcp import serve_http
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "mcp":
+            raise
+        return _error(501, "this daemon has no MCP server: install it with "
+                      "pip install 'sporemind[mcp]', then restart the daemon")
+    return await serve_http(request)
+
+
 SPORE_KEY: web.AppKey[Spore] = web.AppKey("spore", Spore)
 GATE_KEY: web.AppKey[Gate] = web.AppKey("gate", Gate)
 FAULTS_KEY: web.AppKey[Faults] = web.AppKey("faults", Faults)
@@ -575,14 +624,17 @@ def make_app(spore: Spore, token: str, *, loopback_only: bool, host: str = "",
     `token` guards DNA changes, and beyond loopback every route but /healthz."""
     if not token:
         raise ValueError("the API needs a token (api.token in the state directory)")
-    app = web.Application(middlewares=[errors_as_json, gate], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[errors_as_json, gate, metrics_mod.time_asks],
+                          client_max_size=MAX_BODY)
     app[SPORE_KEY] = spore
+    app[metrics_mod.METRICS_KEY] = metrics_mod.Metrics()  # its own registry, per app
     app[GATE_KEY] = Gate(token=token, loopback_only=loopback_only,
                          names=LOOPBACK_NAMES | {host_name(host)} - {"", "0.0.0.0", "::"})
     app[FAULTS_KEY] = Faults(clock)
     app.add_routes([
         web.get("/healthz", healthz),
         web.get("/v1/status", status),
+        web.get("/metrics", metrics_mod.handler(_status_of)),
         web.get("/v1/dna", dna),
         web.post("/v1/teach", teach),
         web.post("/v1/ingest", ingest),
@@ -590,6 +642,9 @@ def make_app(spore: Spore, token: str, *, loopback_only: bool, host: str = "",
         web.post("/v1/rate", rate),
         web.get("/v1/memories", memories),
         web.get("/v1/memories/{id}", memory),
+        web.post("/v1/forget", forget),
+        web.get("/v1/export", export),
+        web.post("/v1/import", import_),
         web.get("/v1/peers", peers),
         web.get("/v1/dht/locate/{id}", locate),
         web.post("/v1/dna", dna_update),
@@ -601,9 +656,11 @@ def make_app(spore: Spore, token: str, *, loopback_only: bool, host: str = "",
         web.get("/v1/members", members),
         web.post("/v1/revocations", revocations),
         web.get("/v1/openapi.json", openapi),
+        web.post("/mcp", mcp),  # stateless: no SSE stream to GET, no session to DELETE
     ])
     return app
 
 
 # Routes that change the swarm's rules or who is in it: the token even on loopback.
-TOKEN_ROUTES = frozenset({dna_update, invites, revocations})
+# An export holds the questions rated here (their text never leaves this device).
+TOKEN_ROUTES = frozenset({dna_update, invites, revocations, export})

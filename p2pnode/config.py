@@ -61,6 +61,7 @@ ENV_VARS = {
     "SPORE_CAPTURE_EGRESS": "capture_egress",
 }
 DEFAULT_DHT_PORT = 7151
+LOOPBACK_HOST, ANY_HOST = "127.0.0.1", "0.0.0.0"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +75,8 @@ class Config:
     log_level: str = "info"
     encoder_threads: int = 1
     max_text_bytes: int = 16 * 1024
-    dht_host: str = "0.0.0.0"
+    dht_host: str = ""  # "": not configured, `dht_listen` decides (loopback while alone)
+    dht_host_from: str = ""  # where dht_host was configured (a file or a variable)
     dht_port: int = DEFAULT_DHT_PORT
     peers: tuple[tuple[str, int], ...] = ()
     republish_s: float = 3600.0
@@ -133,10 +135,14 @@ def load_config(env: Mapping[str, str], flags: Mapping[str, Any] | None = None) 
     if path.exists():
         values.update(_read_toml(path))
         sources.append(str(path))
+        if values.get("dht_host"):
+            values["dht_host_from"] = f"[dht] host in {path}"
     for var, name in ENV_VARS.items():
         if env.get(var):
             values[name] = _coerce(name, env[var], f"environment variable {var}")
             sources.append(var)
+            if name == "dht_host":
+                values["dht_host_from"] = var
     for name, value in flags.items():
         values[name] = _coerce(name, value, f"option --{name.replace('_', '-')}")
     values["journald"] = bool(env.get("JOURNAL_STREAM"))
@@ -237,10 +243,58 @@ def _validated(cfg: Config) -> Config:
         raise ConfigError(f"encoder_threads {cfg.encoder_threads} is not in 1..64")
     if not 64 <= cfg.max_text_bytes <= 1024 * 1024:
         raise ConfigError(f"max_text_bytes {cfg.max_text_bytes} is not in 64..1048576")
-    for what, host in (("API", cfg.api_host), ("DHT", cfg.dht_host)):
+    for what, host in (("API", cfg.api_host), ("DHT", cfg.dht_host or LOOPBACK_HOST)):
         try:
             ipaddress.ip_address(host)
         except ValueError:
             if host != "localhost":
                 raise ConfigError(f"{what} host {host!r} is not an IP address") from None
     return replace(cfg, state_dir=cfg.state_dir.expanduser())
+
+
+# -- where the DHT and peer HTTP listen ---------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Listen:
+    """Where the DHT (UDP) and peer HTTP (TCP) port is bound, and why: `reason`
+    for programs (configured, peers, joined, members, alone), `why` for people."""
+
+    host: str
+    reason: str
+    why: str
+
+    @property
+    def loopback_only(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
+
+    def status(self) -> dict[str, Any]:
+        return {"host": self.host, "loopback_only": self.loopback_only,
+                "reason": self.reason, "why": self.why}
+
+
+def dht_listen(cfg: Config, *, joined: bool, members: int) -> Listen:
+    """Loopback until a swarm exists: a spore alone (no host configured, no
+    peers to join, founder of its swarm with no other member known) listens
+    on 127.0.0.1 only, so a lone laptop offers nothing to its network.
+    `joined`: this spore is a member of a swarm founded elsewhere (`spore init
+    --join`); `members`: the members its roster knows, itself included, not
+    counting the revoked."""
+    if cfg.dht_host:
+        return Listen(host=cfg.dht_host, reason="configured",
+                      why=f"configured ({cfg.dht_host_from or '[dht] host'})")
+    if cfg.peers:
+        return Listen(host=ANY_HOST, reason="peers",
+                      why=f"{len(cfg.peers)} peer(s) to join configured ([dht] peers, --peer "
+                          "or SPORE_PEERS)")
+    if joined:
+        return Listen(host=ANY_HOST, reason="joined",
+                      why="a member of a swarm founded elsewhere (spore init --join)")
+    if members > 1:
+        return Listen(host=ANY_HOST, reason="members",
+                      why=f"the swarm has {members} members known")
+    return Listen(host=LOOPBACK_HOST, reason="alone",
+                  why="alone: no peers, no [dht] host, no other member (to let other "
+                      "devices in: [dht] host = \"0.0.0.0\" or SPORE_DHT_HOST, or join a "
+                      "swarm)")

@@ -15,7 +15,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aiohttp import web
@@ -27,7 +27,7 @@ from p2pnode import dna as dna_mod
 from p2pnode.agentnet import AgentNet
 from p2pnode.api import ApiRunner, make_app
 from p2pnode.colony import AGENTS_DB, Colony
-from p2pnode.config import Config
+from p2pnode.config import Config, Listen, dht_listen
 from p2pnode.egress import Egress, tapped_bind, trace_config
 from p2pnode.errors import SporeError, StateError
 from p2pnode.gossip import KIND_DNA, GossipStore
@@ -135,7 +135,7 @@ async def _serve_locked(cfg: Config) -> None:
     spore, swarm, members, gossip = parts.spore, parts.swarm, parts.members, parts.gossip
     peers: PeerService | None = None
     try:
-        host, port = await start_parts(parts)
+        host, port = await start_parts(parts, listen=lambda p: _listen(cfg, p))
         peers = PeerService(
             identity=identity, swarm=dna.swarm_id, store=gossip, host=host, port=port,
             seeds=list(cfg.peers), interval_s=cfg.gossip_interval_s,
@@ -213,16 +213,32 @@ def assemble(*, identity: Identity, dna: dna_mod.Dna, chain: list[dna_mod.Dna],
     return Parts(spore, swarm, members, gossip)
 
 
-async def start_parts(parts: Parts) -> tuple[str, int]:
+async def start_parts(parts: Parts, *,
+                      listen: Callable[[Parts], Listen] | None = None) -> tuple[str, int]:
     """Our pass, the stores loaded, trust weighed, the DHT bound and joined:
-    returns the DHT's address."""
+    returns the DHT's address. `listen` chooses the address to bind once the
+    roster is loaded (else the swarm's settings say it)."""
     spore, gossip = parts.spore, parts.gossip
     await _take_membership(parts.members, gossip)
     await spore.load()
     await _adopt_gossiped_dna(spore, gossip)
     await spore.refresh_trust()  # revoked voices weigh nothing from the first ask
     gossip.offer({KIND_DNA: dna_mod.chain_wire(spore.chain)})
+    if listen is not None:
+        chosen = listen(parts)
+        parts.swarm.settings = replace(parts.swarm.settings, host=chosen.host,
+                                       listen=chosen.status())
+        log.info("DHT and peer port on %s: %s", chosen.host, chosen.why)
     return await parts.swarm.start()
+
+
+def _listen(cfg: Config, parts: Parts) -> Listen:
+    """Loopback until a swarm exists (p2pnode.config.dht_listen): decided with
+    the roster loaded, so a founder whose swarm has members stays reachable."""
+    spore = parts.spore
+    members = sum(not m["revoked"] for m in parts.members.roster.members())
+    return dht_listen(cfg, joined=spore.identity.public_key not in spore.dna.founders,
+                      members=members)
 
 
 async def start_agents(parts: Parts, path: Path | None, peers: PeerService | None, *,

@@ -9,6 +9,7 @@ key's first byte says what the item is:
 * ``A`` + host id + agent id   an agent registry card, signed by its host (its seq wins)
 * ``M`` + member key   a member's pass: its certificate chain or its puzzle ticket
 * ``R`` + target key   a founder's revocation of a member
+* ``F`` + memory id + author digest   an author's tombstone (p2pnode.forgetting)
 
 Each kind has a validator (every field, signature, key, swarm: p2pnode.peers
 `validators`) that yields the item's stamp; each kind and writer has a
@@ -43,13 +44,13 @@ from crdt import sync
 from p2pnode.errors import SporeError, StateError, VerifyError
 from p2pnode.membership import KIND_PASS as KIND_PASS
 from p2pnode.membership import KIND_REVOKE as KIND_REVOKE
-from p2pnode.records import MAX_INT, AgentCard, PeerRecord, RecordError, VoteRecord
+from p2pnode.records import MAX_INT, AgentCard, PeerRecord, RecordError, Tombstone, VoteRecord
 from p2pnode.storage import connect_wal, transaction
 
 log = logging.getLogger("spore.gossip")
 
-KIND_DNA, KIND_PEER, KIND_VOTE, KIND_AGENT = b"D", b"P", b"V", b"A"
-_LOW_SHARES = (b"Vl", b"Al", b"Pl")  # the quota groups of writers not trusted yet
+KIND_DNA, KIND_PEER, KIND_VOTE, KIND_AGENT, KIND_FORGET = b"D", b"P", b"V", b"A", b"F"
+_LOW_SHARES = (b"Vl", b"Al", b"Pl", b"Fl")  # the quota groups of writers not trusted yet
 # Who may write is decided by the DNA, revocations and passes: in a batch they
 # are judged first, so a new member's pass admits its votes in the same delta.
 _FIRST = {KIND_DNA: 0, KIND_REVOKE: 1, KIND_PASS: 2}
@@ -66,6 +67,12 @@ Call = Callable[[str, bytes], Awaitable[bytes]]  # (route, body) → reply body
 
 def vote_key(memory_id: bytes, voter: bytes, region: bytes) -> bytes:
     return KIND_VOTE + memory_id + hashlib.sha256(voter + region).digest()[:16]
+
+
+def forget_key(memory_id: bytes, author: bytes) -> bytes:
+    """An author's tombstone of a memory: only that author writes under it, so
+    nobody's tombstone (for a memory not theirs) takes the author's place."""
+    return KIND_FORGET + memory_id + hashlib.sha256(author).digest()[:16]
 
 
 def agent_key(host: bytes, agent_id: bytes) -> bytes:
@@ -117,11 +124,17 @@ class Caps:
     # A pass costs an invitation or a puzzle; revocations are the founders' alone.
     passes: int = 16_384
     revocations: int = 4096
+    # Tombstones (~200 bytes each), kept for good; writers not trusted yet
+    # share a quarter, few each, as votes do.
+    tombstones: int = 32_768
+    tombstones_per_author: int = 8192
+    low_tombstones: int = 8192
+    low_tombstones_per_author: int = 256
 
     @property
     def items(self) -> int:
         return (self.votes + self.agent_cards + self.peer_cards + self.passes
-                + self.revocations + 1)  # and the DNA
+                + self.revocations + self.tombstones + 1)  # and the DNA
 
 
 class GossipStore:
@@ -406,6 +419,15 @@ class GossipStore:
             groups = [(kind, caps.peer_cards)]
             if isinstance(record, PeerRecord) and not self.trusted(record.public_key):
                 groups.append((b"Pl", caps.low_cards))
+            return groups
+        if kind == KIND_FORGET:  # key = F ‖ memory id ‖ digest(author)
+            groups = [(kind, caps.tombstones)]
+            if isinstance(record, Tombstone):
+                if self.trusted(record.author):
+                    groups.append((b"Fa" + record.author, caps.tombstones_per_author))
+                else:
+                    groups += [(b"Fl", caps.low_tombstones),
+                               (b"Fa" + record.author, caps.low_tombstones_per_author)]
             return groups
         if kind == KIND_PASS:
             return [(kind, caps.passes)]

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,12 +42,13 @@ from p2pnode.calibrator import FILE as CAL_FILE
 from p2pnode.calibrator import Calibrator
 from p2pnode.dna import Dna
 from p2pnode.errors import BadRequest, NotFound, StateError, TooLarge, VerifyError
+from p2pnode.forgetting import Forgetting
 from p2pnode.gossip import KIND_DNA, KIND_VOTE, Accepted, GossipStore, vote_key
 from p2pnode.identity import Identity
 from p2pnode.ranking import Candidate
 from p2pnode.records import MemoryRecord, VoteRecord, decode_vote, make_memory, make_vote
 from p2pnode.regions import RegionIndex, Said, region_key
-from p2pnode.storage import AnswerRow, Storage
+from p2pnode.storage import FORGOTTEN_ROW, AnswerRow, Storage
 from p2pnode.swarm import Found, Lookup, Swarm, Wanted
 
 if TYPE_CHECKING:
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 TRUST_EVERY_S = 5.0
+QUESTIONS_KEPT = 4096  # asks whose text is kept (in memory) until rated: `export --rated`
 log = logging.getLogger("spore.node")
 Prepared = tuple[MemoryRecord, bytes, float]  # signed record, int8 embedding, its scale
 
@@ -110,6 +113,10 @@ class Spore:
         self.trust: dict[bytes, float] = {}
         self._trust_due = False
         self._trust_now = asyncio.Event()  # a revocation: recompute at once
+        # The text of the last asks, by answer id: a rating keeps it with its
+        # memory (storage's `rated`, for `spore export --rated`). Never sent.
+        self._questions: OrderedDict[str, str] = OrderedDict()
+        self.forgetting = Forgetting(self)  # wires itself into gossip and the swarm
 
     async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -118,11 +125,18 @@ class Spore:
         """Run fn on the compute thread (the encoder's, the index's, the agents')."""
         return await self._on(self._compute, fn, *args)
 
+    async def on_db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn on the db thread (the storage's owner)."""
+        return await self._on(self._db, fn, *args)
+
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
+    now_ms = _now_ms
+
     async def load(self) -> None:
         """Rebuild the in-memory index and the vote book from storage."""
+        await self.forgetting.load()  # before the index: what was forgotten stays out
         self._load_gossiped_votes()
         rows, matrix, scales = await self._on(self._db, self.storage.index_rows, self.dim)
         # Our own votes (and those an older version stored): gossip holds
@@ -250,12 +264,23 @@ class Spore:
         ranked = ranking.rank(cands, self._opinions(said, cands), say.consensus, say.weight)
         answer_id = secrets.token_hex(8)
         confidence = self._record(answer_id, query, ranked, say)
+        if ranked:
+            self._questions[answer_id] = question.strip()
+            if len(self._questions) > QUESTIONS_KEPT:
+                self._questions.popitem(last=False)
+        # "I don't know": no answer nor confidence claimed; the sources are
+        # the nearest memories, each a "maybe", still rated by `answer_id`.
+        unknown = ranking.abstains(query.vector, ranked, ranking.Opinions(said.fitness),
+                                   ranking.abstain_below(self.encoder.model_name))
         sources = [self._provenance(dict(ranking.with_score(s).candidate.source))
-                   for s in ranked[:top]]
+                   | ({"maybe": True} if unknown else {}) for s in ranked[:top]]
         self.counters["asks"] += 1
+        if unknown:
+            self._count("abstained")
         return {"answer_id": answer_id if sources else None,
-                "answer": sources[0]["text"] if sources else None,
-                "confidence": round(confidence, 4) if sources else 0.0,
+                "answer": sources[0]["text"] if sources and not unknown else None,
+                "abstained": unknown,
+                "confidence": round(confidence, 4) if sources and not unknown else 0.0,
                 "sources": sources, "agents_weight": say.weight,
                 "memories_searched": len(self.index)}
 
@@ -415,6 +440,8 @@ class Spore:
         codes, scales = compact.to_int8(emb[None, :])
         [(row, mid, new)] = self.storage.add_memories([(rec, codes[0].tobytes(),
                                                         float(scales[0]))])
+        if row == FORGOTTEN_ROW:
+            return
         self._remember(answer_id, qr, row, mid)
         if new:  # the votes on it are in the book already (by memory id)
             self._compute.submit(self.index.add_compact, np.asarray([row], np.int64), codes,
@@ -433,10 +460,15 @@ class Spore:
         answer = await self._on(self._db, self.storage.answer, answer_id)
         if answer is None:
             raise NotFound(f"no answer with id {answer_id!r} (ids come from `spore ask`)")
+        if self.forgetting.marked(answer.memory):
+            raise NotFound(f"the memory of answer {answer_id!r} was forgotten")
         row = await self._on(self._db, self.storage.memory_by_id, answer.memory)
         vote = self._next_vote(answer, up, row.author if row is not None else b"")
         await self._cast(vote)
         self.counters["votes"] += 1
+        if (question := self._questions.get(answer_id)) is not None:
+            await self._on(self._db, self.storage.put_rated, answer_id, question, answer.memory,
+                           up, self._now_ms())
         if self.calibration.rated(answer_id, up):
             self.calibration.refit()
             self._db.submit(self.calibration.save, self.calibration.snapshot())
@@ -476,6 +508,7 @@ class Spore:
     async def on_gossip(self, accepted: list[Accepted]) -> None:
         """Apply what gossip brought: votes (into the book: the gossip store
         keeps them on disk) and a newer swarm DNA."""
+        await self.forgetting.on_gossip(accepted)
         votes = [a.record for a in accepted if a.key[:1] == KIND_VOTE]
         for vote in votes:
             self._tally_vote(vote)
@@ -611,7 +644,8 @@ class Spore:
     async def memory(self, memory_id: bytes) -> dict[str, Any]:
         row = await self._on(self._db, self.storage.memory_by_id, memory_id)
         if row is None:
-            raise NotFound(f"no memory with id {memory_id.hex()}")
+            forgotten = " (it was forgotten)" if self.forgetting.marked(memory_id) else ""
+            raise NotFound(f"no memory with id {memory_id.hex()}{forgotten}")
         out = asking.memory_json(row)
         _, up, down = self._book.voices(row.id)
         out.update(up=up, down=down, fitness=round(fitness(up, down), 4))
@@ -636,6 +670,7 @@ class Spore:
             "gossip": self.peers.status() if self.peers is not None else None,
             "members": self.members.status() if self.members is not None else None,
             "calibration": self.calibration.status(),
+            "forgetting": self.forgetting.status(),
             "learner": self.learner_status(),
             "agents": None if self.agents is None else {**self.agents.status(),
                                                         **self.judge.status()},

@@ -39,6 +39,12 @@ def _op(summary: str, body: dict[str, Any] | None = None,
     return op
 
 
+def _answering(schema: dict[str, Any], op: dict[str, Any]) -> dict[str, Any]:
+    """`op` with `schema` as its 200 answer's."""
+    op["responses"]["200"] = {"description": "ok", **_json(schema)}
+    return op
+
+
 def _obj(required: list[str], **props: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": required, "properties": props,
             "additionalProperties": False}
@@ -59,6 +65,34 @@ MAX_ORIGIN = 1024
 ORIGIN_CONTROL = "[\\u0000-\\u001f\\u007f-\\u009f]"
 _ORIGIN = {"type": "string", "maxLength": MAX_ORIGIN, "not": {"pattern": ORIGIN_CONTROL},
            "description": "where the text came from (a file, a URL): one line"}
+# What an ask answers (p2pnode.node.Spore.ask). "I don't know" (abstained)
+# when the nearest memory is not near (p2pnode.ranking.abstains): answer
+# null, confidence 0, the sources shown as "maybe", the answer id kept so
+# the first of them can be rated (an up vote makes it known for the question).
+_SOURCE = {"type": "object", "required": ["id", "question", "text", "origin", "author",
+                                          "created_ms", "score"], "properties": {
+    "id": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "question": _STR, "text": _STR,
+    "origin": _STR, "author": _STR, "created_ms": {"type": "integer"},
+    "score": {"type": "number", "description": "cosine moved by the votes on this question"},
+    "agents": {"type": "number", "description": "the agents' consensus, when they had a say"},
+    "rejected": {"type": "boolean", "description": "rated down for this question"},
+    "maybe": {"type": "boolean", "description": "present (true) when the ask abstained"},
+    "remote": {"type": "boolean", "description": "fetched from the swarm"},
+    "author_membership": {"type": "object"}, "revoked_author": {"type": "boolean"}}}
+_NULLABLE_STR = {"type": ["string", "null"]}
+_ASKED = {"type": "object", "required": [
+    "answer_id", "answer", "abstained", "confidence", "sources", "agents_weight",
+    "memories_searched"], "properties": {
+    "answer_id": {**_NULLABLE_STR, "description": "rate it with POST /v1/rate (null: no "
+                                                  "memory at all)"},
+    "answer": {**_NULLABLE_STR, "description": "the first source's text; null when "
+                                               "abstained or nothing is held"},
+    "abstained": {"type": "boolean", "description": "true: \"I don't know\", the sources "
+                                                    "are only the nearest memories (maybe)"},
+    "confidence": {"type": "number", "minimum": 0, "maximum": 1, "description":
+                   "P(the answer is right), calibrated by the ratings; 0 when abstained"},
+    "sources": {"type": "array", "items": _SOURCE},
+    "agents_weight": {"type": "number"}, "memories_searched": {"type": "integer"}}}
 # Membership: an invitation lives 1 minute to 30 days (a day by default); a
 # revocation names a member by (a prefix of) its node id or public key and
 # says why in one line, as p2pnode.membership signs it.
@@ -68,15 +102,15 @@ WHY_CONTROL = "[\\u0000-\\u001f\\u007f-\\u009f\\u200b-\\u200f\\u2028-\\u202e\\u2
 MEMBER_ID = "^[0-9a-f]{1,64}$"
 _ID = {"name": "id", "in": "path", "required": True,
        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
-_RULES = """JSON in, JSON out. Bodies must be sent as `Content-Type: application/json`
-(else 415) and hold only the documented fields (else 400). Requests from web
-pages of other sites are refused with 403: a Host header other than this API's
-own names (localhost, 127.0.0.1, [::1], the bound address), a cross-site
-`Origin` or `Sec-Fetch-Site: cross-site`. The token (`Authorization: Bearer`,
+_RULES = """JSON in, JSON out (but GET /metrics: Prometheus text). Bodies must be sent as
+`Content-Type: application/json` (else 415) and hold only the documented fields
+(else 400). Requests from web pages of other sites are refused with 403: a Host
+header other than this API's own names (localhost, 127.0.0.1, [::1], the bound
+address), a cross-site `Origin` or `Sec-Fetch-Site: cross-site`. The token (`Authorization: Bearer`,
 from `api.token` in the daemon's state directory) is needed for POST /v1/dna,
 POST /v1/invites and POST /v1/revocations (they change the swarm's rules or
-who is in it), and for every route but /healthz when the API is bound beyond loopback
-(else 401)."""
+who is in it), GET /v1/export (it holds the questions rated here), and for
+every route but /healthz when the API is bound beyond loopback (else 401)."""
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -84,6 +118,13 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/healthz": {"get": _op("liveness")},
         "/v1/status": {"get": _op("node status and counters")},
+        "/metrics": {"get": {"summary": "Prometheus metrics (the counters of /v1/status, ask "
+                                        "latency, the process): text format 0.0.4, or "
+                                        "OpenMetrics when the Accept header asks for it",
+                             "responses": {"200": {"description": "ok", "content": {
+                                 "text/plain": {"schema": _STR},
+                                 "application/openmetrics-text": {"schema": _STR}}},
+                                 "4XX": _ERR}}},
         "/v1/dna": {"get": _op("the swarm DNA this spore runs"),
                     "post": {**_op("publish a new DNA version (founders only)", _obj(
                         ["set"], set={"type": "object", "description":
@@ -96,15 +137,35 @@ OPENAPI: dict[str, Any] = {
             ["chunks"], chunks={"type": "array", "minItems": 1, "maxItems": 256,
                                 "items": _obj(["text"], text=_TEXT, origin=_ORIGIN)}),
             writes=True)},
-        "/v1/ask": {"post": _op("answer a question from memory", _obj(
+        "/v1/ask": {"post": _answering(_ASKED, _op("answer a question from memory", _obj(
             ["question"], question=_TEXT, top={"type": "integer", "minimum": 1,
-                                               "maximum": 20, "default": 3}))},
+                                               "maximum": 20, "default": 3})))},
         "/v1/rate": {"post": _op("rate an answer (404: no such answer id)", _obj(
             ["answer_id", "vote"], answer_id=_STR,
             vote={"type": "string", "enum": ["up", "down"]}), writes=True)},
         "/v1/memories": {"get": _op("list memories, newest first", params=[
             _query("limit", 1000, 20), _query("offset", 10**9, 0)])},
         "/v1/memories/{id}": {"get": _op("one memory with its votes", params=[_ID])},
+        "/v1/forget": {"post": _op(
+            "forget a memory: this spore's own, everywhere (a signed tombstone, gossiped); "
+            "anyone else's, hidden here only (404: unknown here and in the swarm)", _obj(
+                ["memory_id"], memory_id={"type": "string", "pattern": "^[0-9a-f]{64}$"}),
+            writes=True)},
+        "/v1/export": {"get": {**_op("every memory, tombstone and vote as JSON lines (with "
+                                     "rated=true: the questions rated here with their "
+                                     "answers, as training data)", params=[{
+                                         "name": "rated", "in": "query", "schema": {
+                                             "type": "string", "enum": ["true", "false"],
+                                             "default": "false"}}]),
+                               "responses": {"200": {"description": "one JSON object a line",
+                                                     "content": {"application/x-ndjson": {
+                                                         "schema": _STR}}}, "4XX": _ERR},
+                               "security": [{"token": []}]}},
+        "/v1/import": {"post": _op(
+            "import a batch of an export's lines: each signed record verified, memories "
+            "deduplicated by content, tombstoned ones refused; counts and refusals by reason",
+            _obj(["lines"], lines={"type": "array", "maxItems": 1024, "items": _STR}),
+            writes=True)},
         "/v1/peers": {"get": _op("DHT contacts, gossip members and refused peers")},
         "/v1/votes/{id}": {"get": _op("a memory's votes as gossip converged them",
                                       params=[_ID])},

@@ -40,16 +40,17 @@ from p2pnode.identity import PUBLIC_KEY_BYTES, Envelope, Identity, open_envelope
 
 __all__ = [
     "AGENT_CARD_DOMAIN", "MAX_CAPACITY", "MAX_DIM", "MAX_INT", "MAX_ORIGIN_CHARS",
-    "MAX_RECORD_BYTES", "MAX_SKEW_MS", "MEMORY_DOMAIN", "PEER_DOMAIN", "VOTE_DOMAIN",
-    "AgentCard", "MemoryRecord", "PeerRecord", "RecordError", "VoteRecord",
-    "decode_agent_card", "decode_memory", "decode_peer", "decode_vote", "make_agent_card",
-    "make_memory", "make_peer", "make_vote",
+    "MAX_RECORD_BYTES", "MAX_SKEW_MS", "MEMORY_DOMAIN", "PEER_DOMAIN", "TOMBSTONE_DOMAIN",
+    "VOTE_DOMAIN", "AgentCard", "MemoryRecord", "PeerRecord", "RecordError", "Tombstone",
+    "VoteRecord", "decode_agent_card", "decode_memory", "decode_peer", "decode_tombstone",
+    "decode_vote", "make_agent_card", "make_memory", "make_peer", "make_tombstone", "make_vote",
 ]
 
 MEMORY_DOMAIN = b"sporemind/memory/v1"
 VOTE_DOMAIN = b"sporemind/vote/v1"
 PEER_DOMAIN = b"sporemind/peer/v1"
 AGENT_CARD_DOMAIN = b"sporemind/agent-card/v1"
+TOMBSTONE_DOMAIN = b"sporemind/tombstone/v1"
 MAX_RECORD_BYTES = 64 * 1024
 MAX_INT = (1 << 63) - 1  # what SQLite and every msgpack reader can hold (as dht.codec)
 MAX_DIM = 4096  # of any vector, when the caller does not know the swarm's
@@ -467,3 +468,46 @@ def decode_agent_card(data: bytes, *, dim: int | None = None,
         body=body, signature=sig)
     _verify(card.host, AGENT_CARD_DOMAIN, body, sig)
     return card
+
+
+# --- tombstones -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Tombstone:
+    """A memory's author asks every spore to forget it (p2pnode.forgetting).
+    It names the author: a spore honours it only for a memory that author
+    wrote (the record, or an index entry, says who), so anybody may sign one
+    for any id and forget nothing of anyone else's."""
+
+    memory_id: bytes
+    author: bytes
+    swarm: bytes
+    forgotten_ms: int
+    body: bytes
+    signature: bytes
+
+    @property
+    def wire(self) -> bytes:
+        return _wire(self.body, self.signature)
+
+
+def make_tombstone(identity: Identity, *, memory_id: bytes, swarm: bytes,
+                   forgotten_ms: int) -> Tombstone:
+    body = _pack(["tombstone", _VERSION, memory_id, identity.public_key, swarm, forgotten_ms])
+    sig = identity.sign(TOMBSTONE_DOMAIN, body)
+    return Tombstone(memory_id, identity.public_key, swarm, forgotten_ms, body, sig)
+
+
+def decode_tombstone(data: bytes, *, now_ms: int | None = None) -> Tombstone:
+    """Parse, check and verify a tombstone; RecordError on anything wrong. With
+    `now_ms`, a time ahead of it by more than MAX_SKEW_MS is refused."""
+    body, sig, f = _unpack_signed(data, "tombstone", "tombstone", 6, max_bytes=1024)
+    _, _, memory_id, author, swarm, at = f
+    rec = Tombstone(
+        memory_id=_blob(memory_id, "memory_id", (ID_BYTES,)),
+        author=_blob(author, "author", (PUBLIC_KEY_BYTES,)),
+        swarm=_blob(swarm, "swarm", (ID_BYTES,)),
+        forgotten_ms=_time(at, "forgotten_ms", now_ms),
+        body=body, signature=sig)
+    _verify(rec.author, TOMBSTONE_DOMAIN, body, sig)
+    return rec

@@ -89,7 +89,23 @@ CREATE TABLE IF NOT EXISTS answers(
     region BLOB NOT NULL,
     qvec BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS forgotten(
+    memory BLOB NOT NULL,
+    author BLOB NOT NULL,
+    tombstone BLOB,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY(memory, author)
+);
+CREATE TABLE IF NOT EXISTS rated(
+    answer TEXT PRIMARY KEY,
+    question TEXT NOT NULL,
+    memory BLOB NOT NULL,
+    up INTEGER NOT NULL,
+    down INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL
+);
 """
+FORGOTTEN_ROW = -1  # add_memories' row for a record refused: its memory was forgotten
 
 
 @dataclass(frozen=True)
@@ -111,6 +127,17 @@ class StoredVote:
     region: bytes
     counter: Counter
     qvec: bytes
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """A memory this spore forgets for good: its `author`'s (b"": whoever wrote
+    it, a local hide) with the author's signed `tombstone` (None for a hide)."""
+
+    memory: bytes
+    author: bytes
+    tombstone: bytes | None
+    at_ms: int
 
 
 @dataclass(frozen=True)
@@ -434,6 +461,10 @@ class Storage:
         out: list[tuple[int, bytes, bool]] = []
         with self._tx(self._durable) as con:
             for rec, emb, scale in items:
+                if con.execute("SELECT 1 FROM forgotten WHERE memory=? AND author IN (?, x'')",
+                               (rec.id, rec.author)).fetchone() is not None:
+                    out.append((FORGOTTEN_ROW, rec.id, False))
+                    continue
                 key = dedupe_key(rec)
                 old = con.execute("SELECT row, id FROM memories WHERE dedupe=?", (key,)).fetchone()
                 if old is not None:
@@ -507,6 +538,61 @@ class Storage:
         return [MemoryRow(*r) for r in cur]
 
     @_faults
+    def records_after(self, row: int, limit: int) -> list[tuple[int, bytes]]:
+        """(row, signed record) of the memories after `row`, in row order (a page)."""
+        cur = self._durable.execute("SELECT row, record FROM memories WHERE row > ? ORDER BY row"
+                                    " LIMIT ?", (check_int("row", row, BadRequest), limit))
+        return [(r, bytes(w)) for r, w in cur]
+
+    # forgetting ---------------------------------------------------------
+    @_faults
+    def forget(self, marks: Sequence[Forgotten]) -> list[int]:
+        """Keep the marks and drop what is held of their memories, in one
+        durable transaction: the memory (its author's, or anybody's for a
+        hide) and this spore's rated questions on it. Returns the rows dropped."""
+        dropped: list[int] = []
+        with self._tx(self._durable) as con:
+            for m in marks:
+                con.execute("INSERT OR IGNORE INTO forgotten(memory, author, tombstone, at_ms)"
+                            " VALUES (?,?,?,?)", (m.memory, m.author, m.tombstone,
+                                                  check_int("a forget's time", m.at_ms)))
+                cur = con.execute("DELETE FROM memories WHERE id=? AND (author=? OR ?=x'')"
+                                  " RETURNING row", (m.memory, m.author, m.author))
+                rows = [int(r[0]) for r in cur]
+                if rows or not m.author:
+                    con.execute("DELETE FROM rated WHERE memory=?", (m.memory,))
+                dropped += rows
+        return dropped
+
+    @_faults
+    def forgotten(self) -> list[tuple[bytes, bytes, bytes | None]]:
+        """(memory, author or b"" for a hide, tombstone or None) of every mark."""
+        cur = self._durable.execute("SELECT memory, author, tombstone FROM forgotten")
+        return [(bytes(m), bytes(a), None if t is None else bytes(t)) for m, a, t in cur]
+
+    # rated questions (this spore's own asks: the text never leaves it) --
+    @_faults
+    def put_rated(self, answer_id: str, question: str, memory: bytes, up: bool,
+                  at_ms: int) -> None:
+        with self._tx(self._durable) as con:
+            con.execute("INSERT INTO rated(answer, question, memory, up, down, at_ms) VALUES"
+                        " (?,?,?,?,?,?) ON CONFLICT(answer) DO UPDATE SET up=up+excluded.up,"
+                        " down=down+excluded.down, at_ms=excluded.at_ms",
+                        (answer_id, question, memory, int(up), int(not up),
+                         check_int("a rating's time", at_ms)))
+
+    @_faults
+    def rated_after(self, rowid: int, limit: int) -> list[tuple[int, str, bytes, int, int, int,
+                                                                 str]]:
+        """(rowid, question, memory id, up, down, rated ms, answer text) of
+        the ratings after `rowid` whose memory is held here (a page)."""
+        cur = self._durable.execute(
+            "SELECT r.rowid, r.question, r.memory, r.up, r.down, r.at_ms, m.answer FROM rated r"
+            " JOIN memories m ON m.id = r.memory WHERE r.rowid > ? ORDER BY r.rowid LIMIT ?",
+            (check_int("rowid", rowid, BadRequest), limit))
+        return [(i, q, bytes(m), u, d, t, a) for i, q, m, u, d, t, a in cur]
+
+    @_faults
     def count_memories(self) -> int:
         return int(self._durable.execute("SELECT COUNT(*) FROM memories").fetchone()[0])
 
@@ -538,6 +624,11 @@ class Storage:
                else self._durable.execute(sql + " WHERE v.memory = ?", (memory_id,)))
         return [StoredVote(row, m, v, r, Counter(s, u, d), q)
                 for row, m, v, r, s, u, d, q in cur]
+
+    @_faults
+    def vote_records(self) -> list[bytes]:
+        """The signed votes of the votes table (see the module's docstring)."""
+        return [bytes(r[0]) for r in self._durable.execute("SELECT record FROM votes")]
 
     @_faults
     def count_votes(self) -> int:

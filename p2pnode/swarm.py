@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ class SwarmSettings:
     host: str = "0.0.0.0"
     port: int = 7151
     peers: tuple[tuple[str, int], ...] = ()
+    listen: Mapping[str, Any] | None = None  # why `host` (p2pnode.config.dht_listen)
     republish_s: float = 3600.0
     max_contacts_per_ip: int = 4
     rate_per_s: float = 500.0  # requests per second from one source IP
@@ -175,6 +176,9 @@ class Swarm:
         # rank candidates poorly.
         self.sketch = sketch_planes(dna.lsh.seed, codec.BITS_BYTES * 8, dim).reshape(-1, dim)
         self._decoded: OrderedDict[bytes, list[codec.IndexEntry]] = OrderedDict()
+        # (memory id, author) -> whether this spore forgot it (p2pnode.forgetting):
+        # never a candidate, whoever still serves it.
+        self.gone: Callable[[bytes, bytes], bool] = lambda memory_id, author: False
         self.counters = {"published": 0, "unreplicated": 0, "remote_found": 0,
                          "remote_rejected": 0, "expired": 0, "bootstrap_attempts": 0,
                          "rejoins": 0}
@@ -388,6 +392,8 @@ class Swarm:
         entries: dict[bytes, list[codec.IndexEntry]] = {}
         for value in values.values():
             for e in self._entries(value):
+                if self.gone(e.memory_id, e.author):
+                    continue
                 listed = entries.setdefault(e.memory_id, [])
                 if all(x.author != e.author for x in listed):
                     listed.append(e)
@@ -484,6 +490,9 @@ class Swarm:
         if (authors is not None and rec.author not in authors) or rec.dna_hash != self.dna.swarm_id:
             self.counters["remote_rejected"] += 1
             return None
+        if self.gone(rec.id, rec.author):
+            self._count("remote_forgotten")
+            return None
         # By the record's own (float16) embedding, as a spore that holds it
         # ranks it (p2pnode.node): adopting a memory moves no ranking.
         return Found(rec, float(rec.vector() @ q))
@@ -504,6 +513,7 @@ class Swarm:
 
     def status(self) -> dict[str, Any]:
         return {"dht_address": f"{self.dht.address[0]}:{self.dht.address[1]}",
+                "listen": self.settings.listen,
                 "contacts": len(self.dht.contacts()), "alone": self.alone(),
                 "bootstrap": self._join_status(), "store": self.store.stats(),
                 "counters": {**self.dht.counters, **self.counters}}

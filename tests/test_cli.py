@@ -50,7 +50,7 @@ def test_teach_ask_rate_memories_status(running: Daemon) -> None:
 
     status = running.cli_json("status")
     assert status["memories"] == 3 and status["votes"] == 1 and status["rss_mb"] > 0
-    assert running.cli("status", check=True).stdout.startswith("node_id")
+    assert running.cli("status", check=True).stdout.startswith("node ")
 
 
 def test_a_down_vote_changes_the_ranking(running: Daemon) -> None:

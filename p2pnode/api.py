@@ -9,7 +9,8 @@ Origin or Sec-Fetch-Site, and a JSON body (a page may post text/plain or a
 form without asking first). DNA and membership changes (who is in the
 swarm: invitations, revocations) and exports (they hold the questions rated
 here) need the token from the state directory even on loopback; beyond
-loopback every route but /healthz does.
+loopback every route but /healthz and the dashboard's files (p2pnode.dashboard:
+a page at /, a client of this API) does.
 What aiohttp cannot hand to a route (an unparsable request, a line over its
 limit) is answered in JSON too, and logged as one counted line at most every
 LOG_EVERY_S (`ApiRunner`): a flood of garbage costs a counter, not the disk.
@@ -34,6 +35,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
+from p2pnode import dashboard
 from p2pnode import metrics as metrics_mod
 from p2pnode.config import parse_peers
 from p2pnode.errors import BadRequest, ConfigError, SporeError, StateError, TooLarge
@@ -183,7 +185,8 @@ def _check_browser(request: web.Request, gate: Gate) -> None:
 
 def _check_token(request: web.Request, gate: Gate) -> None:
     handler = request.match_info.handler
-    if handler is healthz or (gate.loopback_only and handler not in TOKEN_ROUTES):
+    if handler in (healthz, dashboard.serve) or (
+            gate.loopback_only and handler not in TOKEN_ROUTES):
         return
     scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").strip().partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -657,6 +660,7 @@ def make_app(spore: Spore, token: str, *, loopback_only: bool, host: str = "",
         web.post("/v1/revocations", revocations),
         web.get("/v1/openapi.json", openapi),
         web.post("/mcp", mcp),  # stateless: no SSE stream to GET, no session to DELETE
+        *dashboard.routes(app),
     ])
     return app
 

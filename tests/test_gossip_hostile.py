@@ -309,6 +309,15 @@ def test_a_spore_refuses_hostile_votes_keeps_serving_and_restarts(daemon: Daemon
 
 
 
+def _direct(responder: GossipStore):  # type: ignore[no-untyped-def]
+    """A round's calls answered by `responder` in-process (no HTTP)."""
+    async def call(route: str, body: bytes) -> bytes:
+        if route == "sync":
+            return responder.answer_sync(body)
+        return responder.answer_delta(body)[0]
+    return call
+
+
 def test_a_flood_the_store_refused_never_keeps_a_members_vote_out() -> None:
     """Two stores whose caps differ list the refused flood every round. In
     key order it filled every request (1,024 keys wanted, a page sent) and a
@@ -322,13 +331,6 @@ def test_a_flood_the_store_refused_never_keeps_a_members_vote_out() -> None:
     import asyncio
 
     from p2pnode.gossip import MAX_WANT, exchange
-
-    def direct(responder: GossipStore):  # type: ignore[no-untyped-def]
-        async def call(route: str, body: bytes) -> bytes:
-            if route == "sync":
-                return responder.answer_sync(body)
-            return responder.answer_delta(body)[0]
-        return call
 
     member = Identity.from_seed(b"member")
     flood = [vote(Identity.from_seed(b"sybil %d" % i), (i + 1).to_bytes(32, "big"))
@@ -346,8 +348,8 @@ def test_a_flood_the_store_refused_never_keeps_a_members_vote_out() -> None:
         rounds = 0
         while rounds < 8 and not all(k in small.items for k, _ in honest):
             rounds += 1
-            asyncio.run(exchange(small, direct(full)) if pull
-                        else exchange(full, direct(small)))
+            asyncio.run(exchange(small, _direct(full)) if pull
+                        else exchange(full, _direct(small)))
         assert all(k in small.items for k, _ in honest), ("pulled" if pull else "pushed", rounds)
         # pushed: the member's first; pulled: asked for in random order, sent
         # members' first; by the third round every key left is asked for
@@ -406,13 +408,6 @@ def test_a_listing_too_long_for_one_reply_reaches_every_bucket_in_turn() -> None
     from crdt.sync import FANOUT, MAX_LISTING, bucket_of
     from p2pnode.gossip import exchange
 
-    def direct(responder: GossipStore):  # type: ignore[no-untyped-def]
-        async def call(route: str, body: bytes) -> bytes:
-            if route == "sync":
-                return responder.answer_sync(body)
-            return responder.answer_delta(body)[0]
-        return call
-
     member = Identity.from_seed(b"member")
     sybils = [Identity.from_seed(b"sybil %d" % i) for i in range(24)]
     flood = [vote(who, (n * 256 + i).to_bytes(32, "big"))
@@ -430,6 +425,6 @@ def test_a_listing_too_long_for_one_reply_reaches_every_bucket_in_turn() -> None
     rounds = 0
     while rounds < 20 and not all(k in small.items for k, _ in honest):
         rounds += 1
-        asyncio.run(exchange(small, direct(full)))  # the small one pulls: full lists
+        asyncio.run(exchange(small, _direct(full)))  # the small one pulls: full lists
     assert all(k in small.items for k, _ in honest), rounds
     assert full.counters.get("listing_paged", 0) >= 1

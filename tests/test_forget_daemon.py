@@ -68,3 +68,33 @@ def test_a_forgotten_memory_vanishes_from_another_spores_answers(
         assert again["duplicate"] == 1 and again["imported"] == 0
     finally:
         assert fresh.stop() == 0
+
+
+def test_a_page_from_another_site_cannot_forget_import_or_export(
+        spores: list[Daemon]) -> None:
+    """A web page in the user's browser reaches the local API: a cross-site
+    forget or import is refused before anything changes, and export (it holds
+    the questions asked here) needs the token even on loopback."""
+    import urllib.error
+    import urllib.request
+
+    d = spores[0]
+    mid = d.cli_json("teach", "the spare key is under the blue flowerpot")["id"]
+
+    def call(method: str, path: str, body: bytes, headers: dict[str, str]) -> int:
+        req = urllib.request.Request(d.url + path, data=body or None, method=method,
+                                     headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    hostile = {"Content-Type": "application/json", "Origin": "http://evil.example"}
+    forget = json.dumps({"memory_id": mid}).encode()
+    assert call("POST", "/v1/forget", forget, hostile) == 403
+    assert call("POST", "/v1/forget", forget, {"Content-Type": "text/plain"}) == 415
+    assert call("POST", "/v1/import", b'{"lines": []}', hostile) == 403
+    assert call("GET", "/v1/export", b"", {}) == 401
+    code, got = d.http("GET", f"/v1/memories/{mid}")
+    assert code == 200 and got["id"] == mid  # nothing forgotten

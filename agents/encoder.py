@@ -38,7 +38,7 @@ import numpy.typing as npt
 from agents.model_build import MODEL_SHA256, EncoderError, ensure_model, file_sha256
 
 __all__ = ["MODEL_NAME", "TOKENIZER_SHA256", "Encoder", "EncoderError", "file_sha256",
-           "load_encoder", "tokenizer_json"]
+           "load_encoder", "release_free_heap", "tokenizer_json"]
 
 MODEL_NAME = "all-MiniLM-L6-v2-int8-rq"
 _DIM = 384
@@ -108,6 +108,25 @@ def _release_large_blocks() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
+
+
+def release_free_heap() -> bool:
+    """Give the free memory of every malloc arena back to the system (glibc's
+    malloc_trim). After work that allocates many blocks under the mmap
+    threshold on a thread of its own (the learner's training: +23 MB kept
+    free in its arena after each, measured by training on 2,048 pairs in a
+    thread), the process keeps them otherwise. A few ms; a no-op off glibc.
+    Returns whether it ran."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True
 
 
 def _shrink_options() -> Any:

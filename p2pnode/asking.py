@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agents import consensus, learner
-from agents.encoder import Encoder
+from agents.encoder import Encoder, release_free_heap
 from p2pnode.ranking import Candidate, Scored
 from p2pnode.regions import question_text
 from p2pnode.storage import MemoryRow
@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from p2pnode.storage import Reader
     from p2pnode.swarm import Found
 
-__all__ = ["AGENT_CANDIDATES", "CANDIDATES", "LEARN_EVERY", "MAX_SOURCES", "RECALLED_MAX",
-           "REJECTED_FETCH_MAX",
+__all__ = ["AGENT_CANDIDATES", "CANDIDATES", "LEARN_EVERY", "LEARN_REST", "MAX_SOURCES",
+           "RECALLED_MAX", "REJECTED_FETCH_MAX",
            "AgentsRecord", "Query", "Say", "Seen", "embed", "from_swarm", "learn", "memory_json",
            "nearest", "training_set"]
 
@@ -61,6 +61,11 @@ MAX_SOURCES = 20
 DUELS_KEPT = 4096
 REJECTED_FETCH_MAX = 4  # rejected memories fetched per ask for their vectors alone
 LEARN_EVERY = 50  # new votes in the book between two trainings of the learner
+# After a training, rest this many times what it took before the next one:
+# the learner takes at most a tenth of one core, however fast votes come (a
+# flood of 8,400 votes in a minute trained it 40 times back to back, and the
+# asks' p50 went 22 -> 73 ms: scripts/bench/hostile.py).
+LEARN_REST = 9.0
 # What one training may cost, whatever the votes: half the learner's default
 # pool and held-out questions (the FAQ bench has 211 memories, 120 questions:
 # the same there): 2.9 s wall at the caps (4.3 s at the defaults) on a shared
@@ -181,7 +186,10 @@ def learn(questions: np.ndarray, answers: np.ndarray, signs: np.ndarray, pool: n
     if not len(answers):
         return learner.NOTHING_LEARNT, 0
     r = learner.ratings(questions, answers, signs, dim=dim, limits=limits)
-    return learner.train(r, pool[-limits.max_pool:], limits=limits), len(r)
+    try:
+        return learner.train(r, pool[-limits.max_pool:], limits=limits), len(r)
+    finally:
+        release_free_heap()  # what the training freed, back to the system
 
 
 @dataclass

@@ -93,6 +93,8 @@ class Spore:
         self._seen = asking.Seen()  # vectors of the memories asks ranked lately
         self._new_votes = 0
         self._learning: asyncio.Task[None] | None = None
+        self._learn_after = 0.0  # monotonic: no training starts before (asking.LEARN_REST)
+        self._learn_reminder: asyncio.TimerHandle | None = None
         self.calibration = Calibrator(None if state_dir is None else state_dir / CAL_FILE)
         self._background: set[asyncio.Task[Any]] = set()
         self.max_text_bytes = max_text_bytes
@@ -339,19 +341,34 @@ class Spore:
 
     def _maybe_learn(self, at_least: int | None = None) -> None:
         """Train the learner in the background when `at_least` votes came
-        since the last training (and none is running: at most one at once)."""
+        since the last training (and none is running: at most one at once),
+        and not before the last one's rest is over (asking.LEARN_REST): a
+        flood of votes gets a training now and then, never a busy core."""
         due = asking.LEARN_EVERY if at_least is None else at_least
-        if self._new_votes >= due and (self._learning is None or self._learning.done()):
-            self._learning = asyncio.ensure_future(self._learn_in_background())
-            self._background.add(self._learning)
-            self._learning.add_done_callback(self._background.discard)
+        if self._new_votes < due or not (self._learning is None or self._learning.done()):
+            return
+        wait = self._learn_after - time.monotonic()
+        if wait > 0:  # come back when the rest is over (one reminder at a time)
+            if self._learn_reminder is None:
+                def remind() -> None:
+                    self._learn_reminder = None
+                    self._maybe_learn(due)
+                self._learn_reminder = asyncio.get_running_loop().call_later(wait, remind)
+            return
+        self._learning = asyncio.ensure_future(self._learn_in_background())
+        self._background.add(self._learning)
+        self._learning.add_done_callback(self._background.discard)
 
     async def _learn_in_background(self) -> None:
+        started = time.monotonic()
         try:
             await self.learn()
         except Exception as exc:  # a failed training keeps what was learnt before
             self._count("learner_failed")
             log.warning("the learner's training failed: %s", exc)
+        finally:
+            ended = time.monotonic()
+            self._learn_after = ended + asking.LEARN_REST * (ended - started)
 
     async def learn(self) -> None:
         """One training of the learner: the book's rated pairs read on the loop
@@ -682,6 +699,8 @@ class Spore:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     def close(self) -> None:
+        if self._learn_reminder is not None:
+            self._learn_reminder.cancel()
         self._compute.shutdown(wait=True)
         self._learner.shutdown(wait=True)
         self._db.submit(self.calibration.flush)  # its samples since the last save

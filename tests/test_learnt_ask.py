@@ -7,6 +7,8 @@ inputs, and nothing a peer's votes carry makes it or the ask fail.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +137,7 @@ def test_the_stage_leaves_candidates_alone_without_a_rejection_or_a_say() -> Non
 def test_training_runs_every_learn_every_votes(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(asking, "LEARN_EVERY", 5)
+    monkeypatch.setattr(asking, "LEARN_REST", 0.0)
 
     async def scenario() -> None:
         async with alone(tmp_path / "s") as spore:
@@ -186,4 +189,45 @@ def test_hostile_votes_neither_slow_training_nor_fail_the_ask(
             assert dropped > 0 and pool <= asking.LIMITS.max_pool
             again = await spore.ask(QUESTIONS[0])
             assert again["answer"] == plain["answer"]
+    run(scenario)
+
+
+def test_a_flood_of_votes_trains_the_learner_at_most_a_tenth_of_the_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Votes due for a training while the last one's rest (LEARN_REST times
+    what it took) is not over wait for it; one reminder trains them then."""
+    monkeypatch.setattr(asking, "LEARN_EVERY", 1)
+    took: list[float] = []
+    train = learner.train
+
+    def slow(r: learner.Ratings, pool: Any = None, **kw: Any) -> learner.Learnt:
+        t = time.monotonic()
+        out = train(r, pool, **kw)
+        time.sleep(0.2)  # a training that takes a known time (not a wait on a condition)
+        took.append(time.monotonic() - t)
+        return out
+
+    monkeypatch.setattr(learner, "train", slow)
+
+    async def scenario() -> None:
+        async with alone(tmp_path / "s") as spore:
+            await teach_faq(spore)
+            started = time.monotonic()
+            for q in QUESTIONS[:6]:
+                out = await spore.ask(q)
+                await spore.rate(out["answer_id"], True)
+                if spore._learning is not None:
+                    await spore._learning
+            assert spore.counters["learnt"] == 1  # the others wait for its rest
+            reminder = spore._learn_reminder
+            assert reminder is not None
+            first = spore._learning
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, reminder.when() - loop.time()) + 0.01)  # its time
+            assert spore._learning is not None and spore._learning is not first
+            await spore._learning  # the reminder trains the votes that waited
+            assert spore.counters["learnt"] == 2
+            assert spore.counters["learnt_pairs"] == 6
+            gap = time.monotonic() - started
+            assert gap >= asking.LEARN_REST * took[0] * 0.9
     run(scenario)

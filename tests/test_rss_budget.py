@@ -112,3 +112,51 @@ def test_encoder_gives_back_what_long_texts_took() -> None:
                          text=True, timeout=240, check=True)
     grew_mb = float(out.stdout.strip().splitlines()[-1])
     assert grew_mb < 15, f"the encoder kept {grew_mb:.1f} MB after long texts"
+
+
+# -- the learner's training -------------------------------------------------------
+
+@pytest.mark.skipif(not LINUX, reason="/proc and glibc")
+def test_the_learner_thread_gives_back_what_a_training_took() -> None:
+    """A training at the caps on a thread of its own (as the daemon runs it)
+    kept ~23 MB free in that thread's malloc arena, for good (hostile.py: RSS
+    236 -> 282 MB once votes flooded in); asking.learn trims it now, and
+    training again keeps nothing more."""
+    code = textwrap.dedent("""
+        from concurrent.futures import ThreadPoolExecutor
+        import numpy as np
+        from p2pnode import asking
+        def rss():
+            for line in open("/proc/self/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        rng = np.random.default_rng(0)
+        def unit(n):
+            x = rng.standard_normal((n, 384)).astype(np.float32)
+            return x / np.linalg.norm(x, axis=1, keepdims=True)
+        n = asking.LIMITS.max_pairs
+        q, a, pool = unit(n), unit(n), unit(asking.LIMITS.max_pool)
+        signs = np.sign(rng.standard_normal(n)).astype(np.float32)
+        thread = ThreadPoolExecutor(1)
+        thread.submit(sum, [1]).result()
+        before = rss()
+        thread.submit(asking.learn, q, a, signs, pool).result()
+        first = rss()
+        for _ in range(4):
+            thread.submit(asking.learn, q, a, signs, pool).result()
+        settled = rss()
+        for _ in range(4):
+            thread.submit(asking.learn, q, a, signs, pool).result()
+        print(first - before, settled - first, rss() - settled)
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=240, check=True)
+    first, more, last = (float(x) for x in out.stdout.strip().splitlines()[-1].split())
+    # The first keeps the thread's BLAS buffers (~9-13 MB measured; 36 MB
+    # untrimmed), the next few up to ~8 MB of fragments, then nothing more.
+    assert first < 16, f"the learner's thread kept {first:.1f} MB after one training"
+    assert more < 10, f"4 more trainings kept {more:.1f} MB more"
+    assert last < 1, f"the trainings after those kept {last:.1f} MB more: it grows"

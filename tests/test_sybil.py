@@ -91,23 +91,38 @@ def _teach(d: Daemon) -> dict[str, str]:
     return {text: d.cli_json("teach", text)["id"] for text in [FACT, DISTRACTOR, *FILLERS]}
 
 
+def _ask(d: Daemon) -> dict[str, Any]:
+    got: dict[str, Any] = d.json("POST", "/v1/ask", {"question": QUESTION, "top": 4})
+    return got
+
+
 def _top(d: Daemon) -> tuple[str, str]:
-    got = d.json("POST", "/v1/ask", {"question": QUESTION, "top": 4})
+    got = _ask(d)
     return got["answer_id"], got["sources"][0]["id"] if got["sources"] else ""
+
+
+def _sees(d: Daemon, *memories: str) -> bool:
+    """Whether an ask on `d` finds each of these memories (through the swarm's
+    index on a spore that holds none of them)."""
+    return set(memories) <= {s["id"] for s in _ask(d)["sources"]}
 
 
 def _rate_like_a_user(d: Daemon, fact: str) -> set[str]:
     """Ask; rate the top-1 down while it is not the fact, then the fact up:
     the memories it rated down."""
     down: set[str] = set()
+    seen: list[list[str]] = []
     for _ in range(len(FILLERS) + 2):  # at worst every other memory first
-        answer, top = _top(d)
+        got = _ask(d)
+        seen.append([s["id"][:8] + ("-" if s.get("rejected") else "") for s in got["sources"]])
+        answer, top = got["answer_id"], got["sources"][0]["id"] if got["sources"] else ""
         if top == fact:
             d.json("POST", "/v1/rate", {"answer_id": answer, "vote": "up"})
             return down
         d.json("POST", "/v1/rate", {"answer_id": answer, "vote": "down"})
         down.add(top)
-    raise AssertionError("the fact never came to the top on the rating spore")
+    raise AssertionError(f"the fact {fact[:8]} never came to the top on the rating spore; "
+                         f"its sources, ask by ask: {seen}")
 
 
 def _voters(d: Daemon, memory: str) -> int:
@@ -144,8 +159,8 @@ def test_paying_sybils_are_heard_yet_the_rated_answer_stays_on_top(
     founder, a, b = open_swarm
     ids = _teach(founder)
     fact, distractor = ids[FACT], ids[DISTRACTOR]
-    wait_for(lambda: all(_top(d)[1] == distractor for d in open_swarm), 60,
-             "every spore to rank the distractor first (the encoder does)")
+    wait_for(lambda: all(_top(d)[1] == distractor and _sees(d, fact) for d in open_swarm), 60,
+             "every spore to rank the distractor first (the encoder does) and find the fact")
     assert _rate_like_a_user(founder, fact) == {distractor}
     on_distractor = 1 + len(_rate_like_a_user(a, fact))  # a may find the fact on top
     wait_for(lambda: all(_voters(d, fact) == 2 and _voters(d, distractor) == on_distractor

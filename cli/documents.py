@@ -9,7 +9,8 @@ and reading checks again that the file opened is the one listed. HTML is
 flattened to text in which headings become Markdown ATX headings ("## 2.1.
 What is Debian?"), so chunk_text treats HTML and Markdown alike: every chunk
 starts with the heading of its section. That heading is what a question looks
-like, which is why retrieval finds the answer paragraphs under it.
+like, which is why retrieval finds the answer paragraphs under it. Chat
+logs and subtitles are read the same way and cut by cli.transcripts instead.
 
 Nothing here is asynchronous; the CLI calls it before talking to the daemon.
 """
@@ -26,12 +27,15 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+from cli.transcripts import TRANSCRIPT_SUFFIXES, TranscriptError, parse_transcript
 from p2pnode.errors import SporeError
+from p2pnode.openapi import MAX_ORIGIN, ORIGIN_CONTROL
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "SUPPORTED_SUFFIXES",
     "Chunk",
+    "FileChunks",
     "IngestError",
     "Listed",
     "Listing",
@@ -39,15 +43,16 @@ __all__ = [
     "chunk_text",
     "expand_paths",
     "faq_sections",
+    "file_chunks",
     "html_to_text",
     "read_document",
 ]
 
-SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm")
+SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", *TRANSCRIPT_SUFFIXES)
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 
 _HTML_SUFFIXES = (".html", ".htm")
-_ONLY = "only UTF-8 .txt, .md and .html files are ingested"
+_ONLY = "only UTF-8 text, Markdown, HTML, chat logs and subtitles are ingested"
 
 
 class IngestError(SporeError):
@@ -61,10 +66,21 @@ class IngestError(SporeError):
 
 @dataclass(frozen=True)
 class Chunk:
-    """One piece of a document; `origin` is "<absolute path>#<index>"."""
+    """One piece of a document; `origin` is "<absolute path>#<index>" (a chat
+    log's "#<conversation>:<exchange>", a subtitle's "@<from>-<to>"), and
+    `question` what the text answers (a chat log's user turn; else empty)."""
 
     text: str
     origin: str
+    question: str = ""
+
+
+@dataclass(frozen=True)
+class FileChunks:
+    """The chunks of one file, and what it held but was left out: {reason: count}."""
+
+    chunks: list[Chunk]
+    left_out: dict[str, int]
 
 
 # --------------------------------------------------------------------- paths
@@ -635,11 +651,49 @@ def chunk_file(
     overlap: int = 0,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> list[Chunk]:
-    """The chunks of one file, each tagged "<absolute path>#<index>"."""
+    """The chunks of one file, each tagged "<absolute path>#<index>" (see file_chunks)."""
+    return file_chunks(source, target_chars=target_chars, max_chars=max_chars,
+                       overlap=overlap, max_bytes=max_bytes).chunks
+
+
+def file_chunks(
+    source: Path | Listed,
+    *,
+    target_chars: int = 800,
+    max_chars: int = 1500,
+    overlap: int = 0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> FileChunks:
+    """The chunks of one file and what was left out of it; raises IngestError."""
     text = read_document(source, max_bytes)
     path = source.path if isinstance(source, Listed) else source
     absolute = os.path.abspath(path)  # absolute but, unlike resolve(), keeps symlink names
-    return [
-        Chunk(text=piece, origin=f"{absolute}#{index}")
-        for index, piece in enumerate(chunk_text(text, target_chars, max_chars, overlap))
-    ]
+    if not path.name.lower().endswith(TRANSCRIPT_SUFFIXES):
+        found = FileChunks([
+            Chunk(text=piece, origin=f"{absolute}#{index}")
+            for index, piece in enumerate(chunk_text(text, target_chars, max_chars, overlap))
+        ], {})
+    else:
+        try:
+            parsed = parse_transcript(path.name, text, target_chars=target_chars,
+                                      max_chars=max_chars)
+        except TranscriptError as exc:
+            raise IngestError(path, exc.reason) from exc
+        found = FileChunks([Chunk(text=piece.text, origin=absolute + piece.anchor,
+                                  question=piece.question) for piece in parsed.pieces],
+                           parsed.left_out)
+    _check_origins(path, found.chunks)
+    return found
+
+
+_ORIGIN_CONTROL = re.compile(ORIGIN_CONTROL)
+
+
+def _check_origins(path: Path, chunks: list[Chunk]) -> None:
+    """Refuse here a file whose name the daemon would refuse as an origin
+    (with the whole batch its chunks travel in)."""
+    for chunk in chunks:
+        if len(chunk.origin) > MAX_ORIGIN or _ORIGIN_CONTROL.search(chunk.origin):
+            raise IngestError(path, f"its path cannot name a memory (one line of at most "
+                                    f"{MAX_ORIGIN} characters, with the part after it); "
+                                    "rename or move it")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -468,7 +468,8 @@ def teach(ctx: click.Context, text: str | None, question: str, as_json: bool) ->
 @json_option
 @click.pass_context
 def ingest(ctx: click.Context, paths: tuple[Path, ...], batch: int, as_json: bool) -> None:
-    """Ingest .txt, .md and .html files and directories, in chunks."""
+    """Ingest .txt, .md and .html files, chat logs (.json, .jsonl), subtitles
+    (.srt, .vtt) and directories, in chunks."""
     from cli.ingest import run_ingest
 
     data = run_ingest(client(ctx), paths, batch, progress=not as_json)
@@ -483,12 +484,73 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], batch: int, as_json: boo
 @click.argument("question")
 @click.option("--top", default=3, show_default=True, type=click.IntRange(1, 20),
               help="How many sources to show.")
+@click.option("--no-generate", "no_generate", is_flag=True,
+              help="Answer from memory only, never in words by a language model.")
+@click.option("--ungrounded", is_flag=True,
+              help="When nothing held is near, answer in words anyway (marked ungrounded).")
 @json_option
 @click.pass_context
-def ask(ctx: click.Context, question: str, top: int, as_json: bool) -> None:
-    """Ask the swarm; the question's text stays on this device."""
-    data = client(ctx).post("/v1/ask", {"question": question, "top": top})
-    emit(as_json, data, lambda: _print_answer(data))
+def ask(ctx: click.Context, question: str, top: int, no_generate: bool, ungrounded: bool,
+        as_json: bool) -> None:
+    """Ask the swarm: from memory when it knows, else in words from what it
+    holds (with numbered citations), streamed as they come. The question's
+    text never leaves this device through the swarm (`spore status` says
+    whether a language model elsewhere gets it)."""
+    body: dict[str, Any] = {"question": question, "top": top}
+    if no_generate:
+        body["generate"] = False
+    if ungrounded:
+        body["ungrounded"] = True
+    api = client(ctx)
+    if as_json:
+        emit(True, api.post("/v1/ask", body), lambda: None)
+        return
+    _print_stream(api.stream("/v1/ask", {**body, "stream": True}))
+
+
+def _print_stream(events: Iterator[dict[str, Any]]) -> None:
+    """An answer's events (POST /v1/ask, stream): from memory, as always; in
+    words, each token as it comes, then the sources its [n] cite."""
+    sources: dict[str, Any] = {}
+    words = False
+    for event in events:
+        kind = event.get("event")
+        if kind == "sources":
+            sources = event
+        elif kind == "token":
+            words = True
+            click.echo(str(event.get("text", "")), nl=False)
+        elif kind == "done" and event.get("route") == "generated":
+            click.echo()
+            _print_cited(sources, event)
+        elif kind == "done":
+            _print_answer({**sources, "answer": event.get("answer")})
+        elif kind == "error":
+            if words:
+                click.echo()
+            click.echo(f"(no answer in words: {event.get('error')})", err=True)
+            unknown = bool(sources.get("abstained")) or not sources.get("sources")
+            first = None if unknown else sources["sources"][0].get("text")
+            _print_answer({**sources, "answer": first, "abstained": unknown})
+
+
+def _print_cited(asked: dict[str, Any], done: dict[str, Any]) -> None:
+    """After an answer in words: who wrote it, how to rate it, and the sources,
+    the cited ones marked ([n] is the n-th source)."""
+    cited = {c.get("n") for c in done.get("citations") or []}
+    answer_id = done.get("answer_id")
+    grounded = "" if done.get("grounded", True) else ", UNGROUNDED (no memory was near)"
+    click.echo()
+    click.echo(f"in words by {done.get('model')} ({done.get('provider')}){grounded}   "
+               f"answer id {answer_id}   (rate it: spore rate {answer_id} up|down; "
+               "up keeps it as a memory)")
+    for i, s in enumerate(asked.get("sources") or [], 1):
+        mark = "cited" if i in cited else "     "
+        click.echo(f"  [{i}] {mark}  {s['id'][:16]}  {s['origin']}  by {s['author'][:12]}  "
+                   f"{_when(s['created_ms'])}"
+                   + ("  (rated down for this question)" if s.get("rejected") else ""))
+    if done.get("ignored_citations"):
+        click.echo(f"  ({done['ignored_citations']} citation marker(s) named no source)")
 
 
 def _when(ms: int) -> str:
@@ -527,9 +589,16 @@ def _print_answer(data: dict[str, Any]) -> None:
 def rate(ctx: click.Context, answer_id: str, vote: str, as_json: bool) -> None:
     """Rate an answer up or down; it changes what later answers rank first."""
     data = client(ctx).post("/v1/rate", {"answer_id": answer_id, "vote": vote})
-    emit(as_json, data, lambda: click.echo(
-        f"rated {vote}: memory {data['memory_id'][:16]} now +{data['up']} -{data['down']} "
-        f"(fitness {data['fitness']:+.2f})"))
+    emit(as_json, data, lambda: click.echo(_rated_line(vote, data)))
+
+
+def _rated_line(vote: str, data: dict[str, Any]) -> str:
+    if data.get("generated") and not data.get("stored"):
+        return "rated down: the answer in words is dropped (nothing was stored)"
+    head = (f"rated {vote}: the answer in words is now memory {data['memory_id'][:16]}, shared "
+            "with the swarm (its question stays here);" if data.get("generated")
+            else f"rated {vote}: memory {data['memory_id'][:16]}")
+    return f"{head} now +{data['up']} -{data['down']} (fitness {data['fitness']:+.2f})"
 
 
 @main.command()

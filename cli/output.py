@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["dna_lines", "fields", "flat", "listen_line", "memory_lines", "status_lines",
-           "when"]
+__all__ = ["dna_lines", "fields", "flat", "generate_rows", "listen_line", "memory_lines",
+           "questions_go", "status_lines", "when"]
 
 Row = tuple[str, str]
 
@@ -91,7 +91,7 @@ def _duration(s: Any) -> str:
 # -- spore status -------------------------------------------------------------------------
 _SHOWN = {"node_id", "public_key", "swarm", "dna_hash", "swarm_id", "dna_version", "encoder",
           "memories", "indexed", "votes", "uptime_s", "counters", "rss_mb", "dht", "gossip",
-          "members", "agents", "api"}
+          "members", "agents", "api", "generate"}
 
 
 def status_lines(data: Mapping[str, Any]) -> str:
@@ -117,6 +117,8 @@ def status_lines(data: Mapping[str, Any]) -> str:
         rows += _gossip_rows(data["gossip"])
     if isinstance(data.get("agents"), Mapping):
         rows += _agents_rows(data["agents"])
+    if isinstance(data.get("generate"), Mapping):
+        rows += generate_rows(data["generate"])
     if isinstance(data.get("api"), Mapping):
         api = data["api"]
         rows.append(("local api", f"{api.get('malformed_requests', 0)} malformed requests; "
@@ -181,6 +183,46 @@ def _agents_rows(a: Mapping[str, Any]) -> list[Row]:
     return [("agents", f"{a.get('agents')} here, {a.get('spare')} spare; "
                        f"{_nonzero(a.get('counters'))}"),
             ("agents' record", flat(rest))]
+
+
+# -- answers in words (p2pnode.generation) ---------------------------------------------------
+THIS_DEVICE = "this device"  # p2pnode.providers.THIS_DEVICE
+
+
+def questions_go(where: Any) -> str:
+    """Where a question's text goes, in words: this device only, or the endpoints."""
+    places = [str(w) for w in where] if isinstance(where, list) else []
+    away = [w for w in places if w != THIS_DEVICE]
+    if not away:
+        return "this device only"
+    here = ", then this device" if THIS_DEVICE in places else ""
+    return (f"{', '.join(away)}{here} (an answer in words sends the question's text there; "
+            "the swarm never gets it)")
+
+
+def generate_rows(g: Mapping[str, Any]) -> list[Row]:
+    """How asks are answered, where questions go, and each provider's state."""
+    if not g.get("on"):
+        return [("answers", "from memory only (no language model: [generate] in config.toml, "
+                            "SPORE_GENERATE)"),
+                ("questions go", "this device only")]
+    counters = _nonzero(g.get("counters"))
+    rows: list[Row] = [
+        ("answers", f"from memory at confidence ≥ {_num(g.get('threshold')):.2f} or when rated "
+                    f"up, else in words{', ungrounded allowed' if g.get('ungrounded') else ''}; "
+                    f"{counters}"),
+        ("questions go", questions_go(g.get("questions_go")))]
+    for p in g.get("providers") or []:
+        if not isinstance(p, Mapping):
+            continue
+        state = str(p.get("state", "?"))
+        if state == "cooling":
+            state += f" for {_num(p.get('cooling_s')):.0f} s"
+        error = f"; last error: {p['last_error']}" if p.get("last_error") else ""
+        rows.append((f"provider {p.get('name')}",
+                     f"{state}: {p.get('kind')} {p.get('model')} at {p.get('where')}; "
+                     f"{p.get('calls', 0)} calls, {p.get('failures', 0)} failed{error}"))
+    return rows
 
 
 # -- dna show, memories ID -------------------------------------------------------------------

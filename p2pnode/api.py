@@ -19,6 +19,7 @@ LOG_EVERY_S (`ApiRunner`): a flood of garbage costs a counter, not the disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -403,19 +404,51 @@ async def ingest(request: web.Request) -> web.Response:
     items = []
     for c in chunks:
         if not isinstance(c, dict):
-            raise BadRequest("each chunk must be an object {text, origin}")
-        _only(c, ("text", "origin"), "a chunk")
-        items.append(TeachItem(_field(c, "text", str), "", _origin(c, "ingested")))
+            raise BadRequest("each chunk must be an object {text, question, origin}")
+        _only(c, ("text", "question", "origin"), "a chunk")
+        # The question is checked as teach's: a string here, its size by Spore.teach.
+        items.append(TeachItem(_field(c, "text", str), _field(c, "question", str, ""),
+                               _origin(c, "ingested")))
     stored = await _spore(request).teach(items)
     return web.json_response({"ids": [m.hex() for m, _ in stored],
                               "new": sum(1 for _, n in stored if n)})
 
 
-async def ask(request: web.Request) -> web.Response:
-    body = await _body(request, "question", "top")
-    result = await _spore(request).ask(_field(body, "question", str),
-                                       _int_field(body, "top", 3, MAX_TOP))
-    return web.json_response(result)
+def _flag(body: dict[str, Any], name: str) -> bool | None:
+    """An optional boolean field: None when absent (null is refused)."""
+    if name not in body:
+        return None
+    value = body[name]
+    if not isinstance(value, bool):
+        raise BadRequest(f"field {name!r} must be true or false")
+    return value
+
+
+async def ask(request: web.Request) -> web.StreamResponse:
+    """The answer as one JSON, or (stream: true) as NDJSON events
+    (p2pnode.generation.Generation.events): the ranking is done and the
+    generation's turn taken before the 200, so their refusals are plain
+    JSON errors; a client that goes away stops the generation (the handler
+    is cancelled, and the events closed)."""
+    body = await _body(request, "question", "top", "generate", "stream", "ungrounded")
+    question, top = _field(body, "question", str), _int_field(body, "top", 3, MAX_TOP)
+    how = {"generate": _flag(body, "generate"), "ungrounded": _flag(body, "ungrounded")}
+    spore = _spore(request)
+    if not _flag(body, "stream"):
+        return web.json_response(await spore.ask(question, top, **how))
+    asked = await spore.routed(question, top, **how)
+    resp = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "application/x-ndjson",
+                                       hdrs.CACHE_CONTROL: "no-store"})
+    async with spore.generation.turn(asked), \
+            contextlib.aclosing(spore.generation.events(asked)) as events:
+        await resp.prepare(request)
+        try:
+            async for event in events:
+                await resp.write(json.dumps(event, ensure_ascii=False).encode() + b"\n")
+            await resp.write_eof()
+        except ConnectionError:  # the asker went away: the events close with the block
+            pass
+    return resp
 
 
 async def rate(request: web.Request) -> web.Response:

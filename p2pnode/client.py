@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from http.client import HTTPResponse
 from typing import Any
 
 from p2pnode.config import Config
 from p2pnode.errors import SporeError
 
 TIMEOUT_S = 120.0
+MAX_EVENT_BYTES = 1 << 20  # one NDJSON event of a stream (an answer's sources and text)
 TOKEN_FILE = "api.token"  # written (0600) by the daemon in its state directory
 
 
@@ -60,15 +63,37 @@ class Client:
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", path, body)
 
+    def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """POST `body` and yield the NDJSON events of the answer as they come
+        (each line one JSON object, at most MAX_EVENT_BYTES)."""
+        resp = self._open("POST", path, body)
+        with resp:
+            while line := self._mapped(resp.readline, MAX_EVENT_BYTES + 1):
+                if len(line) > MAX_EVENT_BYTES:
+                    raise ApiError(502, f"the daemon sent an event over {MAX_EVENT_BYTES} bytes")
+                if line.strip():
+                    yield _decode(line)
+
     def _call(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        with self._open(method, path, body) as resp:
+            return _decode(self._mapped(resp.read))
+
+    def _mapped(self, read: Any, *args: Any) -> bytes:
+        """A read of an answer, its failures in our words."""
+        try:
+            return bytes(read(*args))
+        except (ConnectionError, TimeoutError) as exc:
+            raise DaemonUnreachable(f"no spore daemon at {self.base} ({exc})") from None
+
+    def _open(self, method: str, path: str, body: dict[str, Any] | None) -> HTTPResponse:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return _decode(resp.read())
+            resp: HTTPResponse = urllib.request.urlopen(req, timeout=self.timeout)
+            return resp
         except urllib.error.HTTPError as exc:
             message = str(_decode(exc.read()).get("error", exc.reason))
             if exc.code == 401 and self.token is None:

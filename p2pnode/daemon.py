@@ -39,6 +39,7 @@ from p2pnode.members import Members
 from p2pnode.membership import pass_key
 from p2pnode.node import Spore
 from p2pnode.peers import HEADER_DEADLINE_S, PeerService, Ping, validators
+from p2pnode.providers import Chain, build_chain
 from p2pnode.service import Notifier
 from p2pnode.storage import DB_FILE, Storage
 from p2pnode.swarm import RULES, Swarm, SwarmSettings
@@ -143,6 +144,11 @@ async def _serve_locked(cfg: Config) -> None:
     dna_mod.check_encoder(dna, encoder.model_sha256, encoder.dim)
     storage = Storage(cfg.state_dir / DB_FILE)
     egress = Egress(Path(cfg.capture_egress)) if cfg.capture_egress else None
+    generator = build_chain(cfg)  # None: generation off (SPORE_GENERATE, [generate])
+    if generator is not None:  # where a question's text may go, said once at start
+        log.info("answers in words by %s; questions go to %s",
+                 ", ".join(p.name for p in generator.providers),
+                 ", ".join(generator.where_questions_go()) or "no provider available")
     parts = assemble(identity=identity, dna=dna, chain=dna_mod.load_chain(cfg.state_dir),
                      encoder=encoder, storage=storage, state_dir=cfg.state_dir,
                      max_text_bytes=cfg.max_text_bytes,
@@ -151,7 +157,8 @@ async def _serve_locked(cfg: Config) -> None:
                                             max_contacts_per_ip=cfg.max_contacts_per_ip,
                                             rate_per_s=cfg.dht_rate_per_s),
                      bind=bind_udp if egress is None else tapped_bind(bind_udp, egress),
-                     gossip_path=cfg.state_dir / GOSSIP_DB)
+                     gossip_path=cfg.state_dir / GOSSIP_DB, generator=generator,
+                     ungrounded=cfg.generate.ungrounded)
     spore, swarm, members, gossip = parts.spore, parts.swarm, parts.members, parts.gossip
     peers: PeerService | None = None
     discovery: LanDiscovery | None = None
@@ -198,6 +205,8 @@ async def _serve_locked(cfg: Config) -> None:
         if peers is not None:
             await peers.stop()
         await swarm.stop()
+        if generator is not None:  # after the API: no generation runs any more
+            await generator.close()
         spore.close()
         storage.close()
         gossip.close()
@@ -219,12 +228,15 @@ class Parts:
 def assemble(*, identity: Identity, dna: dna_mod.Dna, chain: list[dna_mod.Dna],
              encoder: Encoder, storage: Storage, state_dir: Path, max_text_bytes: int,
              settings: SwarmSettings, bind: Bind = bind_udp, gossip_path: Path | None,
-             clock: Callable[[], float] = time.time) -> Parts:
+             clock: Callable[[], float] = time.time, generator: Chain | None = None,
+             ungrounded: bool = False) -> Parts:
     """Build a spore's memory service and what it stands on: its swarm (DHT),
     its members, its gossip store. Used by the daemon and by the in-process
     harness (tests/harness.py), so both run the same wiring. The members,
     the DHT's admission and the gossip validators read the spore's current
-    DNA (it may change by gossip) through the spore, built last."""
+    DNA (it may change by gossip) through the spore, built last. `generator`:
+    the language-model providers (p2pnode.providers; None: answers from
+    memory only), closed by whoever built it."""
     members = Members(identity=identity, dna=lambda: spore.dna, chain=lambda: spore.chain,
                       state_dir=state_dir, now_ms=lambda: int(clock() * 1000), first=dna)
     swarm = Swarm(identity=identity, dna=dna, state_dir=state_dir, dim=encoder.dim,
@@ -234,7 +246,8 @@ def assemble(*, identity: Identity, dna: dna_mod.Dna, chain: list[dna_mod.Dna],
     members.gossip = gossip
     spore = Spore(identity=identity, dna=dna, storage=storage, encoder=encoder,
                   max_text_bytes=max_text_bytes, clock=clock, swarm=swarm, gossip=gossip,
-                  state_dir=state_dir, chain=chain, members=members)
+                  state_dir=state_dir, chain=chain, members=members, generator=generator,
+                  ungrounded=ungrounded)
     gossip.trusted, gossip.weight = spore.trusted, spore.weight
     members.on_revoked = spore.on_revoked
     return Parts(spore, swarm, members, gossip)

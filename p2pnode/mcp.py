@@ -171,10 +171,15 @@ def build_server(api_for: ApiFor) -> MCPServer:
 
     @server.tool(annotations=ToolAnnotations(destructive_hint=False, open_world_hint=True))
     async def recall(ctx: Context, question: Question, top: Top = 3) -> Json:
-        """Ask the swarm's memory. Returns the answer (the best source's text, or
-        null), a confidence in 0..1, the sources with their provenance (memory id,
-        origin, author, when), and an answer_id to rate it with. The question's
-        text stays on this device."""
+        """Ask the swarm's memory. Returns the answer and where it came from
+        (`route`): "memory" (the best source's text), "generated" (a sentence or
+        two in words from the sources, when a language model is configured and
+        no memory was confident enough: `generated` holds its text, its
+        citations [n] → the n-th source's memory id, and the model), or
+        "unknown" (null); a confidence in 0..1, the sources with their
+        provenance (memory id, origin, author, when), and an answer_id to rate it
+        with (an answer in words rated up becomes a memory). The question's text
+        never leaves this device through the swarm."""
         return await api_for(ctx).post("/v1/ask", {"question": question, "top": top})
 
     @server.tool(annotations=ToolAnnotations(destructive_hint=False))

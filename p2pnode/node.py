@@ -11,8 +11,9 @@ recall and /v1/votes.
 
 `ask` composes the stages of p2pnode.asking (embed, local candidates and the
 swarm's index lookup at once, fetch, the agents' say, the pure ranking of
-p2pnode.ranking, record); `rate` likewise (answer, vote, book, calibration,
-agents).
+p2pnode.ranking, record: `recall`), then the routing and the answer in words
+of p2pnode.generation; `rate` likewise (answer, vote, book, calibration,
+agents; an answer in words rated up becomes a memory: `_rate_generated`).
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ from agents.encoder import Encoder
 from crdt.votes import Counter, fitness, record_vote
 from dht import compact
 from dht.index import LocalIndex
-from p2pnode import asking, ranking
+from p2pnode import answering, asking, ranking
 from p2pnode import dna as dna_mod
 from p2pnode.calibrator import FILE as CAL_FILE
 from p2pnode.calibrator import Calibrator
 from p2pnode.dna import Dna
 from p2pnode.errors import BadRequest, NotFound, StateError, TooLarge, VerifyError
 from p2pnode.forgetting import Forgetting
+from p2pnode.generation import Asked, Generated, Generation, Recalled
 from p2pnode.gossip import KIND_DNA, KIND_VOTE, Accepted, GossipStore, vote_key
 from p2pnode.identity import Identity
 from p2pnode.ranking import Candidate
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from p2pnode.members import Members
     from p2pnode.membership import Roster
     from p2pnode.peers import PeerService
+    from p2pnode.providers import Chain
 
 T = TypeVar("T")
 TRUST_EVERY_S = 5.0
@@ -76,7 +79,8 @@ class Spore:
                  max_text_bytes: int, clock: Callable[[], float] = time.time,
                  swarm: Swarm | None = None, gossip: GossipStore | None = None,
                  state_dir: Path | None = None, chain: list[Dna] | None = None,
-                 members: Members | None = None) -> None:
+                 members: Members | None = None, generator: Chain | None = None,
+                 ungrounded: bool = False) -> None:
         self.identity, self.dna, self.storage, self.encoder = identity, dna, storage, encoder
         self.chain = chain or [dna]  # every version of the DNA, the first to ours
         self.members = members  # who is in the swarm (None: a spore on its own)
@@ -119,6 +123,9 @@ class Spore:
         # memory (storage's `rated`, for `spore export --rated`). Never sent.
         self._questions: OrderedDict[str, str] = OrderedDict()
         self.forgetting = Forgetting(self)  # wires itself into gossip and the swarm
+        # Answers in words (p2pnode.generation): `generator` is the provider
+        # chain the daemon built (None: generation off); it closes it.
+        self.generation = Generation(generator, ungrounded=ungrounded)
 
     async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -243,8 +250,26 @@ class Spore:
         return await self._on(self._db, self.storage.records_by_author, self.identity.public_key)
 
     # ask ----------------------------------------------------------------
-    async def ask(self, question: str, top: int = 3) -> dict[str, Any]:
-        """The stages of p2pnode.asking, in order: each hands its values on."""
+    async def ask(self, question: str, top: int = 3, *, generate: bool | None = None,
+                  ungrounded: bool | None = None) -> dict[str, Any]:
+        """The ranking's answer, routed (memory, words, "I don't know"), then
+        generated when routed to words (p2pnode.generation), as one JSON."""
+        asked = await self.routed(question, top, generate=generate, ungrounded=ungrounded)
+        return await self.generation.answer(asked)
+
+    async def routed(self, question: str, top: int = 3, *, generate: bool | None = None,
+                     ungrounded: bool | None = None) -> Asked:
+        """`recall`, then where its answer comes from (p2pnode.answering):
+        what the API streams from (`Generation.events`)."""
+        may_generate = self.generation.chain is not None and generate is not False
+        recalled = await self.recall(question, top, known_first=may_generate)
+        return self.generation.route(recalled, generate=generate, ungrounded=ungrounded)
+
+    async def recall(self, question: str, top: int = 3, *,
+                     known_first: bool = False) -> Recalled:
+        """The stages of p2pnode.asking, in order: each hands its values on.
+        `known_first` (when the alternative is to generate): a memory rated up
+        for this very question answers before any other (answering.known_first)."""
         top = max(1, min(top, asking.MAX_SOURCES))
         query = await self.on_compute(asking.embed, self.encoder,
                                       self.check_text(question, "question"))
@@ -264,6 +289,8 @@ class Spore:
         self._seen.add(cands)
         say = await self.judge.consult(self.agents, query.vector, cands, bool(said.fitness))
         ranked = ranking.rank(cands, self._opinions(said, cands), say.consensus, say.weight)
+        if known_first:
+            ranked = answering.known_first(ranked, said.fitness)
         answer_id = secrets.token_hex(8)
         confidence = self._record(answer_id, query, ranked, say)
         if ranked:
@@ -279,12 +306,14 @@ class Spore:
         self.counters["asks"] += 1
         if unknown:
             self._count("abstained")
-        return {"answer_id": answer_id if sources else None,
-                "answer": sources[0]["text"] if sources and not unknown else None,
-                "abstained": unknown,
-                "confidence": round(confidence, 4) if sources and not unknown else 0.0,
-                "sources": sources, "agents_weight": say.weight,
-                "memories_searched": len(self.index)}
+        rated_up = bool(ranked) and said.fitness.get(ranked[0].candidate.memory_id, 0.0) > 0
+        return Recalled({"answer_id": answer_id if sources else None,
+                         "answer": sources[0]["text"] if sources and not unknown else None,
+                         "abstained": unknown,
+                         "confidence": round(confidence, 4) if sources and not unknown else 0.0,
+                         "sources": sources, "agents_weight": say.weight,
+                         "memories_searched": len(self.index)},
+                        question.strip(), query.words, rated_up)
 
     def _opinions(self, said: Said, cands: Sequence[Candidate]) -> ranking.Opinions:
         """What the book says of these candidates: votes travel by gossip to
@@ -474,6 +503,9 @@ class Spore:
     async def rate(self, answer_id: str, up: bool) -> dict[str, Any]:
         """answer → its memory's author → the next vote → the book (and
         gossip, or storage) → calibration → the agents' feedback."""
+        spoken = self.generation.peek(answer_id)
+        if spoken is not None:  # an answer in words: a memory once rated up
+            return await self._rate_generated(answer_id, spoken, up)
         answer = await self._on(self._db, self.storage.answer, answer_id)
         if answer is None:
             raise NotFound(f"no answer with id {answer_id!r} (ids come from `spore ask`)")
@@ -496,6 +528,39 @@ class Spore:
         return {"memory_id": answer.memory.hex(), "vote": "up" if up else "down",
                 "agents_rated": agents,
                 "up": ups, "down": downs, "fitness": round(self._book.overall(answer.memory), 4)}
+
+    async def _rate_generated(self, answer_id: str, spoken: Generated,
+                              up: bool) -> dict[str, Any]:
+        """A generated answer rated: down, it is dropped (nothing stored, no
+        vote: the memories it cited were not what was rated); up, it becomes a
+        memory of this spore's, published like any taught one, with an empty
+        question (the question's text stays here: only the vote's compact
+        embedding of it travels), and this spore's up vote on it for the
+        question, so the next ask of it, here or anywhere the vote reaches,
+        is answered from memory. The answer id then names that memory (a
+        failure before leaves the answer kept, to be rated again)."""
+        if not up:
+            self.generation.take(answer_id)
+            self._count("generated_down")
+            return {"memory_id": None, "vote": "down", "generated": True, "stored": False,
+                    "agents_rated": 0, "up": 0, "down": 0, "fitness": 0.0}
+        [(memory_id, _)] = await self.teach([TeachItem(spoken.text, "", spoken.origin)])
+        row = await self._on(self._db, self.storage.memory_by_id, memory_id)
+        if row is None:  # forgotten here before (a tombstone): not stored again
+            raise NotFound(f"the answer of {answer_id!r} was forgotten here; not stored")
+        await self._on(self._db, self._remember, answer_id, spoken.words, row.row, memory_id)
+        answer = await self._on(self._db, self.storage.answer, answer_id)
+        assert answer is not None  # just remembered, on the same thread
+        await self._cast(self._next_vote(answer, True, self.identity.public_key))
+        self.generation.take(answer_id)  # the answer id names the memory from now on
+        self.counters["votes"] += 1
+        self._count("generated_stored")
+        await self._on(self._db, self.storage.put_rated, answer_id, spoken.question, memory_id,
+                       True, self._now_ms())
+        _, ups, downs = self._book.voices(memory_id)
+        return {"memory_id": memory_id.hex(), "vote": "up", "generated": True, "stored": True,
+                "origin": spoken.origin, "agents_rated": 0, "up": ups, "down": downs,
+                "fitness": round(self._book.overall(memory_id), 4)}
 
     def _next_vote(self, answer: AnswerRow, up: bool, author: bytes) -> VoteRecord:
         mine = self._book.counter(answer.memory, (self.identity.public_key, answer.region))
@@ -691,6 +756,7 @@ class Spore:
             "learner": self.learner_status(),
             "agents": None if self.agents is None else {**self.agents.status(),
                                                         **self.judge.status()},
+            "generate": self.generation.status(),
         }
 
     async def drain(self) -> None:

@@ -39,9 +39,18 @@ def _op(summary: str, body: dict[str, Any] | None = None,
     return op
 
 
-def _answering(schema: dict[str, Any], op: dict[str, Any]) -> dict[str, Any]:
-    """`op` with `schema` as its 200 answer's."""
-    op["responses"]["200"] = {"description": "ok", **_json(schema)}
+def _asking(op: dict[str, Any]) -> dict[str, Any]:
+    """The ask's answers: one JSON, or with stream=true NDJSON events, one a
+    line (as Ollama streams): {"event": "sources", ...the JSON's fields but
+    "answer" null when in words}, {"event": "token", "text"}..., then
+    {"event": "done", "answer_id", "route", "answer", "citations", "provider",
+    "model"} or {"event": "error", "answer_id", "error"}."""
+    op["responses"]["200"] = {"description": "ok: one JSON, or NDJSON events when stream "
+                                             "is true", "content": {
+        "application/json": {"schema": _ASKED},
+        "application/x-ndjson": {"schema": _STR}}}
+    op["responses"]["503"] = {**_ERR, "description": "generations busy: try again "
+                                                     "(Retry-After)"}
     return op
 
 
@@ -80,13 +89,35 @@ _SOURCE = {"type": "object", "required": ["id", "question", "text", "origin", "a
     "remote": {"type": "boolean", "description": "fetched from the swarm"},
     "author_membership": {"type": "object"}, "revoked_author": {"type": "boolean"}}}
 _NULLABLE_STR = {"type": ["string", "null"]}
+# Answers in words (p2pnode.generation, p2pnode.answering): "route" says
+# where the answer came from; in words, "generated" holds the text with its
+# numbered citations ([n] → the n-th source's memory id) and who wrote it.
+_CITATIONS = {"type": "array", "items": {"type": "object", "required": ["n", "id"], "properties": {
+    "n": {"type": "integer", "minimum": 1}, "id": {"type": "string"},
+    "by": {"type": "string", "enum": ["marker", "words"], "description":
+           "marker: the text wrote [n]; words: no marker, the text took the source's words"}}}}
+_ROUTE = {"type": "string", "enum": ["memory", "generated", "unknown"], "description":
+          "memory: a held memory answers (confident enough, or rated up for this question); "
+          "generated: in words, from the sources; unknown: \"I don't know\""}
+_GENERATED = {"type": "object", "required": ["text", "citations", "provider", "model"],
+              "properties": {"text": _STR, "citations": _CITATIONS, "provider": _STR,
+                             "model": _STR, "grounded": {"type": "boolean", "description":
+                                                         "false: no source was near; "
+                                                         "answered without memories"},
+                             "ignored_citations": {"type": "integer", "description":
+                                                   "markers naming no source given"},
+                             "cut": {"type": "boolean"}}}
 _ASKED = {"type": "object", "required": [
     "answer_id", "answer", "abstained", "confidence", "sources", "agents_weight",
-    "memories_searched"], "properties": {
+    "memories_searched", "route"], "properties": {
+    "route": _ROUTE, "generated": _GENERATED,
+    "generation_error": {"type": "string", "description": "why no answer in words (the "
+                                                          "answer is the ranking's own)"},
     "answer_id": {**_NULLABLE_STR, "description": "rate it with POST /v1/rate (null: no "
                                                   "memory at all)"},
-    "answer": {**_NULLABLE_STR, "description": "the first source's text; null when "
-                                               "abstained or nothing is held"},
+    "answer": {**_NULLABLE_STR, "description": "the first source's text, or the answer in "
+                                               "words; null when abstained or nothing is "
+                                               "held"},
     "abstained": {"type": "boolean", "description": "true: \"I don't know\", the sources "
                                                     "are only the nearest memories (maybe)"},
     "confidence": {"type": "number", "minimum": 0, "maximum": 1, "description":
@@ -137,11 +168,22 @@ OPENAPI: dict[str, Any] = {
             ["text"], text=_TEXT, question=_STR, origin=_ORIGIN), created=True, writes=True)},
         "/v1/ingest": {"post": _op("store a batch of document chunks", _obj(
             ["chunks"], chunks={"type": "array", "minItems": 1, "maxItems": 256,
-                                "items": _obj(["text"], text=_TEXT, origin=_ORIGIN)}),
+                                "items": _obj(["text"], text=_TEXT, question=_STR,
+                                              origin=_ORIGIN)}),
             writes=True)},
-        "/v1/ask": {"post": _answering(_ASKED, _op("answer a question from memory", _obj(
-            ["question"], question=_TEXT, top={"type": "integer", "minimum": 1,
-                                               "maximum": 20, "default": 3})))},
+        "/v1/ask": {"post": _asking(_op(
+            "answer a question: from memory when a memory is confident enough or was rated "
+            "up for it, else in words from the sources (when a generator is configured), "
+            "else \"I don't know\" (503: generations busy, try again)", _obj(
+                ["question"], question=_TEXT, top={"type": "integer", "minimum": 1,
+                                                   "maximum": 20, "default": 3},
+                generate={"type": "boolean", "description": "may answer in words (default: "
+                          "true when a generator is configured)"},
+                stream={"type": "boolean", "default": False, "description": "NDJSON events "
+                        "instead of one JSON"},
+                ungrounded={"type": "boolean", "description": "may answer in words when "
+                            "nothing held is near (marked grounded: false; default: [generate] "
+                            "ungrounded)"})))},
         "/v1/rate": {"post": _op("rate an answer (404: no such answer id)", _obj(
             ["answer_id", "vote"], answer_id=_STR,
             vote={"type": "string", "enum": ["up", "down"]}), writes=True)},

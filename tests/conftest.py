@@ -154,7 +154,8 @@ def make_daemon(tmp: Path) -> Daemon:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPORE_")}
     env.pop("NOTIFY_SOCKET", None)
     env.update(SPORE_STATE_DIR=str(state), SPORE_CONFIG_DIR=str(conf), SPORE_PORT=str(port),
-               SPORE_DHT_HOST="127.0.0.1", SPORE_DHT_PORT=str(free_udp_port()))
+               SPORE_DHT_HOST="127.0.0.1", SPORE_DHT_PORT=str(free_udp_port()),
+               SPORE_GENERATE="off")  # answers from memory; tests that generate turn it on
     return Daemon(state, conf, port, env)
 
 

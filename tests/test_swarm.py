@@ -7,6 +7,7 @@ republish interval every memory is back on 3 live holders.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 from collections.abc import Iterator
@@ -15,10 +16,11 @@ import pytest
 
 from tests.conftest import Daemon, make_daemon, start_swarm, stop_all, wait_for
 
-# 16 daemons: ~100 s here. tests/test_ask_inprocess.py proves the same walk
-# (taught anywhere, answered everywhere) in-process in about a second.
+# 8 daemons by default (~50 s here; 16 took ~100 s and the whole suite past its
+# 10 minutes): SPORE_TEST_SPORES=16 for the larger swarm. tests/test_ask_inprocess.py
+# proves the same walk (taught anywhere, answered everywhere) in-process in a second.
 pytestmark = pytest.mark.slow
-SPORES = 16
+SPORES = int(os.environ.get("SPORE_TEST_SPORES", "8"))
 REPUBLISH_S = 3.0
 FACTS = [
     ("How do I back up my home directory?", "Run restic every night to back up /home."),

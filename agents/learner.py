@@ -122,23 +122,29 @@ def _unit(x: np.ndarray) -> Array:
 
 
 def _unit_rows(x: np.ndarray) -> Array:
-    n = np.linalg.norm(x, axis=1, keepdims=True) if len(x) else np.ones((0, 1))
-    out: Array = (x / np.maximum(n, _TINY)).astype(np.float32)
+    x = np.asarray(x, np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True) if len(x) else np.ones((0, 1), np.float32)
+    out: Array = x / np.maximum(n, np.float32(_TINY))
     return out
 
 
 def _sane_rows(x: np.ndarray) -> npt.NDArray[np.bool_]:
+    # Norms summed in float64 a row at a time (no float64 copy of x).
     with np.errstate(over="ignore", invalid="ignore"):
-        norms = np.linalg.norm(x.astype(np.float64), axis=1)
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
     ok: npt.NDArray[np.bool_] = np.isfinite(x).all(axis=1) & (norms > _TINY) & (
         norms <= MAX_NORM)
     return ok
 
 
 def _matrix(x: npt.ArrayLike, dim: int, name: str) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float64)
+    """float32, as embeddings are (beyond its range: inf, dropped as not
+    finite): at the caps, each float64 copy of a pair matrix was 6 MB more
+    at the training's peak."""
+    with np.errstate(over="ignore"):
+        arr = np.asarray(x, dtype=np.float32)
     if arr.size == 0:
-        return np.zeros((0, dim))
+        return np.zeros((0, dim), np.float32)
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise ValueError(f"{name} must be [n, {dim}], got {arr.shape}")
     return arr
@@ -149,7 +155,9 @@ def _numbers(units: np.ndarray) -> Numbers:
     the same number, numbered in order of first appearance."""
     if not len(units):
         return np.zeros(0, np.int64)
-    codes = np.round(np.asarray(units) * 127.0).astype(np.int8)
+    scaled = np.multiply(units, np.float32(127.0), dtype=np.float32)
+    codes = np.rint(scaled, out=scaled).astype(np.int8)  # one float32 temporary
+    del scaled
     _, first, numbers = np.unique(codes, axis=0, return_index=True, return_inverse=True)
     rank = np.argsort(np.argsort(first))
     out: Numbers = rank[numbers.reshape(-1)].astype(np.int64)
@@ -163,7 +171,8 @@ def ratings(questions: npt.ArrayLike, answers: npt.ArrayLike, signs: npt.ArrayLi
     whose sign is not a finite non-zero number, is dropped; the latest
     `limits.max_pairs` are kept (give them oldest first)."""
     q, a = _matrix(questions, dim, "questions"), _matrix(answers, dim, "answers")
-    s = np.asarray(signs, dtype=np.float64).reshape(-1)
+    with np.errstate(over="ignore"):
+        s = np.asarray(signs, dtype=np.float64).reshape(-1)
     if not len(q) == len(a) == len(s):
         raise ValueError("questions, answers and signs must be aligned")
     ok = _sane_rows(q) & _sane_rows(a) & np.isfinite(s) & (s != 0)
@@ -178,15 +187,25 @@ def _fit_w(r: Ratings, rows: np.ndarray, limits: Limits) -> tuple[Array, Array]:
     """Ridge W = argmin Σ wᵢ‖W qᵢ − sᵢ aᵢ‖² + α‖W‖² as factors (u, v), W = u·vᵀ,
     truncated to limits.rank (validation folds too: what is validated is what
     is used). Fewer pairs than dimensions: solved in the dual (n×n)."""
-    root = np.sqrt(np.where(r.signs[rows] > 0, 1.0, limits.negative_weight))[:, None]
-    q = root * r.questions[rows].astype(np.float64)
-    t = root * r.signs[rows, None] * r.answers[rows].astype(np.float64)
+    root = np.sqrt(np.where(r.signs[rows] > 0, 1.0, limits.negative_weight)).astype(
+        np.float32)[:, None]
+    # The [n, d] products in float32 (unit rows: sums of n terms of at most
+    # 1), the small [d, d] or [n, n] systems solved in float64.
+    q = root * r.questions[rows]
+    t = (root * r.signs[rows, None]) * r.answers[rows]
     n, d = q.shape
     alpha = max(limits.alpha, _TINY)
-    if n < d:  # W = tᵀ (q qᵀ + αI)⁻¹ q = left · rightᵀ, both [d, n]
-        left, right = t.T, np.linalg.solve(q @ q.T + alpha * np.eye(n), q).T
-    else:  # W = tᵀ q (qᵀ q + αI)⁻¹
-        left, right = np.linalg.solve(q.T @ q + alpha * np.eye(d), q.T @ t).T, np.eye(d)
+    if n >= d:  # W = tᵀ q (qᵀ q + αI)⁻¹, [d, d]: its own truncated SVD
+        gram, cross = (q.T @ q).astype(np.float64), (q.T @ t).astype(np.float64)
+        w = np.linalg.solve(gram + alpha * np.eye(d), cross).T
+        del gram, cross
+        u, sing, vt = np.linalg.svd(w)
+        k = max(0, min(limits.rank, len(sing)))
+        return (u[:, :k] * sing[:k]).astype(np.float32), vt[:k].T.astype(np.float32)
+    # W = tᵀ (q qᵀ + αI)⁻¹ q = left · rightᵀ, both [d, n]
+    left = t.T.astype(np.float64)
+    right = np.linalg.solve((q @ q.T).astype(np.float64) + alpha * np.eye(n),
+                            q.astype(np.float64)).T
     qa, ra = np.linalg.qr(left)
     qb, rb = np.linalg.qr(right)
     mid_u, sing, mid_vt = np.linalg.svd(ra @ rb.T)

@@ -67,10 +67,12 @@ LEARN_EVERY = 50  # new votes in the book between two trainings of the learner
 # asks' p50 went 22 -> 73 ms: scripts/bench/hostile.py).
 LEARN_REST = 9.0
 # What one training may cost, whatever the votes: half the learner's default
-# pool and held-out questions (the FAQ bench has 211 memories, 120 questions:
-# the same there): 2.9 s wall at the caps (4.3 s at the defaults) on a shared
-# 2-core machine under a load average of 15, one BLAS thread.
-LIMITS = learner.Limits(max_pool=1024, max_held=128)
+# pairs, pool and held-out questions (the FAQ bench has 211 memories, 120
+# questions, fewer net pairs: the same there): 2.9 s wall at 2,048 pairs (4.3 s
+# at the defaults) on a shared 2-core machine under a load average of 15, one
+# BLAS thread; RSS at its peak +27 MB at 1,024 pairs (+45 MB at 2,048 before
+# the learner kept to float32: hostile.py's 250 MB under attack).
+LIMITS = learner.Limits(max_pairs=1024, max_pool=1024, max_held=128)
 
 
 @dataclass(frozen=True)

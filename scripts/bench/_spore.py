@@ -74,7 +74,10 @@ class Spore:
         self.env.update(SPORE_STATE_DIR=str(state), SPORE_CONFIG_DIR=str(state / "conf"),
                         SPORE_PORT=str(self.port), SPORE_ENCODER_THREADS=str(threads),
                         SPORE_LOG_LEVEL="warning", SPORE_MAX_TEXT_BYTES="65536",
-                        SPORE_DHT_HOST="127.0.0.1", SPORE_DHT_PORT=str(free_port(udp=True)))
+                        SPORE_DHT_HOST="127.0.0.1", SPORE_DHT_PORT=str(free_port(udp=True)),
+                        # Answers from memory: what these benches compare across
+                        # sessions (scripts/bench/generate.py turns words on).
+                        SPORE_GENERATE="off")
         self.env.update(env or {})
         self.dht_port = int(self.env["SPORE_DHT_PORT"])
         self.proc: subprocess.Popen[bytes] | None = None

@@ -23,8 +23,9 @@ built from our own words plus a sanitised excerpt with the key removed.
 Configuration (`[generate]` in config.toml, parsed by p2pnode.config):
 
     [generate]
-    providers = ["my-ollama", "embedded"]  # chain order; default ["embedded"] when
-                                           # the `generate` extra is installed, else off
+    providers = ["my-ollama", "embedded"]  # chain order; default: the [generate.NAME]
+                                           # tables in file order, then "embedded" when
+                                           # the `generate` extra is installed; [] = off
     threads = 1                            # embedded generator threads (1..64; default 1)
     ungrounded = false                     # may answer without memories (marked)
     [generate.my-ollama]                   # any name but "embedded": [A-Za-z0-9_-]{1,32}
@@ -181,10 +182,12 @@ class Chain:
             state.calls += 1
             started = False
             try:
-                async for text in self._guarded(provider, messages, max_tokens):
-                    started = True
-                    state.tokens += 1
-                    yield Piece(provider.name, provider.model, text)
+                async with contextlib.aclosing(self._guarded(provider, messages,
+                                                             max_tokens)) as texts:
+                    async for text in texts:
+                        started = True
+                        state.tokens += 1
+                        yield Piece(provider.name, provider.model, text)
             except ProviderError as exc:
                 self._failed(provider, exc)
                 if started:
@@ -201,7 +204,7 @@ class Chain:
                          if reasons else "no language-model provider is configured")
 
     async def _guarded(self, provider: Provider, messages: Sequence[Message],
-                       max_tokens: int) -> AsyncIterator[str]:
+                       max_tokens: int) -> AsyncGenerator[str, None]:
         """The provider's pieces under its deadlines; every failure as ProviderError."""
         limits = self.limits(provider)
         loop = asyncio.get_running_loop()

@@ -369,7 +369,7 @@ def test_embedded_restarts_after_a_crash_and_stops_when_idle() -> None:
         pid = embedded.pid
         assert pid is not None
         os.kill(pid, 9)  # llama.cpp dies under us
-        await asyncio.to_thread(wait_for, lambda: gone(pid), 10, "the child to die")
+        await asyncio.to_thread(wait_for, lambda: not embedded.loaded, 10, "the child to die")
         second = "".join(p.text for p in await collect(chain, 4))  # started again
         again = embedded.pid
         assert again is not None and again != pid

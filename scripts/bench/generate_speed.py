@@ -1,14 +1,18 @@
 """Speed and memory of the embedded generator (p2pnode.providers.EmbeddedProvider).
 
 Each row runs in a fresh process, so its RSS is its own. For 1 and 2 threads:
-RSS before and after the model is loaded, the first answer's time to first
-token (it includes the load), then over real questions (Debian FAQ, else
-built-in ones) the median time to first token and decode speed in tokens/s,
-and the longest the event loop waited during warm answers. One more row runs
-the same model through llama.cpp's own HTTP server on a loopback port with
-the OpenAI-compatible provider (the alternative to the in-process worker
-thread). The encoder's embed p50 (one query, same machine, same run) is the
-baseline to compare with.
+the process's RSS before and after the model is loaded (and the generator
+child's own RSS), the first answer's time to first token (it includes the
+start and load), then over real questions (Debian FAQ, else built-in ones) the
+median time to first token and decode speed in tokens/s, and the longest the
+event loop waited (cold: during the load; warm: during answers). Rows:
+
+    child      the provider as shipped: llama.cpp's server in a child process
+               on a loopback port, read by the OpenAI-compatible client
+    in-thread  the alternative: xllamacpp in this process, one worker thread,
+               tokens handed to the loop by callback
+
+The encoder's embed p50 (one query, same machine, same run) is the baseline.
 
     .venv/bin/python scripts/bench/generate_speed.py [--json] [--questions N] [--tokens N]
 """
@@ -22,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from p2pnode.providers import (  # noqa: E402
-    Chain,
-    EmbeddedProvider,
-    Limits,
-    OpenAIProvider,
-    Provider,
-)
+import aiohttp  # noqa: E402, F401 - loaded already in a daemon: keep its import out of the figures
+
+from p2pnode.providers import Chain, EmbeddedProvider, Provider  # noqa: E402
 
 FAQ_DIR = Path("/usr/share/doc/debian/FAQ")
 FALLBACK = ["How do I install Debian?", "What is a package manager?",
@@ -52,8 +53,8 @@ def questions(count: int) -> list[str]:
     return (FALLBACK * count)[:count]
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def rss_mb(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
@@ -87,52 +88,73 @@ async def answer(chain: Chain, question: str, tokens: int) -> tuple[float, float
     return first - start, rate, pieces, max(gaps)
 
 
-def llama_server(threads: int) -> tuple[Any, str, str]:
-    """llama.cpp's HTTP server (xllamacpp) on a random loopback port, in this process."""
-    import secrets
+class InThread:
+    """xllamacpp in this process, generation in one worker thread (for comparison)."""
 
-    import xllamacpp
+    kind, where = "embedded", "this device"
 
-    provider = EmbeddedProvider(threads=threads)
-    params = xllamacpp.CommonParams()
-    params.model.path = provider.path
-    params.n_ctx, params.n_parallel, params.verbosity = 2048, 1, 0
-    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
-    key = secrets.token_hex(16)
-    params.api_keys = [key]
-    server = xllamacpp.Server(params)
-    return server, f"{server.listening_address}/v1", key
+    def __init__(self, threads: int) -> None:
+        self.name, self.model, self.threads = "in-thread", "smollm2", threads
+        self.path = EmbeddedProvider().path
+        self.server: Any = None
+
+    def _run(self, request: str, emit: Callable[[str | None], None]) -> None:
+        import xllamacpp  # type: ignore[import-untyped]
+
+        def on_chunk(chunk: str) -> bool:
+            emit(chunk)
+            return False
+
+        if self.server is None:
+            params = xllamacpp.CommonParams()
+            params.model.path = self.path
+            params.n_ctx, params.n_parallel, params.verbosity = 2048, 1, 0
+            params.warmup = False
+            params.cpuparams.n_threads = params.cpuparams_batch.n_threads = self.threads
+            self.server = xllamacpp.Server(params)
+        self.server.handle_chat_completions(request, on_chunk)
+        emit(None)
+
+    async def stream(self, messages: Sequence[dict[str, str]], max_tokens: int
+                     ) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        request = json.dumps({"messages": list(messages), "max_tokens": max_tokens,
+                              "stream": True})
+        def emit(chunk: str | None) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+
+        task = asyncio.ensure_future(asyncio.to_thread(self._run, request, emit))
+        while (chunk := await queue.get()) is not None:
+            choices = json.loads(chunk)["choices"]
+            if choices and (text := choices[0].get("delta", {}).get("content")):
+                yield text
+        await task
 
 
 def measure(threads: int, how: str, count: int, tokens: int) -> dict[str, Any]:
     """In a child process: one row of the table."""
     rss_before = rss_mb()
-    server = None
-    provider: Provider
-    if how == "in-process":
-        provider = EmbeddedProvider(threads=threads)
-    else:
-        server, url, key = llama_server(threads)
-        provider = OpenAIProvider(name="loopback", url=url, model="smollm2", api_key=key,
-                                  limits=Limits(first_token_s=60.0, deadline_s=300.0))
+    provider: Provider = (EmbeddedProvider(threads=threads) if how == "child"
+                          else InThread(threads))
     chain = Chain([provider])
 
     async def run() -> dict[str, Any]:
         cold = await answer(chain, "Hello", 4)
         rss_after = rss_mb()
+        pid = getattr(provider, "pid", None)
+        generator_rss = rss_mb(pid) if pid else 0.0
         rows = [await answer(chain, q, tokens) for q in questions(count)]
         await chain.close()
         return {"threads": threads, "how": how, "rss_before_mb": rss_before,
-                "rss_loaded_mb": rss_after, "cold_first_token_s": cold[0],
-                "cold_loop_wait_ms": cold[3] * 1000,
+                "rss_loaded_mb": rss_after, "generator_rss_mb": generator_rss,
+                "cold_first_token_s": cold[0], "cold_loop_wait_ms": cold[3] * 1000,
                 "first_token_p50_ms": statistics.median(r[0] for r in rows) * 1000,
                 "tokens_per_s": statistics.median(r[1] for r in rows),
                 "pieces_mean": statistics.mean(r[2] for r in rows),
                 "warm_loop_wait_max_ms": max(r[3] for r in rows) * 1000,
                 "questions": len(rows)}
-    result = asyncio.run(run())
-    del server
-    return result
+    return asyncio.run(run())
 
 
 def encoder_p50() -> dict[str, Any]:
@@ -162,11 +184,12 @@ def print_table(result: dict[str, Any]) -> None:
           f"{result['rows'][0]['questions']} questions, ≤ {result['tokens']} tokens each")
     head = ("threads", "how", "RSS before", "RSS loaded", "cold TTFT", "TTFT p50",
             "tokens/s", "loop wait max")
-    print(f"{head[0]:>7} {head[1]:<11}{head[2]:>11}{head[3]:>11}{head[4]:>10}{head[5]:>10}"
-          f"{head[6]:>9}{head[7]:>14}")
+    print(f"{head[0]:>7} {head[1]:<11}{head[2]:>11}{head[3]:>11}{'+ child':>9}{head[4]:>10}"
+          f"{head[5]:>10}{head[6]:>9}{head[7]:>14}")
     for r in result["rows"]:
         print(f"{r['threads']:>7} {r['how']:<11}{r['rss_before_mb']:>8.0f} MB"
-              f"{r['rss_loaded_mb']:>8.0f} MB{r['cold_first_token_s']:>8.2f} s"
+              f"{r['rss_loaded_mb']:>8.0f} MB{r['generator_rss_mb']:>6.0f} MB"
+              f"{r['cold_first_token_s']:>8.2f} s"
               f"{r['first_token_p50_ms']:>7.0f} ms{r['tokens_per_s']:>9.1f}"
               f"{r['warm_loop_wait_max_ms']:>8.1f} ms (cold {r['cold_loop_wait_ms']:.0f} ms)")
     enc = result["encoder"]
@@ -190,7 +213,7 @@ def main() -> None:
         return
     rows = [child(str(t), how, "--questions", str(args.questions), "--tokens",
                   str(args.tokens))
-            for t, how in ((1, "in-process"), (2, "in-process"), (2, "loopback"))]
+            for how in ("child", "in-thread") for t in (1, 2)]
     result = {"tokens": args.tokens, "rows": rows, "encoder": child("encoder")}
     if args.json:
         print(json.dumps(result, indent=2))

@@ -160,3 +160,32 @@ def test_the_learner_thread_gives_back_what_a_training_took() -> None:
     assert first < 16, f"the learner's thread kept {first:.1f} MB after one training"
     assert more < 10, f"4 more trainings kept {more:.1f} MB more"
     assert last < 1, f"the trainings after those kept {last:.1f} MB more: it grows"
+
+
+@pytest.mark.skipif(not LINUX, reason="/proc and glibc")
+def test_release_free_heap_gives_a_threads_freed_blocks_back() -> None:
+    """What the daemon's _keep_heap_trimmed runs every few seconds: blocks
+    under the mmap threshold freed by a worker thread stay in its arena
+    until trimmed."""
+    code = textwrap.dedent("""
+        from concurrent.futures import ThreadPoolExecutor
+        import numpy as np
+        from agents.encoder import release_free_heap
+        def rss():
+            for line in open("/proc/self/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        def churn():
+            blocks = [np.ones(8192 + i % 7) for i in range(6000)]  # ~64 KiB each
+            del blocks
+        ThreadPoolExecutor(1).submit(churn).result()
+        before = rss()
+        assert release_free_heap()
+        print(before - rss())
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120, check=True)
+    given_back = float(out.stdout.strip().splitlines()[-1])
+    assert given_back > 100, f"the trim gave back only {given_back:.1f} MB of ~380 freed"

@@ -28,9 +28,10 @@ from p2pnode import dna as dna_mod
 from p2pnode.agentnet import AgentNet
 from p2pnode.api import ApiRunner, make_app
 from p2pnode.colony import AGENTS_DB, Colony
-from p2pnode.config import Config, Listen, dht_listen
+from p2pnode.config import EMBEDDED, Config, Listen, dht_listen
 from p2pnode.discovery import LanDiscovery
 from p2pnode.egress import Egress, tapped_bind, trace_config
+from p2pnode.embedded import EmbeddedProvider
 from p2pnode.errors import SporeError, StateError
 from p2pnode.gossip import KIND_DNA, GossipStore
 from p2pnode.identity import Identity, load_or_create
@@ -39,7 +40,7 @@ from p2pnode.members import Members
 from p2pnode.membership import pass_key
 from p2pnode.node import Spore
 from p2pnode.peers import HEADER_DEADLINE_S, PeerService, Ping, validators
-from p2pnode.providers import Chain, build_chain
+from p2pnode.providers import Chain, Limits, OpenAIProvider, Provider
 from p2pnode.service import Notifier
 from p2pnode.storage import DB_FILE, Storage
 from p2pnode.swarm import RULES, Swarm, SwarmSettings
@@ -353,6 +354,27 @@ async def _start_site(runner: web.AppRunner, cfg: Config) -> None:
                 f"port {cfg.api_port} on {cfg.api_host} is already in use (another spore? "
                 "check `spore status`); choose another with --port or SPORE_PORT") from exc
         raise SporeError(f"cannot listen on {cfg.api_host}:{cfg.api_port}: {exc}") from exc
+
+
+def build_chain(cfg: Config) -> Chain | None:
+    """The chain `cfg.generate` describes (providers in its order); None when
+    generation is off. Missing parts make a provider "unavailable", never an error.
+    (p2pnode.providers, p2pnode.embedded)"""
+    gen = cfg.generate
+    providers: list[Provider] = []
+    for name in gen.providers:
+        table = gen.provider(name)
+        limits = Limits(first_token_s=table.first_token_s, deadline_s=table.deadline_s,
+                        cooldown_s=table.cooldown_s)
+        if name == EMBEDDED:
+            providers.append(EmbeddedProvider(name=name, threads=gen.threads, limits=limits))
+            continue
+        missing = (f"the environment variable {table.api_key_env} (its api_key_env) is not set"
+                   if table.api_key_env and not table.api_key else "")
+        providers.append(OpenAIProvider(name=name, url=table.url, model=table.model,
+                                        api_key=table.api_key, limits=limits,
+                                        unavailable=missing))
+    return Chain(providers) if providers else None
 
 
 async def _serve_until_stopped(cfg: Config, spore: Spore, notifier: Notifier) -> None:

@@ -344,7 +344,7 @@ def test_a_rated_up_answer_is_served_from_memory_on_another_spore(swarm: Swarm) 
 
 # -- the embedded generator, for real ------------------------------------------------------------
 def test_the_embedded_generator_answers_in_words_citing_a_memory(tmp_path: Path) -> None:
-    from p2pnode.providers import embedded_model_path
+    from p2pnode.embedded import embedded_model_path
 
     _, missing = embedded_model_path()
     if missing:

@@ -27,10 +27,11 @@ import pytest
 
 from p2pnode import providers as prov
 from p2pnode.config import load_config
+from p2pnode.daemon import build_chain
+from p2pnode.embedded import EmbeddedProvider
 from p2pnode.errors import BadRequest, ConfigError
 from p2pnode.providers import (
     Chain,
-    EmbeddedProvider,
     GenerationFailed,
     Limits,
     NoProvider,
@@ -429,7 +430,8 @@ def test_embedded_that_cannot_load_falls_back(tmp_path: Path) -> None:
 
 _DAEMON = textwrap.dedent("""
     import asyncio, sys
-    from p2pnode.providers import Chain, EmbeddedProvider
+    from p2pnode.embedded import EmbeddedProvider
+    from p2pnode.providers import Chain
     async def main():
         embedded = EmbeddedProvider()
         async for _ in Chain([embedded]).stream([{"role": "user", "content": "hi"}], 2):
@@ -560,7 +562,7 @@ def test_config_good(tmp_path: Path) -> None:
             ollama.deadline_s) == ("http://127.0.0.1:11434/v1", "llama3.2", KEY, 5.0, 60.0)
     assert gen.provider("embedded").deadline_s == 90.0
     assert KEY not in repr(load_config(env))
-    chain = prov.build_chain(load_config(env))
+    chain = build_chain(load_config(env))
     assert chain is not None
     assert [(s["name"], s["kind"]) for s in chain.status()] == \
         [("my-ollama", "openai"), ("embedded", "embedded")]
@@ -569,7 +571,7 @@ def test_config_good(tmp_path: Path) -> None:
 
 
 def test_config_key_variable_unset_makes_the_provider_unavailable(tmp_path: Path) -> None:
-    chain = prov.build_chain(load_config(write_config(tmp_path, GOOD)))
+    chain = build_chain(load_config(write_config(tmp_path, GOOD)))
     assert chain is not None
     st = state(chain, "my-ollama")
     assert st["state"] == "unavailable" and "OLLAMA_KEY" in st["last_error"]
@@ -578,7 +580,7 @@ def test_config_key_variable_unset_makes_the_provider_unavailable(tmp_path: Path
 
 def test_spore_generate_overrides(tmp_path: Path) -> None:
     env = write_config(tmp_path, GOOD)
-    assert prov.build_chain(load_config(env | {"SPORE_GENERATE": "off"})) is None
+    assert build_chain(load_config(env | {"SPORE_GENERATE": "off"})) is None
     assert load_config(env | {"SPORE_GENERATE": "embedded"}).generate.providers == ("embedded",)
     assert load_config(env | {"SPORE_GENERATE": "embedded, my-ollama"}).generate.providers \
         == ("embedded", "my-ollama")

@@ -11,7 +11,8 @@ import pytest
 
 PURE = ["crdt.votes", "crdt.orset", "crdt.lww", "crdt.sync", "crdt.wire", "dht.keys",
         "dht.compact", "dht.index", "dht.codec", "dht.guard", "agents.consensus", "agents.trust",
-        "agents.evolution", "agents.learner", "agents.architecture", "p2pnode.ranking"]
+        "agents.evolution", "agents.learner", "agents.architecture", "p2pnode.ranking",
+        "p2pnode.answering", "cli.transcripts"]
 FORBIDDEN = ("asyncio", "aiohttp", "kademlia", "onnxruntime")
 # What dht/ and agents/ may use of p2pnode: its records, identity and errors.
 LOWER_P2PNODE = {"p2pnode.records", "p2pnode.identity", "p2pnode.errors"}

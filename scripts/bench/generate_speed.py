@@ -1,4 +1,4 @@
-"""Speed and memory of the embedded generator (p2pnode.providers.EmbeddedProvider).
+"""Speed and memory of the embedded generator (p2pnode.embedded.EmbeddedProvider).
 
 Each row runs in a fresh process, so its RSS is its own. For 1 and 2 threads:
 the process's RSS before and after the model is loaded (and the generator
@@ -36,7 +36,8 @@ if str(ROOT) not in sys.path:
 
 import aiohttp  # noqa: E402, F401 - loaded already in a daemon: keep its import out of the figures
 
-from p2pnode.providers import Chain, EmbeddedProvider, Provider  # noqa: E402
+from p2pnode.embedded import EmbeddedProvider  # noqa: E402
+from p2pnode.providers import Chain, Provider  # noqa: E402
 
 FAQ_DIR = Path("/usr/share/doc/debian/FAQ")
 FALLBACK = ["How do I install Debian?", "What is a package manager?",

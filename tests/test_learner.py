@@ -4,6 +4,7 @@ try after a down vote, and hostile votes that must change nothing."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from hypothesis.extra import numpy as hnp
 
 from agents.learner import (
     MAX_NORM,
+    MUS,
     NOTHING_LEARNT,
     Learnt,
     Limits,
@@ -29,6 +31,7 @@ from agents.learner import (
     taken_elsewhere,
     train,
 )
+from agents.learner import _upper_share as _upper_share  # the bound itself
 
 DIM = 32
 
@@ -136,11 +139,13 @@ def test_a_mapping_that_generalises_earns_a_say_and_helps_unseen_questions() -> 
 
 def test_a_mapping_that_does_not_generalise_gets_no_say() -> None:
     """Answers unrelated to their questions: whatever fits the training pairs
-    cannot help a held-out question, and validation says so."""
+    cannot help a held-out question, and validation says so. (Each memory
+    answers one question here, so taken_elsewhere may earn a say: it is
+    judged on its own, below.)"""
     rng = np.random.default_rng(5)
     q, a = _units(rng, 120), _units(rng, 120)
     learnt = train(ratings(q, a, np.ones(120), dim=DIM), a)
-    assert learnt.lam == 0.0 and learnt.mu == 0.0
+    assert learnt.lam == 0.0 and not learnt.u.size
     assert learnt.validation  # it was measured, not skipped
     x = _units(rng, 1)[0]
     assert np.allclose(ranking_cosines(x, a, learnt=learnt, beta=0.0), a @ x, atol=1e-5)
@@ -227,6 +232,46 @@ def test_taken_elsewhere_gets_no_say_where_memories_answer_many_questions() -> N
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
     learnt = train(ratings(q, hubs[which], np.ones(90), dim=DIM), _units(rng, 50))
     assert learnt.mu == 0.0
+
+
+def _few_decoys(rng: np.random.Generator, n: int, decoyed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n questions near their own answers, but the first `decoyed` nearer the
+    next question's answer (the FAQ's shape: the cosine is mostly right)."""
+    a = _units(rng, n)
+    q = a + 0.05 * rng.standard_normal((n, DIM))
+    q[:decoyed] = a[:decoyed] + 1.15 * a[1:decoyed + 1]
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32), a
+
+
+def test_taken_elsewhere_that_wins_a_few_and_can_hurt_none_earns_the_largest_weight() -> None:
+    """Where no held-out question's own answer is taken elsewhere, the penalty
+    can hurt none: a few wins are enough (a sign test over 3 wins and no
+    loss, p = 0.125, would refuse it), and of the weights that win as much
+    the largest is taken."""
+    rng = np.random.default_rng(12)
+    q, a = _few_decoys(rng, 60, 3)
+    assert _top1(q @ a.T, np.arange(60)) == pytest.approx(57 / 60)
+    learnt = train(ratings(q, a, np.ones(60), dim=DIM), a)
+    assert learnt.mu == max(MUS)
+    strict = train(ratings(q, a, np.ones(60), dim=DIM), a, limits=Limits(max_exposed=0.0))
+    assert strict.mu == 0.0  # the sign test alone: too few wins
+
+
+def test_taken_elsewhere_with_nothing_to_win_gets_no_say() -> None:
+    rng = np.random.default_rng(13)
+    q, a = _few_decoys(rng, 60, 0)
+    assert train(ratings(q, a, np.ones(60), dim=DIM), a).mu == 0.0
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 1), (0, 20), (0, 47), (3, 47), (10, 50)])
+def test_the_exposed_share_bound_is_clopper_pearson(k: int, n: int) -> None:
+    bound = _upper_share(k, n)
+    tail = sum(math.comb(n, i) * bound ** i * (1 - bound) ** (n - i) for i in range(k + 1))
+    assert tail == pytest.approx(0.1, abs=1e-6)  # P(X <= k | bound) = 1 - 0.9
+    assert k / n < bound < 1.0
+    if k == 0:
+        assert bound == pytest.approx(1 - 0.1 ** (1 / n), abs=1e-6)
+    assert _upper_share(5, 5) == 1.0 and _upper_share(0, 0) == 1.0
 
 
 # --- what to try after a down vote -------------------------------------------------------

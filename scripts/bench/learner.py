@@ -22,8 +22,11 @@ Ranking is agents.consensus.combine, as on a spore; only its cosines change.
    ask right after a question's first down vote), for each try-next policy,
    today's (the rejected memory ordered last) and the ceiling of
    learning.py (one new section per down vote: the ideal walk of the
-   encoder's order), each on its own trajectory; with the down votes cast
-   and the last-500 satisfaction (which must not fall).
+   encoder's order) and the oracle of votes (that walk also skipping every
+   section rated up for another question so far: the most any reordering
+   of the encoder's ranking by votes can reach), each on its own
+   trajectory; with the down votes cast and the last-500 satisfaction
+   (which must not fall).
 
     PYTHONPATH=. .venv/bin/python scripts/bench/learner.py [--seeds 1 2 3]
         [--asks 2000] [--harm-asks 1000] [--json]
@@ -362,10 +365,36 @@ def unseen(corpus: Corpus, harm: list[tuple[int, int]], b_half: list[int], seed:
 
 # --- 2. after a down vote -------------------------------------------------------------
 
+def oracle_of_votes(stream: list[tuple[int, int]], corpus: Corpus) -> list[bool]:
+    """The most the votes can tell a walk of the encoder's order: each ask
+    takes the first section in the encoder's order that was neither rejected
+    for this question (a whole section at a time, which a spore cannot see)
+    nor rated up for another question so far (taken elsewhere, known exactly
+    and at once everywhere, with no similarity threshold). A ceiling for
+    every policy here: each reorders the encoder's ranking with votes."""
+    sections = [s for s, _ in corpus.chunks]
+    order = np.argsort(-(corpus.qv @ corpus.cv.T), axis=1)
+    by_section = [list(dict.fromkeys(sections[i] for i in row)) for row in order]
+    rejected: dict[int, set[str]] = {}
+    owner: dict[str, int] = {}  # section -> the question it was rated up for
+    out: list[bool] = []
+    for q, _ in stream:
+        mine = corpus.questions[q][0]
+        gone = rejected.setdefault(q, set())
+        pick = next(s for s in by_section[q] if s not in gone and owner.get(s, q) == q)
+        out.append(pick == mine)
+        if pick == mine:
+            owner[pick] = q
+        else:
+            gone.add(pick)
+    return out
+
+
 def after_down(corpus: Corpus, stream: list[tuple[int, int]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     ideal = walk_of(stream, ideal_try_next(stream, corpus))
     out["ceiling (ideal walk)"] = summary(ideal)
+    out["ceiling (oracle of votes)"] = summary(walk_of(stream, oracle_of_votes(stream, corpus)))
     for name, policy in POLICIES.items():
         walk, _, _ = run_stream(corpus, stream, policy, retrain="validated" in name)
         out[name] = summary(walk)

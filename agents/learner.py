@@ -114,6 +114,8 @@ class Learnt:
     lam: float = 0.0
     mu: float = 0.0
     validation: dict[tuple[float, float], int] = field(default_factory=dict)
+    held_out: int = 0  # questions validation scored
+    exposed: int = 0  # of them, whose own answer was taken elsewhere
 
     def mapping_scores(self, q: npt.ArrayLike, candidates: npt.ArrayLike) -> Array:
         """lam · cos(W q, a) per candidate (zeros without a say)."""
@@ -315,27 +317,31 @@ def train(r: Ratings, pool: npt.ArrayLike | None = None, *, limits: Limits = Lim
         exposed.append(fold_exposed)
     per_question = dict(zip(grid, np.concatenate(right, axis=1), strict=True))
     validation = {g: int(x.sum()) for g, x in per_question.items()}
-    mu = _earned_mu(per_question, np.concatenate(exposed), mus, limits)
+    seen = np.concatenate(exposed)
+    evidence = {"held_out": len(seen), "exposed": int(seen.sum())}
+    mu = _earned_mu(per_question, seen, mus, limits)
     lam = _earned(per_question, [(lam, mu) for lam in lambdas], (0.0, mu), limits)[0]
     if not lam:
-        return Learnt(NOTHING_LEARNT.u, NOTHING_LEARNT.v, 0.0, mu, validation)
+        return Learnt(NOTHING_LEARNT.u, NOTHING_LEARNT.v, 0.0, mu, validation, **evidence)
     learnt = fit(r, limits, lam=lam, mu=mu)
-    return Learnt(learnt.u, learnt.v, lam, mu, validation)
+    return Learnt(learnt.u, learnt.v, lam, mu, validation, **evidence)
 
 
 def _earned(right: dict[tuple[float, float], np.ndarray], settings: list[tuple[float, float]],
             base: tuple[float, float], limits: Limits) -> tuple[float, float]:
     """The best of `settings` against `base` on the same held-out questions,
     if it won at least min_gain more than it lost and a sign test says the
-    wins are no coin toss (p <= limits.max_p); else `base`. Ties go to the
-    smaller weights. Taken_elsewhere is judged first, then the mapping beside
-    it: each part earns its own say."""
+    wins are no coin toss (p <= limits.max_p, divided by the number of
+    settings tried: the best of several is picked, Bonferroni); else `base`.
+    Ties go to the smaller weights. Taken_elsewhere is judged first, then the
+    mapping beside it: each part earns its own say."""
     was = right[base]
     best, best_net = base, 0
+    max_p = limits.max_p / max(len(settings), 1)
     for g in sorted(settings, key=lambda g: g[0] + g[1]):
         wins, losses = int((right[g] & ~was).sum()), int((was & ~right[g]).sum())
         net = wins - losses
-        if net > best_net and net >= limits.min_gain and _sign_p(wins, losses) <= limits.max_p:
+        if net > best_net and net >= limits.min_gain and _sign_p(wins, losses) <= max_p:
             best, best_net = g, net
     return best
 

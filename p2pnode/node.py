@@ -424,9 +424,15 @@ class Spore:
         return {m: r.row for m, r in found.items() if r is not None}
 
     def learner_status(self) -> dict[str, Any]:
-        return {"lam": self.learnt.lam, "mu": self.learnt.mu,
+        learnt = self.learnt
+        return {"lam": learnt.lam, "mu": learnt.mu,
                 "trainings": self.counters["learnt"],
-                "pairs": self.counters.get("learnt_pairs", 0)}
+                "pairs": self.counters.get("learnt_pairs", 0),
+                # What validation saw: held-out questions, those whose answer was
+                # taken elsewhere, and how many each ranking put right.
+                "held_out": learnt.held_out, "exposed": learnt.exposed,
+                "held_out_right": {"cosine": learnt.validation.get((0.0, 0.0), 0),
+                                   "learnt": learnt.validation.get((learnt.lam, learnt.mu), 0)}}
 
     async def _lookup(self, query: asking.Query) -> Lookup:
         if self.swarm is None:

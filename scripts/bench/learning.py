@@ -152,7 +152,8 @@ def learners(spores: list[Spore]) -> dict[str, list[Any]]:
     """What each spore's learner (agents.learner) earned: its weights, the
     trainings and the pairs of the last (empty before the learner existed)."""
     got = [s.call("GET", "/v1/status").get("learner") or {} for s in spores]
-    return {k: [g.get(k) for g in got] for k in ("lam", "mu", "trainings", "pairs")}
+    return {k: [g.get(k) for g in got] for k in ("lam", "mu", "trainings", "pairs",
+                                                 "held_out", "exposed", "held_out_right")}
 
 
 def moved(secs: list[str], before: list[float], after: list[float], right: str) -> int:
@@ -507,6 +508,10 @@ def show_harm(h: dict[str, Any], w: int) -> None:
 def show_learner(x: dict[str, list[Any]], when: str) -> None:
     print(f"  learner {when}, per spore: lam {x['lam']}, mu {x['mu']}, trainings "
           f"{x['trainings']}, pairs {x['pairs']}")
+    if x.get("held_out"):
+        right = [f"{h['cosine']}->{h['learnt']}" for h in x["held_out_right"] if h]
+        print(f"    validation per spore: held-out questions {x['held_out']}, their answer taken "
+              f"elsewhere {x['exposed']}, right (cosine->learnt) {right}")
 
 
 def show_calibration(c: dict[str, Any], w: int) -> None:

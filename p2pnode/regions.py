@@ -373,8 +373,11 @@ class RegionIndex:
         near = np.zeros(len(codes), bool)
         for at in range(0, len(codes), CHUNK):
             # A peer's absurd scale makes inf (and NaN) rows: alike to nothing.
-            with np.errstate(over="ignore", invalid="ignore"):
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 block = codes[at:at + CHUNK].astype(np.float32) * scales[at:at + CHUNK, None]
+                # Cosines, not dot products: int8 rounding leaves a row's length
+                # up to ~1e-3 short of 1, and SAME_QUESTION sits 1e-3 below 1.
+                block /= np.linalg.norm(block, axis=1, keepdims=True)
                 same[at:at + CHUNK] = consensus.region_weights(q, block) > 0
                 near[at:at + CHUNK] = consensus.near_questions(q, block)
         return same, near

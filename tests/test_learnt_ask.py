@@ -231,3 +231,64 @@ def test_a_flood_of_votes_trains_the_learner_at_most_a_tenth_of_the_time(
             gap = time.monotonic() - started
             assert gap >= asking.LEARN_REST * took[0] * 0.9
     run(scenario)
+
+
+PLAIN = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+         "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo",
+         "sierra", "tango", "uniform", "victor", "whiskey", "xray")
+
+
+def plain_answer(word: str) -> str:
+    return f"{word} explained"
+
+
+def own_answer(word: str) -> str:  # further from its question than a decoy is
+    return f"{word} explained with detail and length"
+
+
+def test_an_unseen_question_leaves_a_memory_rated_up_for_an_unlike_question(
+        tmp_path: Path) -> None:
+    """taken_elsewhere end to end, on two spores (a voter holds one stance
+    per memory, so the decoy's down vote comes from another): 24 questions
+    rated up on their answers, 3 whose cosine first picked another
+    question's answer (down, then up on their own). The learner gives the
+    penalty a say (none of the held-out questions' answers is taken
+    elsewhere; it wins the decoyed ones) and a question never rated, whose
+    cosine picks a memory rated up for an unlike question, now gets its own
+    answer; the rated questions keep theirs."""
+    decoyed = [("mercury", "alpha"), ("venus", "bravo"), ("earth", "charlie")]
+    unseen_word, unseen_decoy = "mars", "delta"
+    unseen = f"{unseen_word} {unseen_decoy}"
+
+    async def scenario() -> None:
+        async with Harness(tmp_path) as h:
+            one, two = await h.spores(2)
+            a, b = one.spore, two.spore
+            # b holds every memory: its asks and its learner see them all.
+            await b.teach([TeachItem(plain_answer(w)) for w in PLAIN] + [
+                TeachItem(own_answer(x)) for x, _ in [*decoyed, (unseen_word, "")]])
+            await h.settle()
+            for w in PLAIN:
+                out = await a.ask(w)
+                assert out["answer"] == plain_answer(w)
+                await a.rate(out["answer_id"], True)
+            await h.settle()
+            for x, y in decoyed:
+                out = await b.ask(f"{x} {y}")
+                assert out["answer"] == plain_answer(y)  # the cosine is wrong
+                await b.rate(out["answer_id"], False)
+                out = await b.ask(f"{x} {y}")
+                assert out["answer"] == own_answer(x)
+                await b.rate(out["answer_id"], True)
+            await h.settle()
+            assert (await b.ask(unseen))["answer"] == plain_answer(unseen_decoy)
+            await b.learn()
+            status = b.learner_status()
+            assert status["mu"] == max(learner.MUS) and status["lam"] == 0.0, status
+            assert status["exposed"] == 0 and status["held_out"] == 27, status
+            got = await b.ask(unseen)
+            assert got["answer"] == own_answer(unseen_word), [
+                (s["text"], s["score"]) for s in got["sources"]]
+            for w in PLAIN:
+                assert (await b.ask(w))["answer"] == plain_answer(w)
+    run(scenario)

@@ -19,6 +19,7 @@ from agents.trust import ESTABLISHED, FLOOR
 from crdt.votes import Counter, VoteKey, fitness, merge_votes, voices
 from dht import compact
 from p2pnode.regions import LOW_VOICES_CAP, RegionIndex
+from tests.harness import FakeEncoder
 
 DIM = 8
 RNG = np.random.default_rng(2)
@@ -259,3 +260,20 @@ def test_ups_on_names_the_candidate_each_up_rated_question_rated() -> None:
     assert book.ups_on(cands, limit=2)[0] == pytest.approx(
         np.stack([_question((19 - 1) % 3), _question(19 % 3)]))
     assert book.ups_on([])[0].shape == (0, DIM)
+
+
+def test_a_question_whose_int8_row_falls_short_of_unit_length_is_still_the_same() -> None:
+    """int8 rounding leaves a stored question up to ~1e-3 short of unit
+    length, as much as SAME_QUESTION leaves below 1: the book compares
+    cosines, so a vote on a question finds that question again (it missed
+    it by a dot product of 0.9990 against 0.999, with a question of two
+    words of the fake encoder)."""
+    encoder = FakeEncoder()
+    dim, q = encoder.dim, encoder.embed(["mercury alpha"])[0]
+    codes, scales = compact.to_int8(q[None, :])
+    stored = codes[0].astype(np.float32) * scales[0]
+    assert float(stored @ q) < 0.999 < float(stored @ q) / float(np.linalg.norm(stored))
+    book = RegionIndex(dim)
+    book.put_compact(b"m", (b"v", b"r"), compact.pack(codes[0], float(scales[0])),
+                     Counter(1, 0, 1))
+    assert book.said(q, 5).fitness[b"m"] <= REJECTED_BELOW

@@ -128,14 +128,16 @@ def _f16(a: np.ndarray) -> bytes:
 class AgentNet:
     def __init__(self, *, colony: Colony, identity: Identity, swarm: bytes,
                  store: GossipStore, compute: Compute, dna: Callable[[], Dna],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 peers: PeerService | None = None,
+                 standing: Callable[[bytes], str | None] = lambda host: None) -> None:
+        """`peers`: the transport to the other spores' agents (None: ours
+        only); `standing`: whose agents count, members in good standing (a
+        revoked host's die here: never asked to score, never given a child)."""
         self.colony, self.identity, self.swarm, self.gossip = colony, identity, swarm, store
         self.compute, self.dna = compute, dna
         self.clock = clock  # seconds: the peers' rate limits and the scorings' expiry
-        self.peers: PeerService | None = None
-        # Whose agents count: members in good standing (a revoked host's die
-        # here: never asked to score, never given a child). Set by the daemon.
-        self.standing: Callable[[bytes], str | None] = lambda host: None
+        self.peers, self.standing = peers, standing
         self.counters: dict[str, int] = {}
         self._answers: OrderedDict[str, _Answer] = OrderedDict()
         self._card_seq = 0
@@ -210,15 +212,20 @@ class AgentNet:
 
     # --- life cycle ------------------------------------------------------------------
 
-    async def start(self, peers: PeerService | None) -> None:
-        self.peers = peers
+    async def start(self, peers: PeerService | None = None) -> None:
+        """The colony loaded or seeded, our agents' cards published, and our
+        routes (score, feedback, adopt) served by the peer service: the one
+        given when built, or `peers` (a transport known only now). Whoever
+        builds the peer service gives it the colony's guest room as the
+        capacity its card advertises (p2pnode.daemon.assemble)."""
+        if peers is not None:
+            self.peers = peers
         _, _, sigma = self._rules()
         agents = await self.compute(self.colony.start, self._now_ms(), sigma)
         self.publish_cards(agents)
         self._spawn(self._flush_cards())
-        if peers is not None:
-            peers.capacity = lambda: self.colony.guest_room
-            peers.routes.update(self.routes)
+        if self.peers is not None:
+            self.peers.routes.update(self.routes)
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -160,30 +160,19 @@ async def _serve_locked(cfg: Config) -> None:
                                             rate_per_s=cfg.dht_rate_per_s),
                      bind=bind_udp if egress is None else tapped_bind(bind_udp, egress),
                      gossip_path=cfg.state_dir / GOSSIP_DB, generator=generator,
-                     ungrounded=cfg.generate.ungrounded)
-    spore, swarm, members, gossip = parts.spore, parts.swarm, parts.members, parts.gossip
-    peers: PeerService | None = None
+                     ungrounded=cfg.generate.ungrounded,
+                     peers=PeerSettings(seeds=cfg.peers, interval_s=cfg.gossip_interval_s,
+                                        egress=egress),
+                     agents=AgentSettings(path=cfg.state_dir / AGENTS_DB,
+                                          max_agents=cfg.max_agents,
+                                          seed_agents=cfg.seed_agents))
+    spore, swarm, gossip = parts.spore, parts.swarm, parts.gossip
     discovery: LanDiscovery | None = None
     try:
-        host, port = await start_parts(parts, listen=lambda p: _listen(cfg, p))
-        peers = PeerService(
-            identity=identity, swarm=dna.swarm_id, store=gossip, host=host, port=port,
-            seeds=list(cfg.peers), interval_s=cfg.gossip_interval_s,
-            contacts=lambda: [(c.ip, c.port) for c in swarm.dht.contacts()],
-            on_accepted=spore.on_gossip,
-            trace=None if egress is None else trace_config(egress),
-            standing=members.standing, own_pass=members.own_pass)
-        peers.join = members.join
-        peers.ping = _reach_ping(swarm)
-        members.address = lambda: (None if peers is None or not peers.advertised else
-                                   (peers.advertised, peers.port))
-
-        await start_agents(parts, cfg.state_dir / AGENTS_DB, peers,
-                           max_agents=cfg.max_agents, seed_agents=cfg.seed_agents)
-        await peers.start(cfg.advertise_host or host)
-        spore.peers = peers
-        if cfg.discover:
-            discovery = _discovery(swarm, peers, dna.swarm_id, host, port)
+        host, port = await start_parts(parts, listen=lambda p: _listen(cfg, p),
+                                       advertise_host=cfg.advertise_host)
+        if cfg.discover and parts.peers is not None:
+            discovery = _discovery(swarm, parts.peers, dna.swarm_id, host, port)
             await discovery.start()
         app = make_app(spore, _api_token(cfg), loopback_only=cfg.loopback_only,
                        host=cfg.api_host)
@@ -199,13 +188,13 @@ async def _serve_locked(cfg: Config) -> None:
     finally:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(spore.drain(), DRAIN_S)
-        if spore.agents is not None:
-            await spore.agents.stop()
-            spore.agents.colony.close()
+        if parts.agents is not None:
+            await parts.agents.stop()
+            parts.agents.colony.close()
         if discovery is not None:
             await discovery.stop()
-        if peers is not None:
-            await peers.stop()
+        if parts.peers is not None:
+            await parts.peers.stop()
         await swarm.stop()
         if generator is not None:  # after the API: no generation runs any more
             await generator.close()
@@ -217,7 +206,27 @@ async def _serve_locked(cfg: Config) -> None:
         log.info("stopped")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class PeerSettings:
+    """The peer service's (p2pnode.peers): the gossip seeds, the round
+    interval, and the capture of what leaves, if on (p2pnode.egress). Where
+    it listens is the DHT's address, known once bound (`start_parts`)."""
+
+    seeds: tuple[tuple[str, int], ...]
+    interval_s: float
+    egress: Egress | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentSettings:
+    """The colony's (p2pnode.colony): its store (None: in memory) and size."""
+
+    path: Path | None
+    max_agents: int
+    seed_agents: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class Parts:
     """A spore's objects, built in dependency order by `assemble`."""
 
@@ -225,41 +234,80 @@ class Parts:
     swarm: Swarm
     members: Members
     gossip: GossipStore
+    peers: PeerService | None  # None: no peer transport (the in-process harness)
+    agents: AgentNet | None  # None: no colony
 
 
 def assemble(*, identity: Identity, dna: dna_mod.Dna, chain: list[dna_mod.Dna],
              encoder: Encoder, storage: Storage, state_dir: Path, max_text_bytes: int,
              settings: SwarmSettings, bind: Bind = bind_udp, gossip_path: Path | None,
              clock: Callable[[], float] = time.time, generator: Chain | None = None,
-             ungrounded: bool = False) -> Parts:
-    """Build a spore's memory service and what it stands on: its swarm (DHT),
-    its members, its gossip store. Used by the daemon and by the in-process
-    harness (tests/harness.py), so both run the same wiring. The members,
-    the DHT's admission and the gossip validators read the spore's current
-    DNA (it may change by gossip) through the spore, built last. `generator`:
-    the language-model providers (p2pnode.providers; None: answers from
-    memory only), closed by whoever built it."""
+             ungrounded: bool = False, peers: PeerSettings | None = None,
+             agents: AgentSettings | None = None) -> Parts:
+    """Build a spore and what it stands on, each part given the parts it
+    needs when built: members, swarm (DHT), gossip store, peer service,
+    colony and agents, then the spore. Used by the daemon and by the
+    in-process harness (tests/harness.py), so both run the same wiring;
+    nothing starts here (`start_parts`). `peers` None: no peer transport;
+    `agents` None: no colony. `generator`: the language-model providers
+    (p2pnode.providers; None: answers from memory only), closed by whoever
+    built it.
+
+    Late-bound edges, each a lambda that reads a part built later when it is
+    called (never while building), where two parts need each other:
+    - to the spore, built last because it stands on all the others, which
+      call back into it: its current DNA and chain (gossip may replace them:
+      members, the gossip validators, the agents), `on_revoked` (members),
+      `trusted` and `weight` (the gossip store's eviction), `on_gossip` (the
+      peer service's accepted items), `on_compute` (the agents' thread);
+    - members to the gossip store: the store checks passes and revocations
+      with the members' validators, the members offer revocations to it;
+    - members to the peer service: it serves the members' `join` and asks
+      their `standing`; an invitation names the address it listens at."""
     members = Members(identity=identity, dna=lambda: spore.dna, chain=lambda: spore.chain,
-                      state_dir=state_dir, now_ms=lambda: int(clock() * 1000), first=dna)
+                      state_dir=state_dir, now_ms=lambda: int(clock() * 1000), first=dna,
+                      gossip=lambda: gossip,
+                      address=lambda: None if service is None else service.address(),
+                      on_revoked=lambda key: spore.on_revoked(key))
     swarm = Swarm(identity=identity, dna=dna, state_dir=state_dir, dim=encoder.dim,
                   settings=settings, bind=bind, admit=members.standing)
     gossip = GossipStore(validators(dna.swarm_id, lambda: spore.dna, members.standing)
-                         | members.validators(), gossip_path, clock=clock)
-    members.gossip = gossip
+                         | members.validators(), gossip_path, clock=clock,
+                         trusted=lambda voter: spore.trusted(voter),
+                         weight=lambda voter: spore.weight(voter))
+    colony = None if agents is None else Colony(
+        identity=identity, path=agents.path, max_agents=agents.max_agents,
+        seed_agents=agents.seed_agents)
+    service = None if peers is None else PeerService(
+        identity=identity, swarm=dna.swarm_id, store=gossip, seeds=list(peers.seeds),
+        interval_s=peers.interval_s,
+        contacts=lambda: [(c.ip, c.port) for c in swarm.dht.contacts()],
+        on_accepted=lambda accepted: spore.on_gossip(accepted),
+        capacity=(lambda: 0) if colony is None else (lambda: colony.guest_room),
+        trace=None if peers.egress is None else trace_config(peers.egress),
+        standing=members.standing, own_pass=members.own_pass, join=members.join,
+        ping=_reach_ping(swarm))
+    net = None if colony is None else AgentNet(
+        colony=colony, identity=identity, swarm=dna.swarm_id, store=gossip,
+        compute=lambda fn, *args: spore.on_compute(fn, *args), dna=lambda: spore.dna,
+        peers=service, standing=members.standing)
     spore = Spore(identity=identity, dna=dna, storage=storage, encoder=encoder,
                   max_text_bytes=max_text_bytes, clock=clock, swarm=swarm, gossip=gossip,
                   state_dir=state_dir, chain=chain, members=members, generator=generator,
-                  ungrounded=ungrounded)
-    gossip.trusted, gossip.weight = spore.trusted, spore.weight
-    members.on_revoked = spore.on_revoked
-    return Parts(spore, swarm, members, gossip)
+                  ungrounded=ungrounded, peers=service, agents=net)
+    return Parts(spore=spore, swarm=swarm, members=members, gossip=gossip, peers=service,
+                 agents=net)
 
 
-async def start_parts(parts: Parts, *,
-                      listen: Callable[[Parts], Listen] | None = None) -> tuple[str, int]:
-    """Our pass, the stores loaded, trust weighed, the DHT bound and joined:
-    returns the DHT's address. `listen` chooses the address to bind once the
-    roster is loaded (else the swarm's settings say it)."""
+async def start_parts(parts: Parts, *, listen: Callable[[Parts], Listen] | None = None,
+                      advertise_host: str = "") -> tuple[str, int]:
+    """Start what `assemble` built, in the same order: our pass, the stores
+    loaded, trust weighed, the DHT bound and joined; then the agents (their
+    colony loaded, their cards out, their routes on the peer service); then
+    the peer service on the DHT's address (TCP beside its UDP), its card
+    naming `advertise_host` (else the DHT's host). Returns the DHT's
+    address. `listen` chooses the address to bind once the roster is loaded
+    (else the swarm's settings say it)."""
     spore, gossip = parts.spore, parts.gossip
     await _take_membership(parts.members, gossip)
     await spore.load()
@@ -271,7 +319,12 @@ async def start_parts(parts: Parts, *,
         parts.swarm.settings = replace(parts.swarm.settings, host=chosen.host,
                                        listen=chosen.status())
         log.info("DHT and peer port on %s: %s", chosen.host, chosen.why)
-    return await parts.swarm.start()
+    host, port = await parts.swarm.start()
+    if parts.agents is not None:
+        await parts.agents.start()
+    if parts.peers is not None:
+        await parts.peers.start(advertise_host or host, listen=(host, port))
+    return host, port
 
 
 def _listen(cfg: Config, parts: Parts) -> Listen:
@@ -329,20 +382,6 @@ def _discovery(swarm: Swarm, peers: PeerService, swarm_id: bytes, host: str,
     swarm.settings = replace(swarm.settings, listen=listen)
     return LanDiscovery(swarm=swarm_id, host=host, port=port, try_candidate=try_candidate,
                         count=count, report=lambda status: listen.update(discovery=status))
-
-
-async def start_agents(parts: Parts, path: Path | None, peers: PeerService | None, *,
-                       max_agents: int, seed_agents: int) -> AgentNet:
-    """The spore's colony of agents, among its peers' (None: its own only)."""
-    spore = parts.spore
-    colony = Colony(identity=spore.identity, path=path, max_agents=max_agents,
-                    seed_agents=seed_agents)
-    agents = AgentNet(colony=colony, identity=spore.identity, swarm=spore.dna.swarm_id,
-                      store=parts.gossip, compute=spore.on_compute, dna=lambda: spore.dna)
-    spore.agents = agents
-    agents.standing = parts.members.standing
-    await agents.start(peers)
-    return agents
 
 
 async def _start_site(runner: web.AppRunner, cfg: Config) -> None:

@@ -147,7 +147,9 @@ class GossipStore:
     """
 
     def __init__(self, validators: Mapping[bytes, Validator], path: Path | None = None, *,
-                 caps: Caps = Caps(), clock: Callable[[], float] = time.time) -> None:
+                 caps: Caps = Caps(), clock: Callable[[], float] = time.time,
+                 trusted: Callable[[bytes], bool] = lambda voter: True,
+                 weight: Callable[[bytes], float] = lambda voter: 0.0) -> None:
         self.validators = dict(validators)
         self.caps, self.clock = caps, clock
         self.items: dict[bytes, tuple[int, bytes]] = {}
@@ -156,7 +158,7 @@ class GossipStore:
         self.on_change: Callable[[], None] | None = None  # called when an offer changed it
         # Whether a voter is trusted (p2pnode.node: a member, or established
         # by trust); the others' votes take places from Caps.low_votes.
-        self.trusted: Callable[[bytes], bool] = lambda voter: True
+        self.trusted = trusted
         self._no_room: OrderedDict[bytes, float] = OrderedDict()  # item hash → when refused
         self.rng = random.Random()  # which keys a round sends and wants when not all fit
         self._digest: sync.Digest | None = None
@@ -177,7 +179,7 @@ class GossipStore:
         # The low share's votes by voter, for eviction: a vote of a voter the
         # swarm trusts more (`weight`, agents.trust via the daemon) takes the
         # place of one of the least trusted voter's, never of an equal's.
-        self.weight: Callable[[bytes], float] = lambda voter: 0.0
+        self.weight = weight
         self.weights_version = 0  # the owner bumps it when `weight` changed
         # The low share's votes: key -> (voter, item hash, quota groups), and a
         # heap of them worst first (see _make_room), rebuilt when weights change.

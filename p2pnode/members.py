@@ -36,14 +36,19 @@ MAX_TTL_S = 30 * 86_400
 class Members:
     def __init__(self, *, identity: Identity, dna: Callable[[], dna_mod.Dna],
                  chain: Callable[[], list[dna_mod.Dna]], state_dir: Path | None,
-                 now_ms: Callable[[], int], first: dna_mod.Dna) -> None:
+                 now_ms: Callable[[], int], first: dna_mod.Dna,
+                 gossip: Callable[[], GossipStore | None] = lambda: None,
+                 address: Callable[[], tuple[str, int] | None] = lambda: None,
+                 on_revoked: Callable[[bytes], None] = lambda key: None) -> None:
         """`dna` and `chain` read the spore's current ones (it may be built
-        after this); `first` is the DNA it starts with."""
+        after this); `first` is the DNA it starts with. `gossip`: the store
+        our revocations go to (built after this: it checks passes with our
+        validators; None: revocations stay here); `address`: where peers
+        reach us, for invitations (None: not listening yet); `on_revoked`:
+        told of each member revoked."""
         self.identity, self._dna, self._chain, self.now_ms = identity, dna, chain, now_ms
         self.state_dir = state_dir
-        self.gossip: GossipStore | None = None  # set once the store exists
-        self.address: Callable[[], tuple[str, int] | None] = lambda: None  # where we listen
-        self.on_revoked: Callable[[bytes], None] = lambda key: None
+        self._gossip, self.address, self.on_revoked = gossip, address, on_revoked
         self.counters: dict[str, int] = {}
         self.roster = ms.Roster(first.membership, first.puzzle_bits, first.founders)
         self.invites = None if state_dir is None else Invites(state_dir / INVITES_FILE)
@@ -188,8 +193,8 @@ class Members:
                               "(`spore dna update --founders …`)")
         r = ms.revoke(self.identity, swarm=self._dna().swarm_id, target=target, why=why,
                       at_ms=self.now_ms())
-        if self.gossip is not None:
-            self.gossip.offer({ms.revoke_key(target): r.wire})
+        if (store := self._gossip()) is not None:
+            store.offer({ms.revoke_key(target): r.wire})
         else:
             self.roster.put_revocation(r)
         return {"revoked": target.hex(), "why": why, "at_ms": r.at_ms}

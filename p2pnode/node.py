@@ -80,16 +80,17 @@ class Spore:
                  swarm: Swarm | None = None, gossip: GossipStore | None = None,
                  state_dir: Path | None = None, chain: list[Dna] | None = None,
                  members: Members | None = None, generator: Chain | None = None,
-                 ungrounded: bool = False) -> None:
+                 ungrounded: bool = False, peers: PeerService | None = None,
+                 agents: AgentNet | None = None) -> None:
         self.identity, self.dna, self.storage, self.encoder = identity, dna, storage, encoder
         self.chain = chain or [dna]  # every version of the DNA, the first to ours
         self.members = members  # who is in the swarm (None: a spore on its own)
         self.swarm, self.gossip, self.state_dir = swarm, gossip, state_dir
-        self.peers: PeerService | None = None  # set by the daemon once serving
+        self.peers = peers  # signed HTTP to the other spores (None: no peer transport)
         # Every vote known, ours and gossip's, by memory id (the event loop's):
         # ranks local and swarm answers alike.
         self._book = RegionIndex(encoder.dim)
-        self.agents: AgentNet | None = None  # set by the daemon: the colony among peers
+        self.agents = agents  # the colony among peers (None: no agents)
         self.judge = asking.AgentsRecord()  # whether the agents earned a say in the ranking
         # What the ratings taught beyond their own questions (agents.learner):
         # trained on its own thread every LEARN_EVERY new votes and at load.

@@ -240,14 +240,22 @@ class Intake:
 
 
 class PeerService:
-    def __init__(self, *, identity: Identity, swarm: bytes, store: GossipStore, host: str,
-                 port: int, seeds: list[tuple[str, int]], interval_s: float,
+    def __init__(self, *, identity: Identity, swarm: bytes, store: GossipStore,
+                 seeds: list[tuple[str, int]], interval_s: float,
                  contacts: Callable[[], list[tuple[str, int]]], on_accepted: OnAccepted,
+                 host: str = "", port: int = 0,
                  capacity: Callable[[], int] = lambda: 0, timeout_s: float = 2.0,
                  rng: random.Random | None = None, limits: ServeLimits = ServeLimits(),
                  trace: aiohttp.TraceConfig | None = None,
                  standing: Standing = lambda key: None,
-                 own_pass: Callable[[], bytes | None] = lambda: None) -> None:
+                 own_pass: Callable[[], bytes | None] = lambda: None,
+                 join: JoinRoute | None = None, ping: Ping | None = None) -> None:
+        """`host` and `port`: where it serves (TCP), when known now; the daemon
+        builds it before its DHT is bound and gives the DHT's address to
+        `start` instead (port 0: not known yet). Until started it serves
+        nothing, runs no round and publishes no card. `join`: an invitation's
+        redemption (unsigned); `ping`: serves the reach-back check (`spore
+        doctor`); either None: that route is not served."""
         self.identity, self.swarm, self.store = identity, swarm, store
         self.host, self.port, self.interval_s, self.timeout_s = host, port, interval_s, timeout_s
         self.contacts, self.on_accepted, self.capacity = contacts, on_accepted, capacity
@@ -259,8 +267,7 @@ class PeerService:
         # membership). A sender's pass in MEMBER_HEADER makes it one here at
         # once; our own pass goes with every request we make.
         self.standing, self.own_pass = standing, own_pass
-        self.join: JoinRoute | None = None  # an invitation's redemption (unsigned)
-        self.ping: Ping | None = None  # serves the reach-back check (`spore doctor`)
+        self.join, self.ping = join, ping
         self._reaching = asyncio.Semaphore(1)
         # Seeds and DHT contacts are gossip targets at once; addresses only a
         # peer card names are candidates until a round with them verifies.
@@ -292,7 +299,16 @@ class PeerService:
 
     # --- life cycle ------------------------------------------------------------------
 
-    async def start(self, advertise_host: str) -> None:
+    async def start(self, advertise_host: str, *, listen: tuple[str, int] | None = None
+                    ) -> None:
+        """Serve at `listen` (host, port: the DHT's bound address, TCP beside
+        its UDP), or at the address given when built, and publish our card
+        naming `advertise_host`."""
+        if listen is not None:
+            self.host, self.port = listen
+            self.members.me = listen
+        if not self.port:
+            raise SporeError("the peer service has no address to listen on")
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post(PATH + "{route}", self._serve)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
@@ -338,6 +354,11 @@ class PeerService:
         if self._advertise not in UNSPECIFIED:
             return self._advertise
         return _reachable_guess()
+
+    def address(self) -> tuple[str, int] | None:
+        """Where peers reach us (the host our card names, our port), or None
+        before start: what an invitation names (p2pnode.members)."""
+        return (self.advertised, self.port) if self._advertise else None
 
     def capacity_changed(self) -> None:
         """Publish a new card when the spare capacity it advertises is out of date."""
@@ -396,7 +417,11 @@ class PeerService:
     async def round(self) -> bool:
         """One push-pull round with a random peer; True if it completed. Its
         deadline bounds the whole round: connecting, sending and reading both
-        requests (a tarpit holds it that long at most)."""
+        requests (a tarpit holds it that long at most). None before start:
+        no peer is blamed for a round we could not make."""
+        if self._session is None:
+            self.count("rounds_not_started")
+            return False
         self._learn()
         member = self.members.pick(self.blocked)
         if member is None:

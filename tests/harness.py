@@ -1,7 +1,8 @@
 """Spores in one process: the ask and rate paths tested without daemons.
 
 Each spore is the real thing as the daemon wires it (p2pnode.daemon.assemble:
-`Spore`, `Swarm`, `Members`, `GossipStore`, in dependency order), with real
+`Members`, `Swarm`, `GossipStore`, the agents if asked for, then `Spore`, in
+dependency order; started by p2pnode.daemon.start_parts), with real
 SQLite files in its own state directory. What is replaced is what a test
 must control: the encoder (`FakeEncoder`, deterministic, the same contract
 as agents.encoder's where tests/test_encoder.py checks it:
@@ -9,8 +10,9 @@ tests/test_fake_encoder.py runs those checks on it), the UDP network (the
 DHT runs over `dht.fake.FakeNetwork`) and the gossip transport (a round is
 `p2pnode.gossip.exchange` calling the other store's `answer_sync` and
 `answer_items` directly, then each side's `Spore.on_gossip`, as PeerService
-does over HTTP). Agents on request: each spore's own colony, without the
-peer transport that lets others' agents score (tests/test_agents_swarm.py).
+does over HTTP: assembled without one). Agents on request: each spore's own
+colony, without the peer transport that lets others' agents score
+(tests/test_agents_swarm.py).
 
     async with Harness(tmp_path) as h:
         a, b = await h.spores(2)
@@ -41,7 +43,7 @@ from dht.fake import FakeNetwork
 from p2pnode import dna as dna_mod
 from p2pnode import membership as ms
 from p2pnode.colony import AGENTS_DB
-from p2pnode.daemon import GOSSIP_DB, Parts, assemble, start_agents, start_parts
+from p2pnode.daemon import GOSSIP_DB, AgentSettings, Parts, assemble, start_parts
 from p2pnode.gossip import exchange
 from p2pnode.identity import Identity, load_or_create
 from p2pnode.members import PASS_FILE
@@ -144,9 +146,8 @@ class Harness:
         """A new spore (the founder's key for the first one), or one restarted
         from `state_dir`; joined to the swarm through the first spore. Its
         gossip store is kept in memory, or with `gossip_file` in its state
-        directory as the daemon keeps it. With `agents`, its own colony
-        (p2pnode.daemon.start_agents; no peer transport: the agents of other
-        spores take no part)."""
+        directory as the daemon keeps it. With `agents`, its own colony (no
+        peer transport: the agents of other spores take no part)."""
         number = next(self._numbers)
         state = state_dir or self.tmp / f"spore{number}"
         state.mkdir(parents=True, exist_ok=True)
@@ -166,10 +167,10 @@ class Harness:
                          storage=storage, state_dir=state, max_text_bytes=65_536,
                          settings=SwarmSettings(host=host, port=7151),
                          bind=self.net.bind,
-                         gossip_path=state / GOSSIP_DB if gossip_file else None)
+                         gossip_path=state / GOSSIP_DB if gossip_file else None,
+                         agents=AgentSettings(path=state / AGENTS_DB, max_agents=8,
+                                              seed_agents=4) if agents else None)
         await start_parts(parts)
-        if agents:
-            await start_agents(parts, state / AGENTS_DB, None, max_agents=8, seed_agents=4)
         node = Node(parts, storage, state, host)
         if self.nodes:
             await self.join(node, self.nodes[0])
@@ -193,9 +194,9 @@ class Harness:
     async def stop(self, node: Node) -> None:
         """Stop a spore as the daemon does (its files stay for a restart)."""
         await node.spore.drain()
-        if node.spore.agents is not None:
-            await node.spore.agents.stop()
-            node.spore.agents.colony.close()
+        if node.parts.agents is not None:
+            await node.parts.agents.stop()
+            node.parts.agents.colony.close()
         await node.parts.swarm.stop()
         node.spore.close()
         node.storage.close()

@@ -7,7 +7,7 @@ and scores candidates by cos(r, c). The graph is a residual bottleneck::
     └──────────────────────────────────────────── Add ──┴─ r
 
 98,816 parameters (384·128 + 128 + 128·384 + 384), opset 17, IR version 8,
-built with ``onnx.helper`` only. The skip connection is what lets a fresh
+written by `model_bytes` (below). The skip connection is what lets a fresh
 agent "do no harm": a 128-wide bottleneck without it can only return the
 projection of q onto a 128-d subspace, whose ranking agrees with plain
 cosine by a correlation of about √(128/384) ≈ 0.58 on isotropic vectors
@@ -22,16 +22,22 @@ The genome is the ONNX bytes; their SHA-256 goes into the agent's signed
 peer's model once, checks it and hands back its weights. The architecture
 itself lives in agents.architecture, which both this module and the guard
 read (the guard imports nothing of this module: no import cycle).
+
+The bytes are written here (`model_bytes`, a few lines of protobuf) rather
+than by ``onnx.helper``: the ``onnx`` package costs a spore ~8 MB of RSS, and
+a spore that only starts, scores and divides its own agents never needs it
+(only the guard, on a peer's genome, imports it). tests/test_idle_footprint.py
+checks the bytes are ``onnx.helper``'s, byte for byte.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from onnx import TensorProto, helper, numpy_helper
 
 from agents.architecture import (
     DIM,
@@ -53,9 +59,11 @@ from p2pnode.identity import PUBLIC_KEY_BYTES, Envelope, Identity, open_envelope
 __all__ = [
     "AGENT_DOMAIN",
     "DIM",
+    "FLOAT",
     "HIDDEN",
     "INITIALIZERS",
     "INPUT",
+    "INT64",
     "IR_VERSION",
     "MAX_LINEAGE_BYTES",
     "MAX_WEIGHT",
@@ -69,6 +77,7 @@ __all__ = [
     "from_onnx",
     "genome_sha256",
     "make_lineage",
+    "model_bytes",
     "mutate",
     "new_agent",
     "to_onnx",
@@ -141,19 +150,73 @@ def mutate(weights: Weights, sigma: float, rng: np.random.Generator) -> Weights:
 
 def to_onnx(weights: Weights) -> bytes:
     """The genome: deterministic ONNX bytes of the residual graph."""
-    nodes = [helper.make_node(op, list(ins), [out], name=name) for op, ins, out, name in NODES]
-    inits = [numpy_helper.from_array(arr, name)
-             for name, arr in zip(INITIALIZERS, weights.arrays(), strict=True)]
-    graph = helper.make_graph(
-        nodes, "sporemind_agent",
-        [helper.make_tensor_value_info(INPUT[0], TensorProto.FLOAT, list(INPUT[1]))],
-        [helper.make_tensor_value_info(OUTPUT[0], TensorProto.FLOAT, list(OUTPUT[1]))],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="sporemind")
-    model.ir_version = IR_VERSION
-    return model.SerializeToString()  # type: ignore[no-any-return]
+    return model_bytes(
+        "sporemind_agent",
+        nodes=[(op, ins, (out,), name, {}) for op, ins, out, name in NODES],
+        inputs=[(INPUT[0], FLOAT, INPUT[1])], outputs=[(OUTPUT[0], FLOAT, OUTPUT[1])],
+        initializers=list(zip(INITIALIZERS, weights.arrays(), strict=True)))
+
+
+# -- ONNX bytes without the onnx package ------------------------------------
+# The few protobuf messages of onnx.proto (proto2) our two graphs use, each
+# field written in field-number order, as protobuf's serializer does.
+
+FLOAT, INT64 = 1, 7  # onnx.proto's TensorProto.DataType
+_DTYPES = {np.dtype("<f4"): FLOAT, np.dtype("<i8"): INT64}
+_ATTR_INT = 2  # AttributeProto.INT
+Node = tuple[str, Sequence[str], Sequence[str], str | None, Mapping[str, int]]
+Value = tuple[str, int, Sequence[int | str]]  # name, element type, dims (str: symbolic)
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # an int64 goes as its two's complement
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, value: int | str | bytes) -> bytes:
+    if isinstance(value, int):
+        return _varint(number << 3) + _varint(value)
+    data = value.encode() if isinstance(value, str) else value
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _node(node: Node) -> bytes:
+    op, ins, outs, name, attrs = node
+    return b"".join([*(_field(1, i) for i in ins), *(_field(2, o) for o in outs),
+                     _field(3, name) if name is not None else b"", _field(4, op),
+                     *(_field(5, _field(1, k) + _field(3, attrs[k]) + _field(20, _ATTR_INT))
+                       for k in sorted(attrs))])
+
+
+def _value(value: Value) -> bytes:
+    name, elem, dims = value
+    shape = b"".join(_field(1, _field(2 if isinstance(d, str) else 1, d)) for d in dims)
+    return _field(1, name) + _field(2, _field(1, _field(1, elem) + _field(2, shape)))
+
+
+def _tensor(name: str, arr: npt.NDArray[np.generic]) -> bytes:
+    arr = np.asarray(arr)
+    little = arr.dtype.newbyteorder("<")
+    return b"".join([*(_field(1, int(d)) for d in arr.shape), _field(2, _DTYPES[little]),
+                     _field(8, name), _field(9, np.ascontiguousarray(arr, little).tobytes())])
+
+
+def model_bytes(name: str, *, nodes: Sequence[Node], inputs: Sequence[Value],
+                outputs: Sequence[Value],
+                initializers: Sequence[tuple[str, npt.NDArray[np.generic]]]) -> bytes:
+    """A ModelProto (IR_VERSION, opset OPSET, producer "sporemind"), the bytes
+    ``onnx.helper.make_model(make_graph(...)).SerializeToString()`` gives."""
+    graph = b"".join([*(_field(1, _node(n)) for n in nodes), _field(2, name),
+                      *(_field(5, _tensor(k, a)) for k, a in initializers),
+                      *(_field(11, _value(v)) for v in inputs),
+                      *(_field(12, _value(v)) for v in outputs)])
+    return (_field(1, IR_VERSION) + _field(2, "sporemind") + _field(7, graph)
+            + _field(8, _field(1, "") + _field(2, OPSET)))
 
 
 def from_onnx(data: bytes) -> Weights:

@@ -27,6 +27,9 @@ counter name:
 
 `load` adds defence in depth (a session from bytes, external data pointed at
 an empty folder, one thread) and `run_with_deadline` bounds a run's time.
+The ``onnx`` package (protobuf parsing, shape inference: ~8 MB of RSS) is
+imported by the first `check`, so a spore that never takes a peer's genome
+never loads it.
 
 Requests (p2pnode.agentnet's routes score, feedback, adopt): one bounded
 decoder per wire shape (crdt.wire: bounded msgpack, exact types and
@@ -43,12 +46,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
-from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, numpy_helper
 
 from agents.architecture import (
     DIM,
@@ -63,6 +63,9 @@ from agents.architecture import (
 )
 from crdt import wire
 from p2pnode.errors import VerifyError
+
+if TYPE_CHECKING:
+    from onnx import GraphProto, NodeProto, TensorProto
 
 __all__ = [
     "ALLOWED_OPS",
@@ -92,10 +95,15 @@ MAX_TENSOR_ELEMENTS = 1 << 20
 MAX_ELEMENTS = 2 << 20  # all initializers and inferred values together
 ALLOWED_OPS = frozenset({"MatMul", "Add", "Tanh"})
 _ONNX_DOMAINS = ("", "ai.onnx")
-_GRAPH_ATTRS = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
-_ITEM_BYTES: dict[int, int] = {TensorProto.FLOAT: 4, TensorProto.DOUBLE: 8, TensorProto.FLOAT16: 2,
-               TensorProto.INT64: 8, TensorProto.INT32: 4, TensorProto.INT8: 1,
-               TensorProto.UINT8: 1, TensorProto.BOOL: 1}
+# onnx.proto's enum values, written out: the onnx package (~8 MB of a spore's
+# RSS) is imported only when a genome is checked, never by a spore that only
+# scores and divides its own agents (tests/test_idle_footprint.py compares
+# these with onnx's own).
+_FLOAT, _UINT8, _INT8, _INT32, _INT64, _BOOL, _FLOAT16, _DOUBLE = 1, 2, 3, 6, 7, 9, 10, 11
+_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+_GRAPH_ATTRS = (5, 10)  # AttributeProto.GRAPH, AttributeProto.GRAPHS
+_ITEM_BYTES: dict[int, int] = {_FLOAT: 4, _DOUBLE: 8, _FLOAT16: 2, _INT64: 8, _INT32: 4,
+                               _INT8: 1, _UINT8: 1, _BOOL: 1}
 
 
 class Rejected(VerifyError):
@@ -133,6 +141,9 @@ def check(data: bytes) -> tuple[np.ndarray, ...]:
 
 
 def _parse(data: bytes) -> Any:
+    import onnx
+    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
@@ -157,7 +168,7 @@ def _check_containers(model: Any) -> None:
 def _check_graph_safety(graph: GraphProto) -> None:
     """External data first (the dangerous one), then nested graphs, then domains."""
     for tensor in _tensors(graph):
-        if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
+        if tensor.data_location == _EXTERNAL or len(tensor.external_data):
             raise GenomeRejected("external_data", f"tensor {tensor.name!r}")
     for node in _nodes(graph):
         if any(attr.type in _GRAPH_ATTRS or attr.HasField("g") or len(attr.graphs)
@@ -230,6 +241,8 @@ def _stored_elements(tensor: TensorProto) -> int:
 
 def _check_inferred_shapes(model: Any) -> None:
     """Every value's inferred shape must be fully known and within the caps."""
+    import onnx
+
     try:
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
                                                      data_prop=True)
@@ -255,9 +268,8 @@ def _value(value: Any) -> tuple[str, int, tuple[int, ...]]:
             tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim))
 
 
-_EXPECTED_IO = ([(INPUT[0], TensorProto.FLOAT, INPUT[1])],
-                [(OUTPUT[0], TensorProto.FLOAT, OUTPUT[1])])
-_EXPECTED_INITS = {name: (TensorProto.FLOAT, shape) for name, shape in INITIALIZERS.items()}
+_EXPECTED_IO = ([(INPUT[0], _FLOAT, INPUT[1])], [(OUTPUT[0], _FLOAT, OUTPUT[1])])
+_EXPECTED_INITS = {name: (_FLOAT, shape) for name, shape in INITIALIZERS.items()}
 
 
 def _check_architecture(graph: GraphProto) -> None:
@@ -277,6 +289,8 @@ def _check_architecture(graph: GraphProto) -> None:
 def _weights(graph: GraphProto) -> tuple[np.ndarray, ...]:
     """The initializers (whose names, types and dims the architecture check
     proved) as arrays, each finite and within ±MAX_WEIGHT."""
+    from onnx import numpy_helper
+
     found = {t.name: t for t in graph.initializer}
     arrays = []
     for name, shape in INITIALIZERS.items():

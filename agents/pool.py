@@ -28,14 +28,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from onnx import TensorProto, helper, numpy_helper
 
-from agents.genome import DIM, HIDDEN, OPSET, Agent, Weights
+from agents.genome import DIM, FLOAT, HIDDEN, Agent, Weights, model_bytes
 
 __all__ = ["Pool", "PoolError", "agent_weights", "combine", "reference_scores", "stack"]
 
 Array = npt.NDArray[np.float32]
-_IR_VERSION = 8
 
 
 class PoolError(Exception):
@@ -61,34 +59,23 @@ def reference_scores(weights: Sequence[Weights], q: Array, cand: Array) -> Array
 
 
 def _pool_model() -> bytes:
-    node = helper.make_node
-    nodes = [
-        node("MatMul", ["q", "W1"], ["h_pre"]),
-        node("Add", ["h_pre", "b1"], ["h_lin"]),
-        node("Tanh", ["h_lin"], ["h"]),
-        node("MatMul", ["h", "W2"], ["d_pre"]),
-        node("Add", ["d_pre", "b2"], ["d"]),
-        node("Add", ["q", "d"], ["r3"]),
-        node("Reshape", ["r3", "r_shape"], ["r"]),
-        node("LpNormalization", ["r"], ["r_unit"], axis=-1, p=2),
-        node("Gemm", ["r_unit", "cand"], ["scores"], transB=1),
-    ]
-    value = helper.make_tensor_value_info
-    graph = helper.make_graph(
-        nodes, "sporemind_pool",
-        [value("q", TensorProto.FLOAT, [1, DIM]),
-         value("cand", TensorProto.FLOAT, ["C", DIM]),
-         value("W1", TensorProto.FLOAT, ["A", DIM, HIDDEN]),
-         value("b1", TensorProto.FLOAT, ["A", 1, HIDDEN]),
-         value("W2", TensorProto.FLOAT, ["A", HIDDEN, DIM]),
-         value("b2", TensorProto.FLOAT, ["A", 1, DIM])],
-        [value("scores", TensorProto.FLOAT, ["A", "C"])],
-        initializer=[numpy_helper.from_array(np.array([-1, DIM], dtype=np.int64), "r_shape")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="sporemind")
-    model.ir_version = _IR_VERSION
-    return model.SerializeToString()  # type: ignore[no-any-return]
+    """The graph above (its bytes written by agents.genome.model_bytes, no onnx)."""
+    return model_bytes(
+        "sporemind_pool",
+        nodes=[("MatMul", ["q", "W1"], ["h_pre"], None, {}),
+               ("Add", ["h_pre", "b1"], ["h_lin"], None, {}),
+               ("Tanh", ["h_lin"], ["h"], None, {}),
+               ("MatMul", ["h", "W2"], ["d_pre"], None, {}),
+               ("Add", ["d_pre", "b2"], ["d"], None, {}),
+               ("Add", ["q", "d"], ["r3"], None, {}),
+               ("Reshape", ["r3", "r_shape"], ["r"], None, {}),
+               ("LpNormalization", ["r"], ["r_unit"], None, {"axis": -1, "p": 2}),
+               ("Gemm", ["r_unit", "cand"], ["scores"], None, {"transB": 1})],
+        inputs=[("q", FLOAT, [1, DIM]), ("cand", FLOAT, ["C", DIM]),
+                ("W1", FLOAT, ["A", DIM, HIDDEN]), ("b1", FLOAT, ["A", 1, HIDDEN]),
+                ("W2", FLOAT, ["A", HIDDEN, DIM]), ("b2", FLOAT, ["A", 1, DIM])],
+        outputs=[("scores", FLOAT, ["A", "C"])],
+        initializers=[("r_shape", np.array([-1, DIM], dtype=np.int64))])
 
 
 def _session(model: bytes, threads: int) -> Any:

@@ -8,10 +8,12 @@ to the storage layer, all threads) is read just before and just after every
 ask and every rating: the bytes written while an ask was in flight are the
 ask's, while a rating was, the rating's; what was written between calls
 (background flushes, gossip, checkpoints) is reported on its own and in the
-all-in figure. RSS: after teaching and a quiet spell (idle), and after the
-stream. Selection over the stream, read from ``/v1/agents`` every few asks:
-divisions per 1,000 ratings, population, max generation, and each parent's
-fitness against the population's at the time (its z-score and rank).
+all-in figure. RSS (/proc/<pid>/status VmRSS): just after start, after
+teaching and a quiet spell (idle; also split into anonymous memory and pages
+of mapped files, RssAnon and RssFile), and after the stream. Selection over
+the stream, read from ``/v1/agents`` every few asks: divisions per 1,000
+ratings, population, max generation, and each parent's fitness against the
+population's at the time (its z-score and rank).
 
 ``--base DIR`` runs the same bench first against another source tree (e.g.
 ``mkdir /tmp/fpbase && git archive HEAD | tar -x -C /tmp/fpbase``; its code
@@ -21,7 +23,7 @@ to weigh one change alone, copy a tree, change it, and run the copy's
 footprint.py with ``--base`` the tree without the change.
 
     .venv/bin/python scripts/bench/footprint.py [--asks 2000] [--base /work/fp-base]
-        [--seed 1] [--json]
+        [--seed 1] [--json] [--default-config]
 """
 
 from __future__ import annotations
@@ -50,6 +52,16 @@ def write_bytes(pid: int) -> int:
         if line.startswith("write_bytes:"):
             return int(line.split()[1])
     raise RuntimeError("no write_bytes in /proc/<pid>/io")
+
+
+def rss_parts(pid: int) -> dict[str, float]:
+    """RssAnon and RssFile of /proc/<pid>/status, in MB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
 
 
 def settle(pid: int, quiet_s: float = QUIET_S, limit_s: float = 60.0) -> None:
@@ -117,15 +129,19 @@ def run_tree(tree: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     stream = zipf_stream(np.random.default_rng(args.seed), list(range(len(pairs))), args.asks,
                          args.zipf, 1)
     env = {**LOOPBACK, "PYTHONPATH": str(tree)}
+    if args.default_config:  # SPORE_GENERATE unset: the default [generate]
+        env["SPORE_GENERATE"] = ""
     with Spore(tmp / "spore", env=env).found() as spore:
         assert spore.proc is not None
         pid = spore.proc.pid
+        settle(pid)
+        start_rss = spore.rss_mb
         for at in range(0, len(chunks), 256):  # alone: nothing to wait for but the ingest
             spore.call("POST", "/v1/ingest", {"chunks": [
                 {"text": text, "origin": f"{sec}@{i}"}
                 for i, (sec, text) in enumerate(chunks[at:at + 256], at)]})
         settle(pid)
-        idle_rss = spore.rss_mb
+        idle_rss, idle_parts = spore.rss_mb, rss_parts(pid)
         written = {"ask": 0, "rating": 0, "between": 0}
         calls = {"ask": 0, "rating": 0}
         right, selection = 0, Selection()
@@ -167,12 +183,14 @@ def run_tree(tree: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         "rating_kib": written["rating"] / 1024 / max(calls["rating"], 1),
         "between_kib_per_ask": written["between"] / 1024 / max(calls["ask"], 1),
         "all_in_kib_per_rated_ask": total / 1024 / max(calls["ask"], 1),
-        "total_mib": total / 2**20, "idle_rss_mb": idle_rss, "after_rss_mb": after_rss,
+        "total_mib": total / 2**20, "start_rss_mb": start_rss, "idle_rss_mb": idle_rss,
+        "idle_anon_mb": idle_parts["RssAnon"], "idle_file_mb": idle_parts["RssFile"],
+        "after_rss_mb": after_rss,
         "agents_db_mb": db_mb, "selection": selection.summary(calls["rating"]),
     }
 
 
-def show(results: list[dict[str, Any]], seed: int) -> None:
+def show(results: list[dict[str, Any]], seed: int, config: str) -> None:
     names = ["before", "after"] if len(results) == 2 else ["this tree"]
     rows: list[tuple[str, Any]] = [
         ("disk per ask, KiB (goal <= 4)", "ask_kib"),
@@ -181,7 +199,10 @@ def show(results: list[dict[str, Any]], seed: int) -> None:
         ("all-in disk per rated ask, KiB", "all_in_kib_per_rated_ask"),
         ("written over the stream, MiB", "total_mib"),
         ("agents store at the end, MiB", "agents_db_mb"),
+        ("RSS just after start, MB", "start_rss_mb"),
         ("idle RSS, MB (goal <= 150)", "idle_rss_mb"),
+        ("  of it anonymous, MB", "idle_anon_mb"),
+        ("  of it mapped files, MB", "idle_file_mb"),
         ("RSS after the stream, MB", "after_rss_mb"),
         ("satisfied (top-1 right)", "satisfied"),
         ("stream wall time, s", "stream_s")]
@@ -195,7 +216,7 @@ def show(results: list[dict[str, Any]], seed: int) -> None:
         ("parents' rank (0 = fittest, 1 = last)", "parent_rank")]
     r0 = results[0]
     print(f"one spore, Debian FAQ, {r0['asks']} asks ({r0['ratings']} rated), seed "
-          f"{seed}; /proc/<pid>/io write_bytes of the daemon")
+          f"{seed}, {config}; /proc/<pid>/io write_bytes of the daemon")
     print(f"  {'':44}" + "".join(f"{n:>14}" for n in names))
     for label, key in rows:
         print(f"  {label:44}" + "".join(f"{r[key]:>14.2f}" for r in results))
@@ -214,6 +235,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--base", type=Path, help="another source tree, measured first")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--default-config", action="store_true",
+                    help="the spore's default [generate] (the embedded generator when "
+                         "installed; it starts at the first ask, in a child process whose "
+                         "RSS is not the daemon's) instead of SPORE_GENERATE=off")
     args = ap.parse_args()
     trees = ([args.base.resolve()] if args.base else []) + [ROOT]
     results = []
@@ -226,7 +251,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        show(results, args.seed)
+        show(results, args.seed, "default config" if args.default_config
+             else "SPORE_GENERATE=off")
 
 
 if __name__ == "__main__":

@@ -47,9 +47,12 @@ _MAX_TOKENS = 256
 _TOKENIZER_FILE = "encoder-data/tokenizer.json"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 _REINSTALL = "reinstall sporemind (pip install --force-reinstall sporemind, or scripts/setup)"
-# glibc's mallopt parameter, and the size from which a block is its own mapping.
+# glibc's mallopt parameters, the size from which a block is its own mapping,
+# and the malloc arenas kept at most (glibc's default: 8 per core).
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 128 * 1024
+_M_ARENA_MAX = -8
+_ARENA_MAX = 2
 
 Vectors = npt.NDArray[np.float32]
 
@@ -71,6 +74,9 @@ def tokenizer_json() -> str:
 
 
 def _load_tokenizer(text: str) -> Any:
+    # Texts are encoded one at a time: its thread pool would only hold memory
+    # (0.7 MB of an idle spore, measured with scripts/bench/footprint.py).
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from tokenizers import Tokenizer
 
     try:
@@ -97,17 +103,35 @@ def _release_large_blocks() -> bool:
     unchanged, ~3 ms). Skipped off glibc, and when MALLOC_MMAP_THRESHOLD_
     fixed it already. Returns whether the threshold is fixed.
     """
-    if not sys.platform.startswith("linux"):
-        return False
     if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        return True
+        return _mallopt(0, 0) is not None
+    return bool(_mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
+
+
+def _limit_arenas() -> bool:
+    """At most _ARENA_MAX malloc arenas (unless MALLOC_ARENA_MAX says): the
+    spore's few worker threads then share them instead of each keeping its
+    own heap (1-1.4 MB of an idle spore, scripts/bench/footprint.py).
+    Returns whether the limit is set."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return _mallopt(0, 0) is not None
+    return bool(_mallopt(_M_ARENA_MAX, _ARENA_MAX))
+
+
+def _mallopt(param: int, value: int) -> int | None:
+    """glibc's mallopt(param, value) (param 0: only whether it exists); None
+    off Linux or off glibc (musl has no mallopt)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
+    except (OSError, AttributeError):
+        return None
+    if not param:
+        return 1
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
+    return int(mallopt(param, value))
 
 
 def release_free_heap() -> bool:
@@ -236,6 +260,7 @@ def load_encoder(model: Path | None = None, threads: int = 1) -> Encoder:
     tokenizer = _load_tokenizer(tokenizer_json())
     # Before the session: the model's load buffers (~22 MB) are freed blocks too.
     release = _release_large_blocks()
+    _limit_arenas()
     session = _load_session(model, threads)
     # Shrinking without large blocks going back would only fragment the heap.
     return Encoder(session, tokenizer, sha256, _shrink_options() if release else None)

@@ -22,73 +22,107 @@ files) come from prometheus-client's ProcessCollector, as
 
 from __future__ import annotations
 
-import re
+import bisect
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
 
-__all__ = ["ASK_BUCKETS", "MAX_LABELS", "METRICS_KEY", "Metrics", "StatusCollector",
-           "families", "handler", "time_asks"]
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
+
+__all__ = ["ASK_BUCKETS", "MAX_LABELS", "METRICS_KEY", "AskTimes", "Metrics",
+           "StatusCollector", "families", "handler", "time_asks"]
 
 PREFIX = "sporemind"
-MAX_LABELS = 64  # label values per family; the smallest beyond are summed as "other"
-MAX_LABEL_CHARS = 64
+MAX_LABELS = 64  # as p2pnode.metric_families' (imported at the first scrape only)
 ASK_PATH = "/v1/ask"
 # An ask is ~10 ms alone on a laptop, seconds on a Pi fanning out to slow peers.
 ASK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-_NOT_LABEL = re.compile(r"[^a-z0-9_]+")
 
 Status = Mapping[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class StatusCollector:
-    """Metric families of the /v1/status snapshot handed to `Metrics.render`."""
+class AskTimes:
+    """How long answered asks took, as a histogram's counts (prometheus-client
+    is imported at the first scrape only; until then an ask costs a bisect)."""
 
-    def __init__(self) -> None:
+    def __init__(self, buckets: Iterable[float] = ASK_BUCKETS) -> None:
+        self.bounds = tuple(sorted(buckets))
+        self.counts = [0] * (len(self.bounds) + 1)  # per bucket; the last: above every bound
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1  # le: bound >= seconds
+        self.sum += seconds
+
+    def family(self) -> Metric:
+        from prometheus_client.metrics_core import HistogramMetricFamily
+
+        cumulative, buckets = 0, []
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += n
+            buckets.append((_go_float(bound), float(cumulative)))
+        return HistogramMetricFamily(
+            f"{PREFIX}_ask_duration_seconds",
+            "Time to answer an ask over the local API (answered asks only)",
+            buckets=buckets, sum_value=self.sum)
+
+
+def _go_float(bound: float) -> str:
+    """A bucket's `le` as prometheus-client writes it ("0.005", "1.0", "+Inf")."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+class StatusCollector:
+    """Metric families of the /v1/status snapshot handed to `Metrics.render`,
+    and the ask histogram."""
+
+    def __init__(self, asks: AskTimes) -> None:
         self.snapshot: Status = {}
+        self.asks = asks
 
     def collect(self) -> Iterable[Metric]:
-        return list(families(self.snapshot))
+        return [self.asks.family(), *families(self.snapshot)]
 
     def describe(self) -> Iterable[Metric]:
         return []  # names depend on the snapshot: nothing to check at registration
 
 
 class Metrics:
-    """One API's registry: the ask histogram, the status families, the process."""
+    """One API's metrics: the ask histogram, the status families, the process
+    (a registry of its own, built at the first scrape)."""
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.clock = clock
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.ask_seconds = Histogram(
-            f"{PREFIX}_ask_duration_seconds",
-            "Time to answer an ask over the local API (answered asks only)",
-            buckets=ASK_BUCKETS, registry=self.registry)
-        self._status = StatusCollector()
-        self.registry.register(self._status)
-        ProcessCollector(namespace=PREFIX, registry=self.registry)
+        self.ask_seconds = AskTimes()
+        self._status = StatusCollector(self.ask_seconds)
+        self._registry: CollectorRegistry | None = None
 
     def render(self, status: Status, accept: str = "") -> tuple[bytes, str]:
         """(body, content type) of one scrape, in the format `accept` asks for
         (OpenMetrics or Prometheus text; text 0.0.4 by default)."""
+        from prometheus_client.exposition import choose_encoder
+
         encode, content_type = choose_encoder(accept)
+        registry = self._registry or self._build()
         self._status.snapshot = status
         try:
-            return encode(self.registry), content_type
+            return encode(registry), content_type
         finally:
             self._status.snapshot = {}
+
+    def _build(self) -> CollectorRegistry:
+        from prometheus_client import CollectorRegistry, ProcessCollector
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self._status)
+        ProcessCollector(namespace=PREFIX, registry=registry)
+        self._registry = registry
+        return registry
 
 
 METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
@@ -120,221 +154,9 @@ async def time_asks(request: web.Request, handler: Handler) -> web.StreamRespons
     return response
 
 
-# -- the snapshot as families (pure) ----------------------------------------------------
+# -- the snapshot as families (p2pnode.metric_families, imported at a scrape) --------------
 def families(status: Status) -> Iterator[Metric]:
     """Every family one /v1/status snapshot yields (nothing for a part it lacks)."""
-    if not status:
-        return
-    yield from _node(status)
-    yield _refusals(status)
-    if isinstance(status.get("gossip"), Mapping):
-        yield from _gossip(status["gossip"])
-    if isinstance(status.get("dht"), Mapping):
-        yield from _dht(status["dht"])
-    if isinstance(status.get("agents"), Mapping):
-        yield from _agents(status["agents"])
+    from p2pnode import metric_families
 
-
-def _num(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
-
-
-def _counts(part: Any) -> dict[str, float]:
-    """A part's counters dict, numbers only."""
-    raw = part.get("counters") if isinstance(part, Mapping) else None
-    return {str(k): _num(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
-
-
-def _label(text: str) -> str:
-    return _NOT_LABEL.sub("_", text.lower()).strip("_")[:MAX_LABEL_CHARS] or "unknown"
-
-
-def _capped(values: Mapping[str, float]) -> list[tuple[str, float]]:
-    """(label, value) pairs: at most MAX_LABELS, the smallest beyond summed as "other"."""
-    merged: dict[str, float] = {}
-    for key, value in values.items():
-        merged[_label(key)] = merged.get(_label(key), 0.0) + value
-    ranked = sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))
-    if len(ranked) <= MAX_LABELS:
-        return sorted(ranked)
-    kept, rest = ranked[:MAX_LABELS - 1], ranked[MAX_LABELS - 1:]
-    return sorted([*kept, ("other", sum(v for _, v in rest))])
-
-
-def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
-
-
-def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
-
-
-def _labelled(name: str, doc: str, label: str, values: Mapping[str, float]
-              ) -> CounterMetricFamily:
-    family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=[label])
-    for key, value in _capped(values):
-        family.add_metric([key], value)
-    return family
-
-
-def _with_prefix(counts: Mapping[str, float], prefix: str) -> dict[str, float]:
-    return {k[len(prefix):]: v for k, v in counts.items() if k.startswith(prefix)}
-
-
-def _version() -> str:
-    try:
-        return metadata.version("sporemind")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _node(status: Status) -> Iterator[Metric]:
-    yield InfoMetricFamily(PREFIX, "This spore: its node, swarm, DNA version and encoder",
-                           value={"node_id": str(status.get("node_id", ""))[:64],
-                                  "swarm": str(status.get("swarm", ""))[:128],
-                                  "dna_version": str(status.get("dna_version", "")),
-                                  "encoder": str(status.get("encoder", ""))[:128],
-                                  "version": _version()})
-    yield _gauge("memories", "Memories held in this spore's store", _num(status.get("memories")))
-    yield _gauge("memories_indexed", "Memories in the local search index",
-                 _num(status.get("indexed")))
-    yield _gauge("vote_entries", "Vote entries known (this spore's and gossiped)",
-                 _num(status.get("votes")))
-    yield _gauge("uptime_seconds", "Seconds since this spore started",
-                 _num(status.get("uptime_s")))
-    counts = _counts(status)
-    yield _counter("asks_total", "Questions answered", counts.get("asks", 0.0))
-    yield _counter("teaches_total", "Memories newly taught or ingested on this spore",
-                   counts.get("teaches", 0.0))
-    ratings = CounterMetricFamily(f"{PREFIX}_ratings_total",
-                                  "Ratings (votes): cast on this spore, or by others and "
-                                  "received by gossip", labels=["source"])
-    ratings.add_metric(["here"], counts.get("votes", 0.0))
-    ratings.add_metric(["gossip"], counts.get("gossip_votes", 0.0))
-    yield ratings
-    yield _counter("learner_trainings_total", "Times the ranking learner trained on ratings",
-                   counts.get("learnt", 0.0))
-    members = status.get("members")
-    if isinstance(members, Mapping):
-        yield _gauge("members", "Members of the swarm this spore knows",
-                     _num(members.get("members")))
-    api = status.get("api")
-    if isinstance(api, Mapping):
-        yield _counter("api_malformed_requests_total",
-                       "Requests to the local API that could not be parsed",
-                       _num(api.get("malformed_requests")))
-
-
-def _refusals(status: Status) -> CounterMetricFamily:
-    """Everything refused, by layer and reason: requests to the local API, peers'
-    gossip requests and items, DHT handshakes and stores, agents' messages."""
-    layers: dict[str, dict[str, float]] = {}
-    api = status.get("api")
-    if isinstance(api, Mapping) and isinstance(api.get("refused"), Mapping):
-        layers["api"] = {str(k): _num(v) for k, v in api["refused"].items()}
-    gossip = {k: v for k, v in _with_prefix(_counts(status.get("gossip")), "refused_").items()
-              if not k.startswith("by_peer_")}
-    layers["gossip"] = gossip
-    dht = _counts(status.get("dht"))
-    layers["dht"] = _with_prefix(dht, "refused_")
-    layers["dht_store"] = _with_prefix(dht, "rejected_")
-    layers["dht_fetch"] = {"invalid_record": dht.get("remote_rejected", 0.0)}
-    agents = _counts(status.get("agents"))
-    layers["agents"] = {k.replace("_refused_", "_"): v for k, v in agents.items()
-                        if "_refused_" in k}
-    layers["genome"] = _with_prefix(agents, "genome_rejected_")
-    node = _counts(status)
-    layers["dna"] = {"refused": node.get("dna_refused", 0.0)}
-    family = CounterMetricFamily(f"{PREFIX}_refusals_total",
-                                 "Requests, records and peers refused, by layer and reason",
-                                 labels=["layer", "reason"])
-    for layer, reasons in layers.items():
-        for reason, value in _capped(reasons):
-            family.add_metric([layer, reason], value)
-    return family
-
-
-_ROUNDS = {"synced": "sync_rounds", "same": "same_rounds", "failed": "failed_rounds",
-           "idle": "idle_rounds"}
-
-
-def _gossip(gossip: Status) -> Iterator[Metric]:
-    counts = _counts(gossip)
-    rounds = CounterMetricFamily(
-        f"{PREFIX}_gossip_rounds_total", "Gossip rounds this spore started, by outcome "
-        "(synced: items moved; same: nothing to move; idle: nobody to gossip with)",
-        labels=["outcome"])
-    by_peers = _with_prefix(counts, "refused_by_peer_")
-    for outcome, key in _ROUNDS.items():
-        rounds.add_metric([outcome], counts.get(key, 0.0))
-    rounds.add_metric(["refused"], sum(by_peers.values()))
-    yield rounds
-    yield _labelled("gossip_refused_by_peers_total", "Gossip rounds a peer refused, by its "
-                    "reason", "reason", by_peers)
-    items = CounterMetricFamily(f"{PREFIX}_gossip_items_exchanged_total",
-                                "Gossip items sent to and taken from peers",
-                                labels=["direction"])
-    items.add_metric(["pushed"], counts.get("items_pushed", 0.0))
-    items.add_metric(["pulled"], counts.get("items_pulled", 0.0))
-    yield items
-    sent = CounterMetricFamily(f"{PREFIX}_gossip_bytes_total",
-                               "Bytes of peer HTTP (gossip, agents) sent and received",
-                               labels=["direction"])
-    sent.add_metric(["sent"], counts.get("bytes_sent", 0.0))
-    sent.add_metric(["received"], counts.get("bytes_received", 0.0))
-    yield sent
-    yield _labelled("gossip_served_total", "Peer requests served, by route", "route",
-                    _with_prefix(counts, "served_"))
-    yield _gauge("gossip_store_items", "Items in the gossip store (DNA, passes, peers, "
-                 "agents, votes)", _num(gossip.get("items")))
-    peers = GaugeMetricFamily(f"{PREFIX}_gossip_peers", "Gossip peers known, by state",
-                              labels=["state"])
-    states: dict[str, float] = {}
-    listed = gossip.get("members")
-    for member in listed if isinstance(listed, list) else []:
-        state = str(member.get("state", "unknown")) if isinstance(member, Mapping) else "unknown"
-        states[state] = states.get(state, 0.0) + 1
-    for state, n in _capped(states):
-        peers.add_metric([state], n)
-    yield peers
-
-
-def _dht(dht: Status) -> Iterator[Metric]:
-    counts = _counts(dht)
-    yield _gauge("dht_contacts", "Spores in the DHT routing table", _num(dht.get("contacts")))
-    yield _gauge("dht_alone", "1 when peers are configured but no DHT contact answers",
-                 1.0 if dht.get("alone") else 0.0)
-    store = dht.get("store")
-    store = store if isinstance(store, Mapping) else {}
-    yield _gauge("dht_held_values", "DHT values this spore holds for the swarm",
-                 _num(store.get("count")))
-    yield _gauge("dht_held_bytes", "Bytes of DHT values this spore holds for the swarm",
-                 _num(store.get("bytes")))
-    rpcs = CounterMetricFamily(f"{PREFIX}_dht_rpcs_total",
-                               "DHT RPCs, by name and direction (served: well-formed "
-                               "requests from peers; sent: requests this spore made)",
-                               labels=["rpc", "direction"])
-    for direction in ("served", "sent"):
-        for rpc, value in _capped(_with_prefix(counts, f"rpc_{direction}_")):
-            rpcs.add_metric([rpc, direction], value)
-    yield rpcs
-    yield _counter("dht_datagrams_received_total", "UDP datagrams the DHT received",
-                   counts.get("datagrams", 0.0))
-    yield _counter("dht_rpc_timeouts_total", "DHT requests that got no answer in time",
-                   counts.get("timeouts", 0.0))
-    mapped = {"contacts", "datagrams", "timeouts", "remote_rejected"}
-    events = {k: v for k, v in counts.items() if k not in mapped and not k.startswith(
-        ("refused_", "rejected_", "rpc_"))}
-    yield _labelled("dht_events_total", "Other DHT counters (published, expired, "
-                    "repaired, rate_limited, oversize…)", "event", events)
-
-
-def _agents(agents: Status) -> Iterator[Metric]:
-    yield _gauge("agents", "Agents this spore hosts", _num(agents.get("agents")))
-    yield _gauge("agents_spare", "Agents this spore could still host",
-                 _num(agents.get("spare")))
-    counts = _counts(agents)
-    events = {k: v for k, v in counts.items()
-              if "_refused_" not in k and not k.startswith("genome_rejected_")}
-    yield _labelled("agent_events_total", "Agents' counters (born, divided, culled, "
-                    "feedback, scored for peers…)", "event", events)
+    return metric_families.families(status)

@@ -326,6 +326,12 @@ def _create(path: Path, schema: str, what: str) -> None:
         _remove(tmp)
 
 
+# Each connection's page cache, KiB (SQLite's default: 2,000): reads miss into
+# the OS page cache, and the hot interior pages of a lookup fit; a spore keeps
+# four connections (scripts/bench/footprint.py: idle RSS).
+CACHE_KIB = 256
+
+
 def connect_wal(path: Path, schema: str, synchronous: str = "NORMAL",
                 what: str = "the database") -> sqlite3.Connection:
     """An autocommit SQLite connection in WAL mode with `schema` applied. A new
@@ -342,6 +348,7 @@ def connect_wal(path: Path, schema: str, synchronous: str = "NORMAL",
         con.execute("PRAGMA journal_mode=WAL")
         con.execute(f"PRAGMA synchronous={synchronous}")
         con.execute("PRAGMA busy_timeout=5000")
+        con.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         con.executescript(schema)  # reads the schema page: a damaged one fails here
     except sqlite3.Error as exc:
         if con is not None:

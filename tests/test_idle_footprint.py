@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Not imported by a daemon that has not been asked for them: onnx (and what
 # it brings: protobuf, ml_dtypes), the generator, MCP, LAN discovery, tests.
 NOT_AT_START = ("onnx", "google.protobuf", "ml_dtypes", "xllamacpp", "mcp", "pydantic",
-                "zeroconf", "httpx", "hypothesis")
+                "zeroconf", "httpx", "hypothesis", "prometheus_client")
 # Their compiled modules, as a process's memory map names them.
 NOT_MAPPED = ("onnx_cpp2py_export", "ml_dtypes", "google/_upb", "xllamacpp", "pydantic_core",
               "zeroconf")

@@ -195,3 +195,29 @@ def test_each_api_has_its_own_registry(tmp_path: Path) -> None:
     assert b'node_id="a"' in body_a and b'node_id="a"' not in body_b
     # a snapshot is used for one scrape only
     assert b"sporemind_asks_total" not in a.render({})[0]
+
+
+def test_the_ask_histogram_is_prometheus_clients_own() -> None:
+    """AskTimes keeps the counts (prometheus-client is imported at the first
+    scrape only) and renders them as prometheus-client's Histogram would:
+    the same buckets, counts and sum for the same observations."""
+    from prometheus_client import CollectorRegistry, Histogram
+    from prometheus_client.exposition import generate_latest
+
+    from p2pnode.metrics import ASK_BUCKETS
+
+    ours, registry = Metrics(), CollectorRegistry()
+    theirs = Histogram("sporemind_ask_duration_seconds", "x", buckets=ASK_BUCKETS,
+                       registry=registry)
+    for seconds in (0.0, 0.005, 0.0051, 0.01, 0.3, 1.0, 29.0, 30.0, 31.0, 1e9):
+        ours.ask_seconds.observe(seconds)
+        theirs.observe(seconds)
+
+    def samples(body: bytes) -> dict[tuple[str, str], float]:
+        return {(s.name, s.labels.get("le", "")): s.value
+                for f in text_string_to_metric_families(body.decode())
+                for s in f.samples if f.name == "sporemind_ask_duration_seconds"
+                and not s.name.endswith("_created")}
+
+    got = samples(ours.render({})[0])
+    assert got == samples(generate_latest(registry)) and len(got) == len(ASK_BUCKETS) + 3

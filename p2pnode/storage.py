@@ -18,7 +18,11 @@ rating finds its answer in memory until then. What a kill -9 can lose: the
 answer ids of the last few seconds (at most ANSWERS_BATCH asks), so a
 `spore rate` of one of them after the restart is refused (404); never a
 memory and never a rating (those are durable before the API answers). A
-power loss may lose the last groups written too.
+power loss may lose the last groups written too. The text of a rated
+question (kept for `spore export --rated` only) goes with the same groups:
+a kill -9 may lose the last few seconds of those texts, never the rating
+(its vote is durable before the API answers); a rating wrote two synced
+commits before (25 KiB a rating, scripts/bench/footprint.py).
 
 Every SQLite file of the spore (through `connect_wal` and `transaction`):
 a write rolls back on any exception and leaves the connection usable;
@@ -420,6 +424,9 @@ class Storage:
         # writes them; the lock also keeps the timer's thread and the owner's
         # apart on the answers' connection.
         self._answers: dict[str, tuple[AnswerRow, int]] = {}
+        # Rated questions not written yet: answer id -> (question, memory, ups,
+        # downs, last rated ms), written with the answers' next group.
+        self._rated: dict[str, tuple[str, bytes, int, int, int]] = {}
         self._answers_lock = threading.Lock()
         self._answers_timer: threading.Timer | None = None
         self._closed = False
@@ -557,6 +564,9 @@ class Storage:
         """Keep the marks and drop what is held of their memories, in one
         durable transaction: the memory (its author's, or anybody's for a
         hide) and this spore's rated questions on it. Returns the rows dropped."""
+        with self._answers_lock:  # rated questions kept in memory: written, then dropped
+            if not self._closed:
+                self._write_answers()
         dropped: list[int] = []
         with self._tx(self._durable) as con:
             for m in marks:
@@ -581,18 +591,29 @@ class Storage:
     @_faults
     def put_rated(self, answer_id: str, question: str, memory: bytes, up: bool,
                   at_ms: int) -> None:
-        with self._tx(self._durable) as con:
-            con.execute("INSERT INTO rated(answer, question, memory, up, down, at_ms) VALUES"
-                        " (?,?,?,?,?,?) ON CONFLICT(answer) DO UPDATE SET up=up+excluded.up,"
-                        " down=down+excluded.down, at_ms=excluded.at_ms",
-                        (answer_id, question, memory, int(up), int(not up),
-                         check_int("a rating's time", at_ms)))
+        """Keep a rated question's text (for export); written with the
+        answers' next group (see the module's docstring)."""
+        check_int("a rating's time", at_ms)
+        with self._answers_lock:
+            if self._closed:
+                raise StateError(f"{WHAT} {self.path} is closed")
+            _, _, ups, downs, _ = self._rated.get(answer_id, (question, memory, 0, 0, 0))
+            self._rated[answer_id] = (question, memory, ups + up, downs + (not up), at_ms)
+            if len(self._answers) + len(self._rated) >= self.answers_batch:
+                self._write_answers()
+            elif self._answers_timer is None:
+                self._answers_timer = threading.Timer(self.answers_flush_s, self.flush_answers)
+                self._answers_timer.daemon = True
+                self._answers_timer.start()
 
     @_faults
     def rated_after(self, rowid: int, limit: int) -> list[tuple[int, str, bytes, int, int, int,
                                                                  str]]:
         """(rowid, question, memory id, up, down, rated ms, answer text) of
         the ratings after `rowid` whose memory is held here (a page)."""
+        with self._answers_lock:  # the rated questions kept in memory first
+            if not self._closed:
+                self._write_answers()
         cur = self._durable.execute(
             "SELECT r.rowid, r.question, r.memory, r.up, r.down, r.at_ms, m.answer FROM rated r"
             " JOIN memories m ON m.id = r.memory WHERE r.rowid > ? ORDER BY r.rowid LIMIT ?",
@@ -650,7 +671,7 @@ class Storage:
             if self._closed:
                 raise StateError(f"{WHAT} {self.path} is closed")
             self._answers[answer.id] = (answer, created_ms)
-            if len(self._answers) >= self.answers_batch:
+            if len(self._answers) + len(self._rated) >= self.answers_batch:
                 self._write_answers()
             elif self._answers_timer is None:
                 self._answers_timer = threading.Timer(self.answers_flush_s, self.flush_answers)
@@ -672,20 +693,28 @@ class Storage:
     def _write_answers(self) -> None:
         """One transaction for the answers kept (the lock is held). On failure
         they stay in memory, at most a few batches' worth (the oldest go)."""
-        if not self._answers:
+        if not self._answers and not self._rated:
             return
         rows = [(a.id, ms, a.memory, a.row, a.region, a.qvec)
                 for a, ms in self._answers.values()]
+        rated = [(answer, *kept) for answer, kept in self._rated.items()]
         try:
             with self._tx(self._fast) as con:
                 con.executemany(
                     "INSERT OR REPLACE INTO answers(id, created_ms, memory, row, region, qvec)"
                     " VALUES (?,?,?,?,?,?)", rows)
+                con.executemany(
+                    "INSERT INTO rated(answer, question, memory, up, down, at_ms) VALUES"
+                    " (?,?,?,?,?,?) ON CONFLICT(answer) DO UPDATE SET up=up+excluded.up,"
+                    " down=down+excluded.down, at_ms=excluded.at_ms", rated)
         except BaseException:
             while len(self._answers) > 16 * self.answers_batch:
                 del self._answers[next(iter(self._answers))]
+            while len(self._rated) > 16 * self.answers_batch:
+                del self._rated[next(iter(self._rated))]
             raise
         self._answers.clear()
+        self._rated.clear()
 
     @_faults
     def answer(self, answer_id: str) -> AnswerRow | None:

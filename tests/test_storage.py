@@ -17,7 +17,7 @@ from p2pnode.errors import AlreadyRunning, SporeError
 from p2pnode.identity import Identity
 from p2pnode.lock import StateLock
 from p2pnode.records import make_memory, make_vote
-from p2pnode.storage import AnswerRow, Storage
+from p2pnode.storage import AnswerRow, Forgotten, Storage
 
 ME = Identity.from_seed(b"me")
 DIM = 8
@@ -121,6 +121,43 @@ def test_answers_are_written_in_groups_and_found_before(tmp_path: Path) -> None:
     again = Storage(tmp_path / "s.db")
     assert again.answer("a3") == _answer(3)
     again.close()
+
+
+def _rated_on_disk(path: Path) -> dict[str, tuple[str, int, int]]:
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        return {a: (q, u, d) for a, q, u, d in con.execute(
+            "SELECT answer, question, up, down FROM rated")}
+
+
+def test_rated_questions_go_with_the_answers_group_and_export_sees_them(
+        tmp_path: Path) -> None:
+    """A rating's question text (for `export --rated`) is no synced commit of
+    its own: kept in memory, re-ratings summed, written with the answers'
+    next group or before export reads them, and at close."""
+    path = tmp_path / "s.db"
+    db = Storage(path, answers_batch=4, answers_flush_s=3600)
+    [(_, memory, _)] = db.add_memories([_item("the answer")])
+    db.put_rated("a0", "the question?", memory, True, 10)
+    db.put_rated("a0", "the question?", memory, False, 11)
+    assert _rated_on_disk(path) == {}  # kept in memory
+    page = db.rated_after(0, 10)  # export reads: written first
+    assert [(q, m, u, d, t, a) for _, q, m, u, d, t, a in page] == [
+        ("the question?", memory, 1, 1, 11, "the answer")]
+    assert _rated_on_disk(path) == {"a0": ("the question?", 1, 1)}
+    db.put_rated("a0", "the question?", memory, True, 12)  # summed with what is on disk
+    for i in range(3):
+        db.put_answer(_answer(i), 1)  # the fourth row kept: the group is written
+    assert _rated_on_disk(path) == {"a0": ("the question?", 2, 1)}
+    db.put_rated("a1", "another?", memory, True, 13)
+    db.close()
+    assert _rated_on_disk(path) == {"a0": ("the question?", 2, 1), "a1": ("another?", 1, 0)}
+    db = Storage(path, answers_batch=4, answers_flush_s=3600)
+    db.put_rated("a3", "kept in memory?", memory, True, 15)
+    db.forget([Forgotten(memory, ME.public_key, None, 16)])  # drops the kept ones too
+    db.close()
+    assert _rated_on_disk(path) == {}
+    with pytest.raises(SporeError):
+        db.put_rated("a2", "after close?", memory, True, 14)
 
 
 def test_answers_are_written_a_few_seconds_later_without_more_asks(tmp_path: Path) -> None:

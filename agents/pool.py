@@ -115,14 +115,18 @@ class Pool:
 
     def rebuild(self, agents: Sequence[Agent]) -> None:
         """Restack the weights for a new membership or new weights (rows follow
-        `agents`' order)."""
+        `agents`' order); each member's weights become views of the stack."""
         members = tuple(agents)
         feeds: dict[str, Array] = {}
         if members:
             if self._session is None:
                 self._session = _session(_pool_model(), self._threads)
-            feeds = dict(zip(("W1", "b1", "W2", "b2"), stack([a.weights for a in members]),
-                             strict=True))
+            w1, b1, w2, b2 = stack([a.weights for a in members])
+            feeds = {"W1": w1, "b1": b1, "W2": w2, "b2": b2}
+            # Each agent's weights become views of the stack: one copy in
+            # memory, not two (0.4 MB an agent; never written in place).
+            for i, a in enumerate(members):
+                a.weights = Weights(w1[i], b1[i, 0], w2[i], b2[i, 0])
         # One assignment, so a concurrent `scores` sees the old pool or the new one.
         self._state = (members, feeds)
 

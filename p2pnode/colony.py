@@ -278,8 +278,26 @@ class Colony:
                     births.append(Birth(agent, b"", Kept(weights, ref, steps)))
                     self._add(agent, now_ms, "born", births[-1].kept)
                 self._insert(births)
-            self.pool.rebuild(list(self.agents.values()))
+            self._restack()
             return list(self.agents.values())
+
+    def _restack(self) -> None:
+        """The pool's stack for the members now; the weights an agent has not
+        changed since they were saved are kept once, as views of the stack
+        (agents.pool.Pool.rebuild), not twice."""
+        had = {agent_id: a.weights for agent_id, a in self.agents.items()}
+        self.pool.rebuild(list(self.agents.values()))
+        for agent_id, agent in self.agents.items():
+            kept = self.kept.get(agent_id)
+            if kept is None:
+                continue
+            if kept.saved is had[agent_id]:
+                kept.saved = agent.weights
+            elif kept.saved.w1.base is not None and not np.shares_memory(
+                    kept.saved.w1, agent.weights.w1.base):
+                # It learnt since: what was saved is a view of an older stack,
+                # which it alone would keep whole. Its own copy instead.
+                kept.saved = Weights(*(a.copy() for a in kept.saved.arrays()))
 
     def _add(self, agent: Agent, now_ms: int, why: str, kept: Kept | None, **more: Any
              ) -> None:
@@ -360,7 +378,7 @@ class Colony:
             births = [] if chosen is None else [self._divide(self.agents[chosen], now_ms, sigma)]
             dead = self._cull(now_ms)
             self._persist(changed, mono)
-            self.pool.rebuild(list(self.agents.values()))
+            self._restack()
             self.count("feedback")
             return changed, births, dead
 
@@ -407,7 +425,7 @@ class Colony:
             kept = agent.agent_id in self.agents
             if kept:
                 self._insert([birth])
-            self.pool.rebuild(list(self.agents.values()))
+            self._restack()
             return kept, dead
 
     @staticmethod

@@ -195,3 +195,31 @@ def test_a_batch_of_standing_is_one_transaction_and_all_or_nothing(tmp_path: Pat
     assert {r[0] for r in con.execute("SELECT interactions FROM agents")} == {7}
     assert not con.in_transaction
     con.close()
+
+
+def test_unchanged_weights_are_held_once_as_views_of_the_pool(tmp_path: Path) -> None:
+    """The pool's stack is the one copy of an agent's weights (agents.pool):
+    what the colony keeps as saved is that same object while the agent has
+    not learnt since, its own arrays only once it has."""
+    colony = Colony(identity=ME, path=tmp_path / "agents.sqlite3",
+                    rng=np.random.default_rng(13))
+    colony.start(1_000, 0.005)
+
+    def check() -> int:
+        stacked = colony.pool._state[1]["W1"]
+        learnt = 0
+        for agent_id, agent in colony.agents.items():
+            assert np.shares_memory(agent.weights.w1, stacked)
+            kept = colony.kept[agent_id]
+            assert (kept.saved is agent.weights) == (kept.unsaved == 0)
+            # never a view that would keep an older stack whole
+            assert kept.saved.w1.base is None or np.shares_memory(kept.saved.w1, stacked)
+            learnt += kept.unsaved > 0
+        return learnt
+
+    assert check() == 0
+    rng = np.random.default_rng(14)
+    for k in range(5):
+        rate(colony, rng, 2_000 + k, threshold=3, favourite=next(iter(colony.agents)))
+        assert check() > 0
+    colony.close()

@@ -595,16 +595,10 @@ class Storage:
         answers' next group (see the module's docstring)."""
         check_int("a rating's time", at_ms)
         with self._answers_lock:
-            if self._closed:
-                raise StateError(f"{WHAT} {self.path} is closed")
+            self._refuse_if_closed()
             _, _, ups, downs, _ = self._rated.get(answer_id, (question, memory, 0, 0, 0))
             self._rated[answer_id] = (question, memory, ups + up, downs + (not up), at_ms)
-            if len(self._answers) + len(self._rated) >= self.answers_batch:
-                self._write_answers()
-            elif self._answers_timer is None:
-                self._answers_timer = threading.Timer(self.answers_flush_s, self.flush_answers)
-                self._answers_timer.daemon = True
-                self._answers_timer.start()
+            self._group_grew()
 
     @_faults
     def rated_after(self, rowid: int, limit: int) -> list[tuple[int, str, bytes, int, int, int,
@@ -668,15 +662,23 @@ class Storage:
         check_int("an answer's row", answer.row, BadRequest)
         check_int("an answer's time", created_ms, BadRequest)
         with self._answers_lock:
-            if self._closed:
-                raise StateError(f"{WHAT} {self.path} is closed")
+            self._refuse_if_closed()
             self._answers[answer.id] = (answer, created_ms)
-            if len(self._answers) + len(self._rated) >= self.answers_batch:
-                self._write_answers()
-            elif self._answers_timer is None:
-                self._answers_timer = threading.Timer(self.answers_flush_s, self.flush_answers)
-                self._answers_timer.daemon = True
-                self._answers_timer.start()
+            self._group_grew()
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise StateError(f"{WHAT} {self.path} is closed")
+
+    def _group_grew(self) -> None:
+        """A row was kept (the lock held): the group is written once full,
+        else within answers_flush_s."""
+        if len(self._answers) + len(self._rated) >= self.answers_batch:
+            self._write_answers()
+        elif self._answers_timer is None:
+            self._answers_timer = threading.Timer(self.answers_flush_s, self.flush_answers)
+            self._answers_timer.daemon = True
+            self._answers_timer.start()
 
     def flush_answers(self) -> None:
         """Write the answers kept in memory now (the timer's job; a failure is

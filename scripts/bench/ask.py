@@ -2,11 +2,21 @@
 
 For each size, a state directory is filled with real corpus chunks (signed
 memory records, as a teach would store them), a real `spore node run`
-process is started, and real FAQ questions are asked over HTTP (keep-alive).
-The baseline, measured in the same run on the same questions, is the encoder
-alone (one thread, as the daemon uses). Goal: ask p50 <= 2 x encoder p50.
+process is started, and real FAQ questions are asked over HTTP (keep-alive);
+then the same questions are asked in-process, without HTTP (a `Spore` over
+the same state: no agents, no swarm, so it leaves out what the daemon adds).
+The baseline is the encoder alone (one thread, as the daemon uses) on the
+same questions. Goal: ask p50 <= 2 x encoder p50.
 
-    .venv/bin/python scripts/bench/ask.py [--sizes 1000 100000] [--queries 300] [--json]
+On a shared machine single times drift by 2x within minutes, so each size is
+measured in `--rounds` rounds over one filled state (filling 100,000 takes
+longer than a round), and each round's encoder baseline is measured just
+before its asks: every line's ratio compares times taken under the same load
+(the 1-minute load average is printed beside it). The HTTP rounds run first,
+while the daemon serves; RSS is the daemon's after them.
+
+    .venv/bin/python scripts/bench/ask.py [--sizes 1000 100000] [--queries 300]
+        [--rounds 3] [--json]
 """
 
 from __future__ import annotations
@@ -14,6 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +34,7 @@ import numpy as np
 from _spore import Spore, faq_pairs, percentile
 from corpus import load_corpus
 
-from agents.encoder import load_encoder
+from agents.encoder import Encoder, load_encoder
 from dht import compact
 from p2pnode.config import load_config
 from p2pnode.daemon import prepare_state
@@ -49,8 +61,8 @@ def fill(state: Path, texts: list[str], vectors: np.ndarray) -> None:
     db.close()
 
 
-def encoder_p50(questions: list[str]) -> tuple[float, float]:
-    enc = load_encoder(None, 1)
+def encoder_p50(enc: Encoder, questions: list[str]) -> tuple[float, float]:
+    """The baseline: (p50, p99) ms of one encoder call per question, after 20 warm-up calls."""
     for q in questions[:20]:
         enc.embed([q])
     times = []
@@ -61,8 +73,15 @@ def encoder_p50(questions: list[str]) -> tuple[float, float]:
     return percentile(times, 50), percentile(times, 99)
 
 
-def measure(n: int, questions: list[str]) -> dict[str, float]:
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
+def measure(n: int, questions: list[str], rounds: int, enc: Encoder) -> list[dict[str, float]]:
+    """One row per round: HTTP and in-process p50/p99 with the encoder's, measured
+    just before each (the in-process rounds after the daemon stopped)."""
     texts, vectors = load_corpus(100_000 if n > 1000 else 1000)
+    rows: list[dict[str, float]] = [{"round": r + 1} for r in range(rounds)]
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         t = time.perf_counter()
@@ -71,22 +90,31 @@ def measure(n: int, questions: list[str]) -> dict[str, float]:
         with Spore(state) as spore:
             for q in questions[:20]:
                 spore.call("POST", "/v1/ask", {"question": q})
-            times = []
-            for q in questions:
-                t = time.perf_counter()
-                spore.call("POST", "/v1/ask", {"question": q})
-                times.append((time.perf_counter() - t) * 1000)
+            for row in rows:
+                enc50, enc99 = encoder_p50(enc, questions)
+                times = []
+                for q in questions:
+                    t = time.perf_counter()
+                    spore.call("POST", "/v1/ask", {"question": q})
+                    times.append((time.perf_counter() - t) * 1000)
+                row.update(encoder_p50_ms=enc50, encoder_p99_ms=enc99, load1=load1(),
+                           ask_p50_ms=percentile(times, 50), ask_p99_ms=percentile(times, 99),
+                           ratio=percentile(times, 50) / enc50)
             status = spore.call("GET", "/v1/status")
             rss, startup = spore.rss_mb, spore.startup_s
-        inproc = asyncio.run(in_process(state, questions))
-        return {"memories": status["memories"], "ask_p50_ms": percentile(times, 50),
-                "ask_p99_ms": percentile(times, 99), "rss_mb": rss,
-                "startup_s": startup, "fill_s": fill_s,
-                "inproc_p50_ms": percentile(inproc, 50), "inproc_p99_ms": percentile(inproc, 99)}
+        inproc = asyncio.run(in_process(state, questions, rounds, enc))
+    for row, (times, enc50) in zip(rows, inproc, strict=True):
+        row.update(memories=status["memories"], rss_mb=rss, startup_s=startup, fill_s=fill_s,
+                   inproc_encoder_p50_ms=enc50, inproc_p50_ms=percentile(times, 50),
+                   inproc_p99_ms=percentile(times, 99),
+                   inproc_ratio=percentile(times, 50) / enc50)
+    return rows
 
 
-async def in_process(state: Path, questions: list[str]) -> list[float]:
-    """The same asks without HTTP: the spore's own pipeline (threads included)."""
+async def in_process(state: Path, questions: list[str], rounds: int,
+                     enc: Encoder) -> list[tuple[list[float], float]]:
+    """The same asks without HTTP: the spore's own pipeline (threads included).
+    Per round: (the asks' ms, the encoder's p50 just before)."""
     cfg = load_config({"SPORE_STATE_DIR": str(state), "SPORE_CONFIG_DIR": str(state / "c")})
     identity, dna, _ = prepare_state(cfg)
     storage = Storage(state / DB_FILE)
@@ -95,41 +123,52 @@ async def in_process(state: Path, questions: list[str]) -> list[float]:
     await spore.load()
     for q in questions[:20]:
         await spore.ask(q)
-    times = []
-    for q in questions:
-        t = time.perf_counter()
-        await spore.ask(q)
-        times.append((time.perf_counter() - t) * 1000)
+    out = []
+    for _ in range(rounds):
+        enc50, _p99 = encoder_p50(enc, questions)
+        times = []
+        for q in questions:
+            t = time.perf_counter()
+            await spore.ask(q)
+            times.append((time.perf_counter() - t) * 1000)
+        out.append((times, enc50))
     spore.close()
     storage.close()
-    return times
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000])
     ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     pool = [q for _, q, _ in faq_pairs()]
     questions = [pool[i % len(pool)] for i in range(args.queries)]
-    rows = [measure(n, questions) for n in args.sizes]
-    enc50, enc99 = encoder_p50(questions)
-    for r in rows:
-        r.update(encoder_p50_ms=enc50, encoder_p99_ms=enc99, ratio=r["ask_p50_ms"] / enc50,
-                 inproc_ratio=r["inproc_p50_ms"] / enc50)
+    enc = load_encoder(None, 1)
+    rows = [row for n in args.sizes for row in measure(n, questions, args.rounds, enc)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'memories':>9} {'ask p50':>8} {'ask p99':>8} {'enc p50':>8} {'enc p99':>8} "
-          f"{'ratio':>6} {'no-HTTP p50':>11} {'ratio':>6} {'RSS MB':>7} {'start s':>7}")
+    print(f"{'memories':>9} {'round':>5} {'load':>5} {'ask p50':>8} {'ask p99':>8} "
+          f"{'enc p50':>8} {'ratio':>6} {'no-HTTP p50':>11} {'enc p50':>8} {'ratio':>6} "
+          f"{'RSS MB':>7} {'start s':>7}")
     for r in rows:
-        print(f"{r['memories']:>9} {r['ask_p50_ms']:>8.2f} {r['ask_p99_ms']:>8.2f} "
-              f"{r['encoder_p50_ms']:>8.2f} {r['encoder_p99_ms']:>8.2f} {r['ratio']:>6.2f} "
-              f"{r['inproc_p50_ms']:>11.2f} {r['inproc_ratio']:>6.2f} "
-              f"{r['rss_mb']:>7.0f} {r['startup_s']:>7.2f}")
-    print("ratio = ask p50 / encoder p50 (goal <= 2.0); ask over HTTP (keep-alive) to a real "
-          f"daemon, and in-process without HTTP; {len(questions)} Debian FAQ questions")
+        print(f"{r['memories']:>9} {r['round']:>5} {r['load1']:>5.1f} {r['ask_p50_ms']:>8.2f} "
+              f"{r['ask_p99_ms']:>8.2f} {r['encoder_p50_ms']:>8.2f} {r['ratio']:>6.2f} "
+              f"{r['inproc_p50_ms']:>11.2f} {r['inproc_encoder_p50_ms']:>8.2f} "
+              f"{r['inproc_ratio']:>6.2f} {r['rss_mb']:>7.0f} {r['startup_s']:>7.2f}")
+    for n in dict.fromkeys(r["memories"] for r in rows):
+        mine = [r for r in rows if r["memories"] == n]
+        print(f"{n:>9} median of {len(mine)} rounds: ratio "
+              f"{statistics.median(r['ratio'] for r in mine):.2f}, without HTTP "
+              f"{statistics.median(r['inproc_ratio'] for r in mine):.2f}")
+    print("ratio = ask p50 / encoder p50 of the same round (goal <= 2.0); ask over HTTP "
+          "(keep-alive) to a real daemon, and in-process without HTTP; "
+          f"{len(questions)} Debian FAQ questions")
 
 
 if __name__ == "__main__":

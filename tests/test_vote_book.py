@@ -282,15 +282,16 @@ def test_a_question_whose_int8_row_falls_short_of_unit_length_is_still_the_same(
 @pytest.mark.parametrize("scale", [0.0, 1e-30, 1e-6, 1.0, 1e30, 3.4e38])
 def test_a_peers_question_scale_is_no_weight_and_zero_is_no_question(scale: float) -> None:
     """Questions are compared by cosine: a peer's scale neither hides its
-    vote's question nor gives it more say, and a question whose length is
-    zero, or underflows or overflows float32, is alike to nothing, even in
-    the same direction."""
+    vote's question nor gives it more say (1e-30 and 1 alike), and a
+    question whose length is zero or overflows float32 is alike to nothing,
+    even in the same direction."""
     codes, _ = compact.to_int8(_question(0)[None, :])
     book = RegionIndex(DIM)
     book.put_compact(b"m", (b"v", b"r"), compact.pack(codes[0], scale), Counter(1, 0, 1))
     said = book.said(_question(0) / np.linalg.norm(_question(0)), 5)
     with np.errstate(over="ignore"):  # float32, as the book widens it
-        length = float(np.linalg.norm(codes[0].astype(np.float32) * np.float32(scale)))
+        length = float(np.linalg.norm(codes[:1].astype(np.float32) * np.float32(scale),
+                                      axis=1)[0])
     if not 0.0 < length < float("inf"):
         assert said.fitness == {}
     else:

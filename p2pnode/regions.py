@@ -372,14 +372,16 @@ class RegionIndex:
         same = np.zeros(len(codes), bool)
         near = np.zeros(len(codes), bool)
         for at in range(0, len(codes), CHUNK):
-            # A peer's absurd scale makes inf (and NaN) rows: alike to nothing.
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                block = codes[at:at + CHUNK].astype(np.float32) * scales[at:at + CHUNK, None]
-                # Cosines, not dot products: int8 rounding leaves a row's length
-                # up to ~1e-3 short of 1, and SAME_QUESTION sits 1e-3 below 1.
-                block /= np.linalg.norm(block, axis=1, keepdims=True)
-                same[at:at + CHUNK] = consensus.region_weights(q, block) > 0
-                near[at:at + CHUNK] = consensus.near_questions(q, block)
+            # Cosines, not dot products: int8 rounding leaves a row's length up
+            # to ~1e-3 short of 1, and SAME_QUESTION sits 1e-3 below 1. A
+            # cosine is the codes' alone: a peer's scale (finite, >= 0: checked
+            # by compact.unpack) weighs nothing, and one of 0 is no question.
+            block = codes[at:at + CHUNK].astype(np.float32)
+            norms = np.linalg.norm(block, axis=1, keepdims=True)
+            norms[(norms == 0) | (scales[at:at + CHUNK, None] <= 0)] = np.inf  # rows of 0s
+            block /= norms
+            same[at:at + CHUNK] = consensus.region_weights(q, block) > 0
+            near[at:at + CHUNK] = consensus.near_questions(q, block)
         return same, near
 
     def _weigh(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

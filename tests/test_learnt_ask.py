@@ -250,13 +250,16 @@ def test_an_unseen_question_leaves_a_memory_rated_up_for_an_unlike_question(
         tmp_path: Path) -> None:
     """taken_elsewhere end to end, on two spores (a voter holds one stance
     per memory, so the decoy's down vote comes from another): 24 questions
-    rated up on their answers, 3 whose cosine first picked another
+    rated up on their answers, 6 whose cosine first picked another
     question's answer (down, then up on their own). The learner gives the
     penalty a say (none of the held-out questions' answers is taken
     elsewhere; it wins the decoyed ones) and a question never rated, whose
     cosine picks a memory rated up for an unlike question, now gets its own
     answer; the rated questions keep theirs."""
-    decoyed = [("mercury", "alpha"), ("venus", "bravo"), ("earth", "charlie")]
+    # Six: validation wins one only where its decoy's own question fell in
+    # another fold (with three, all three shared a fold about one run in ten).
+    decoyed = [("mercury", "alpha"), ("venus", "bravo"), ("earth", "charlie"),
+               ("jupiter", "echo"), ("saturn", "foxtrot"), ("neptune", "golf")]
     unseen_word, unseen_decoy = "mars", "delta"
     unseen = f"{unseen_word} {unseen_decoy}"
 
@@ -285,7 +288,8 @@ def test_an_unseen_question_leaves_a_memory_rated_up_for_an_unlike_question(
             await b.learn()
             status = b.learner_status()
             assert status["mu"] == max(learner.MUS) and status["lam"] == 0.0, status
-            assert status["exposed"] == 0 and status["held_out"] == 27, status
+            assert status["exposed"] == 0, status
+            assert status["held_out"] == len(PLAIN) + len(decoyed), status
             got = await b.ask(unseen)
             assert got["answer"] == own_answer(unseen_word), [
                 (s["text"], s["score"]) for s in got["sources"]]

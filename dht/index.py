@@ -47,12 +47,15 @@ RERANK = 1000
 _SKETCH_PREFIX = b"sporemind/sketch/v1"
 _WORD_BITS = 64
 _PLANE_BITS = 16  # sketch planes are generated 16 to a "table"
-_SCAN_BLOCK = 16384  # rows dequantised at a time by the exact scan
 # Candidates dequantised at a time: 80 x 384 float32 = 120 KiB, in cache and
 # under glibc's mmap threshold (agents.encoder fixes it at 128 KiB), so each
 # block's temporaries come from the heap; 1,024 (1.5 MB) were fresh pages
 # each time: 482 page faults an ask at 100,000 memories, _scores 1.14 -> 0.14 ms.
 _RERANK_BLOCK = 80
+# The exact scan (every spore of up to `rerank` memories) in the same blocks:
+# 16,384 rows made fresh pages each ask too (scripts/bench/index_scan.py:
+# 5-6x faster at 300, 1,000 and 100,000 memories).
+_SCAN_BLOCK = _RERANK_BLOCK
 _SAMPLE_STEP = 8  # 1 distance in 8 guesses the candidates' cut
 
 F32 = npt.NDArray[np.float32]

@@ -1,7 +1,7 @@
 """An ask as named stages that hand values forward (STYLE.md 12):
 
-    embed          the question's embedding, and that of its words alone
-      ├─ local     the nearest memories held here          (compute thread)
+    embed          the embedding of the question's words  (compute thread,
+      ├─ local     the nearest memories held here           one job)
       └─ lookup    the swarm's index entries near it       (p2pnode.swarm)
     fetch          the content worth fetching: not held here, not rejected
                    for this question, and the memories recalled by votes
@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AGENT_CANDIDATES", "CANDIDATES", "LEARN_EVERY", "LEARN_REST", "MAX_SOURCES",
            "RECALLED_MAX", "REJECTED_FETCH_MAX",
-           "AgentsRecord", "Query", "Say", "Seen", "embed", "from_swarm", "learn", "memory_json",
-           "nearest", "training_set"]
+           "AgentsRecord", "Query", "Say", "Seen", "embed", "embed_near", "from_swarm", "learn",
+           "memory_json", "nearest", "training_set"]
 
 log = logging.getLogger("spore.ask")
 CANDIDATES = 32  # memories re-ranked per ask
@@ -77,21 +77,28 @@ LIMITS = learner.Limits(max_pairs=1024, max_pool=1024, max_held=128)
 
 @dataclass(frozen=True)
 class Query:
-    """A question as the ask ranks it: `vector` ranks by cosine, `words` (the
-    question's words, p2pnode.regions) finds the votes cast on it."""
+    """A question as the ask ranks it: `vector`, the embedding of its words
+    (p2pnode.regions.question_text), ranks by cosine and finds the votes
+    cast on it; "How do I X?" and "how do i x" are one question to both."""
 
     text: str
     vector: np.ndarray = field(repr=False)
-    words: np.ndarray = field(repr=False)
-
 
 def embed(encoder: Encoder, text: str) -> Query:
-    """Stage 1 (compute thread): one encoder call each, as batching pads."""
-    q = np.asarray(encoder.embed([text])[0], dtype=np.float32)
-    words = question_text(text)
-    if not words or words == text:
-        return Query(text, q, q)
-    return Query(text, q, np.asarray(encoder.embed([words])[0], dtype=np.float32))
+    """Stage 1 (compute thread): one encoder call, on the question's words.
+    Embedding the text as asked as well (for the ranking) cost a second
+    call, the most of an ask at 100,000 memories (scripts/bench/ask.py):
+    the words alone rank the Debian FAQ as well (scripts/bench/faq.py)."""
+    words = question_text(text) or text
+    return Query(text, np.asarray(encoder.embed([words])[0], dtype=np.float32))
+
+
+def embed_near(encoder: Encoder, index: LocalIndex, reader: Reader, text: str,
+               limit: int = CANDIDATES) -> tuple[Query, list[Candidate]]:
+    """Stages 1 and 2a in one job of the compute thread (each hop to it and
+    back costs about half a millisecond): the query, and its nearest."""
+    query = embed(encoder, text)
+    return query, nearest(index, reader, query.vector, limit)
 
 
 def memory_json(r: MemoryRow) -> dict[str, Any]:
@@ -108,17 +115,15 @@ def nearest(index: LocalIndex, reader: Reader, q: np.ndarray,
     ~0.001 and flipped near-ties when one was adopted)."""
     if len(index) == 0:
         return []
-    found_rows, approx = index.search(q, limit)
-    rows = [int(r) for r in found_rows]
-    exact = reader.embeddings_by_rows(rows)
-    memories = reader.memories_by_rows(rows)
+    rows = index.search(q, limit)[0].tolist()
+    held = reader.held_by_rows(rows)
     out = []
-    for r, c in zip(rows, approx, strict=True):
-        if r not in memories:  # gone between the index and the read: not an answer
+    for r in rows:
+        if r not in held:  # gone between the index and the read: not an answer
             continue
-        vector = exact[r] if r in exact else index.embedding(r)
-        cosine = float(np.float32(exact[r] @ q)) if r in exact else float(np.float32(c))
-        out.append(Candidate(memories[r].id, cosine, vector, memory_json(memories[r]), row=r))
+        memory, vector = held[r]
+        out.append(Candidate(memory.id, float(np.float32(vector @ q)), vector,
+                             memory_json(memory), row=r))
     return out
 
 

@@ -3,7 +3,7 @@
 The colony owns this spore's agents (agents.genome) behind one batched
 onnxruntime session (agents.pool) and applies the evolution policy
 (agents.evolution: credit, learning, who divides, who dies) to them.
-Everything here that touches an agent runs on the spore's compute thread,
+Everything here that touches an agent runs on the spore's agents' thread,
 one job at a time; the event loop only carries what comes out (cards to
 gossip, children to place, events).
 
@@ -119,7 +119,7 @@ class Colony:
         self.pool = Pool([])
         self._rated: set[bytes] = set()  # agents whose standing is not written yet
         self._ratings, self._standing_at = 0, time.monotonic()
-        self._lock = threading.Lock()  # the compute thread, and tests calling directly
+        self._lock = threading.Lock()  # the agents' thread, and tests calling directly
         self._db: sqlite3.Connection | None = None
         self._store: Store | None = None
         if path is not None:
@@ -331,7 +331,7 @@ class Colony:
         """Who dies first (the smallest): agents.evolution.standing."""
         return standing(self.member(agent))
 
-    # --- scoring (compute thread) -----------------------------------------------------
+    # --- scoring (agents' thread) -----------------------------------------------------
 
     def score(self, q: np.ndarray, cand: np.ndarray, now_ms: int) -> Scored:
         """Every agent's scores; an agent whose scores are not finite is left
@@ -349,7 +349,7 @@ class Colony:
             self.last_used[a.agent_id] = now_ms
         return Scored(tuple(a.agent_id for a in members), fit, scores)
 
-    # --- feedback, learning, division, death (compute thread) -------------------------
+    # --- feedback, learning, division, death (agents' thread) -------------------------
 
     def feedback(self, deltas: dict[bytes, float], q: np.ndarray, memory: np.ndarray,
                  up: bool, now_ms: int, half_life_ms: int, threshold: int, sigma: float

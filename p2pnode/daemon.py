@@ -259,7 +259,7 @@ def assemble(*, identity: Identity, dna: dna_mod.Dna, chain: list[dna_mod.Dna],
       call back into it: its current DNA and chain (gossip may replace them:
       members, the gossip validators, the agents), `on_revoked` (members),
       `trusted` and `weight` (the gossip store's eviction), `on_gossip` (the
-      peer service's accepted items), `on_compute` (the agents' thread);
+      peer service's accepted items), `on_agents` (the agents' thread);
     - members to the gossip store: the store checks passes and revocations
       with the members' validators, the members offer revocations to it;
     - members to the peer service: it serves the members' `join` and asks
@@ -289,7 +289,7 @@ def assemble(*, identity: Identity, dna: dna_mod.Dna, chain: list[dna_mod.Dna],
         ping=_reach_ping(swarm))
     net = None if colony is None else AgentNet(
         colony=colony, identity=identity, swarm=dna.swarm_id, store=gossip,
-        compute=lambda fn, *args: spore.on_compute(fn, *args), dna=lambda: spore.dna,
+        compute=lambda fn, *args: spore.on_agents(fn, *args), dna=lambda: spore.dna,
         peers=service, standing=members.standing)
     spore = Spore(identity=identity, dna=dna, storage=storage, encoder=encoder,
                   max_text_bytes=max_text_bytes, clock=clock, swarm=swarm, gossip=gossip,

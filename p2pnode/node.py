@@ -114,6 +114,11 @@ class Spore:
         # The learner's training: seconds at its caps, so neither the loop nor
         # the compute thread (asks, agents' scoring) waits for it.
         self._learner = ThreadPoolExecutor(1, thread_name_prefix="spore-learn")
+        # The agents' scoring, learning and division (p2pnode.agentnet): their
+        # shadow ranking of an answer, started as the ask ends, kept the next
+        # ask's encoder waiting behind it on the compute thread (a third of
+        # the asks at 100,000 memories, scripts/bench/ask.py).
+        self._agents = ThreadPoolExecutor(1, thread_name_prefix="spore-agents")
         self.counters = {"asks": 0, "teaches": 0, "votes": 0, "rejected": 0, "learnt": 0}
         # Each voice's weight (agents.trust), recomputed off the loop when
         # votes or members changed (keep_trust); empty: every voice weighs 1.
@@ -132,8 +137,12 @@ class Spore:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     async def on_compute(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn on the compute thread (the encoder's, the index's, the agents')."""
+        """Run fn on the compute thread (the encoder's and the index's)."""
         return await self._on(self._compute, fn, *args)
+
+    async def on_agents(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn on the agents' thread (the colony's owner, p2pnode.colony)."""
+        return await self._on(self._agents, fn, *args)
 
     async def on_db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn on the db thread (the storage's owner)."""
@@ -272,15 +281,14 @@ class Spore:
         `known_first` (when the alternative is to generate): a memory rated up
         for this very question answers before any other (answering.known_first)."""
         top = max(1, min(top, asking.MAX_SOURCES))
-        query = await self.on_compute(asking.embed, self.encoder,
-                                      self.check_text(question, "question"))
-        said = self._book.said(query.words, asking.RECALLED_MAX)  # what people said of it
+        query, near = await self.on_compute(asking.embed_near, self.encoder, self.index,
+                                            self._reader, self.check_text(question, "question"))
+        said = self._book.said(query.vector, asking.RECALLED_MAX)  # what people said of it
         rejected = [m for m, f in said.fitness.items() if consensus.rejected(f)]
         # After a down vote, reach as much deeper as there are rejected.
         widen = min(len(rejected), asking.CANDIDATES)
         near, found, _ = await asyncio.gather(
-            self.on_compute(asking.nearest, self.index, self._reader, query.vector,
-                            asking.CANDIDATES + widen), self._lookup(query),
+            self._nearest(query, near, asking.CANDIDATES + widen), self._lookup(query),
             self._see(query, rejected))
         gone = self._rejected_vectors(rejected, near)
         local = self._local(query, said, near, gone, top + widen)
@@ -314,7 +322,7 @@ class Spore:
                          "confidence": round(confidence, 4) if sources and not unknown else 0.0,
                          "sources": sources, "agents_weight": say.weight,
                          "memories_searched": len(self.index)},
-                        question.strip(), query.words, rated_up)
+                        question.strip(), query.vector, rated_up)
 
     def _opinions(self, said: Said, cands: Sequence[Candidate]) -> ranking.Opinions:
         """What the book says of these candidates: votes travel by gossip to
@@ -435,6 +443,15 @@ class Spore:
                 "held_out_right": {"cosine": learnt.validation.get((0.0, 0.0), 0),
                                    "learnt": learnt.validation.get((learnt.lam, learnt.mu), 0)}}
 
+    async def _nearest(self, query: asking.Query, near: list[Candidate], limit: int
+                       ) -> list[Candidate]:
+        """`near` (asking.CANDIDATES of them), or, reaching deeper after down
+        votes, the nearest `limit` searched again."""
+        if limit <= asking.CANDIDATES:
+            return near
+        return await self.on_compute(asking.nearest, self.index, self._reader, query.vector,
+                                     limit)
+
     async def _lookup(self, query: asking.Query) -> Lookup:
         if self.swarm is None:
             return Lookup({}, 0)
@@ -466,9 +483,9 @@ class Spore:
         # Not awaited: the db thread runs jobs in order, so a `rate` of this
         # answer (queued later on the same thread) always finds it.
         if best.row is not None:
-            self._db.submit(self._remember, answer_id, query.words, best.row, best.memory_id)
+            self._db.submit(self._remember, answer_id, query.vector, best.row, best.memory_id)
         elif best.record is not None:
-            self._db.submit(self._adopt, answer_id, query.words, best.record)
+            self._db.submit(self._adopt, answer_id, query.vector, best.record)
         self.judge.judged(self.agents, answer_id, query.vector, ranked, say)
         return confidence
 
@@ -775,6 +792,7 @@ class Spore:
         if self._learn_reminder is not None:
             self._learn_reminder.cancel()
         self._compute.shutdown(wait=True)
+        self._agents.shutdown(wait=True)
         self._learner.shutdown(wait=True)
         self._db.submit(self.calibration.flush)  # its samples since the last save
         self._db.shutdown(wait=True)

@@ -388,23 +388,18 @@ class Reader:
         except sqlite3.Error as exc:
             raise fault(exc, path, WHAT) from exc
 
-    def memories_by_rows(self, rows: Sequence[int]) -> dict[int, MemoryRow]:
-        try:
-            return _memories_by_rows(self._con, rows)
-        except sqlite3.Error as exc:
-            raise fault(exc, self.path, WHAT) from exc
-
-    def embeddings_by_rows(self, rows: Sequence[int]) -> dict[int, np.ndarray]:
-        """The embeddings the signed records hold (float16, as every spore that
-        holds or fetches the memory sees it), by row. Read, not verified again:
-        a record is verified before it is stored."""
+    def held_by_rows(self, rows: Sequence[int]) -> dict[int, tuple[MemoryRow, np.ndarray]]:
+        """The memories of some rows and the embeddings their signed records
+        hold (float16, as every spore that holds or fetches the memory sees
+        it), in one read. Read, not verified again: a record is verified
+        before it is stored."""
         if not rows:
             return {}
         marks = ",".join("?" * len(rows))
         try:
-            cur = self._con.execute(f"SELECT row, record FROM memories WHERE row IN ({marks})",
-                                    list(rows))
-            return {row: MemoryRecord.stored_vector(wire) for row, wire in cur}
+            cur = self._con.execute(
+                f"SELECT {_ROW_COLS}, record FROM memories WHERE row IN ({marks})", list(rows))
+            return {r[0]: (MemoryRow(*r[:-1]), MemoryRecord.stored_vector(r[-1])) for r in cur}
         except sqlite3.Error as exc:
             raise fault(exc, self.path, WHAT) from exc
 

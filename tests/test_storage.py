@@ -88,10 +88,12 @@ def test_the_reader_scores_by_the_records_own_embedding(tmp_path: Path) -> None:
         items.append((rec, bytes(range(DIM)), 0.5))
     stored = db.add_memories(items)
     reader = db.reader()
-    got = reader.embeddings_by_rows([row for row, _, _ in stored])
+    got = reader.held_by_rows([row for row, _, _ in stored])
     for (row, _, _), (rec, _, _) in zip(stored, items, strict=True):
-        np.testing.assert_array_equal(got[row], rec.vector())
-    assert reader.embeddings_by_rows([]) == {}
+        memory, vector = got[row]
+        assert (memory.id, memory.answer) == (rec.id, rec.answer)
+        np.testing.assert_array_equal(vector, rec.vector())
+    assert reader.held_by_rows([]) == {}
     reader.close()
     db.close()
 

@@ -441,9 +441,8 @@ def write_plan(path: Path, dna: dna_mod.Dna, questions: list[str], memories: lis
     from p2pnode.regions import question_text
 
     encoder = load_encoder(threads=1)
-    q = encoder.embed(questions).astype(np.float32)
-    words = encoder.embed([question_text(x) or x for x in questions]).astype(np.float32)
-    codes, scales = compact.to_int8(words)
+    q = encoder.embed([question_text(x) or x for x in questions]).astype(np.float32)
+    codes, scales = compact.to_int8(q)
     qvec = [np.frombuffer(compact.pack(c, float(sc)), np.uint8)
             for c, sc in zip(codes, scales, strict=True)]
     dim = q.shape[1]

@@ -36,6 +36,7 @@ from learning import load_corpus
 from agents.consensus import PRIOR
 from agents.encoder import MODEL_NAME, load_encoder
 from p2pnode import ranking
+from p2pnode.regions import question_text
 
 MAX_FALSE = 0.02  # false abstentions allowed, of half A's right answers
 SWEEP = (0.15, 0.20, 0.25, 0.27, 0.30, 0.35, 0.40, 0.43, 0.45, 0.50)
@@ -149,7 +150,8 @@ def main() -> None:
     c = load_corpus()
     cv = c.cv.astype("<f2").astype(np.float32)  # as the daemon stores them
     qv = np.asarray(c.qv, np.float32)
-    ov = np.asarray(load_encoder(threads=2).embed(list(OFF_TOPIC)), np.float32)
+    ov = np.asarray(load_encoder(threads=2).embed([question_text(q) or q for q in OFF_TOPIC]),
+                    np.float32)  # as a spore embeds a question
     sims = qv @ cv.T
     top = sims.max(axis=1)
     right = np.array([c.chunks[int(i)][0] == sec

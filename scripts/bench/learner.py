@@ -72,6 +72,7 @@ from agents.learner import (  # noqa: E402
 from agents.pool import reference_scores  # noqa: E402
 from cli.documents import chunk_text, faq_sections  # noqa: E402
 from crdt.votes import fitness  # noqa: E402
+from p2pnode.regions import question_text  # noqa: E402
 
 SPORES, ZIPF, WINDOW = 8, 1.1, 500
 RETRAIN_EVERY = 200  # asks between two trainings of the learner inside a stream
@@ -102,7 +103,7 @@ def load_corpus() -> Corpus:
     questions = [(sec, q) for sec, q, _ in pairs]
     encoder = load_encoder(threads=2)
     cv = encoder.embed([c for _, c in chunks]).astype(np.float32)
-    qv = encoder.embed([q for _, q in questions]).astype(np.float32)
+    qv = encoder.embed([question_text(q) or q for _, q in questions]).astype(np.float32)
     order = np.argsort(-(qv @ cv.T), axis=1)
     ranks = [list(dict.fromkeys(chunks[i][0] for i in row)).index(sec)
              for (sec, _), row in zip(questions, order, strict=True)]

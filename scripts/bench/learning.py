@@ -36,6 +36,7 @@ from faq import tfidf_rank
 
 from agents.encoder import load_encoder
 from cli.documents import chunk_text
+from p2pnode.regions import question_text
 
 # Every spore is on 127.0.0.1: one source IP for the per-IP limits. Errors
 # only: placement refusals are counted (census) rather than logged by the hundred.
@@ -85,7 +86,7 @@ def load_corpus() -> Corpus:
     questions = [(sec, q) for sec, q, _ in pairs]
     encoder = load_encoder(threads=2)
     cv = encoder.embed([c for _, c in chunks])
-    qv = encoder.embed([q for _, q in questions])
+    qv = encoder.embed([question_text(q) or q for _, q in questions])  # as a spore embeds it
     order = np.argsort(-(qv @ cv.T), axis=1)
     ranks = [list(dict.fromkeys(chunks[i][0] for i in row)).index(sec)
              for (sec, _), row in zip(questions, order, strict=True)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pytest
 from agents import consensus, learner
 from crdt.votes import fitness
 from p2pnode.node import Spore, TeachItem
-from tests.harness import Harness, Node, alone
+from tests.harness import FakeEncoder, Harness, Node, alone
 
 QUESTION = "How do I install Debian?"
 # Both answer it; the fake encoder (tests/harness.py) puts the first ahead
@@ -250,6 +251,23 @@ def test_a_spore_alone_keeps_its_own_votes_across_restarts(tmp_path: Path) -> No
     run(scenario)
 
 
+def test_an_ask_embeds_its_question_once_by_its_words(tmp_path: Path) -> None:
+    """One encoder call an ask (a second one, for the votes' question, was most
+    of an ask at 100,000 memories), on the question's words: asked in other
+    case, spacing and end marks, it is the same question, ranked the same."""
+    async def scenario() -> None:
+        encoder = FakeEncoder()
+        async with alone(tmp_path / "s", encoder) as spore:
+            await spore.teach([TeachItem(FIRST), TeachItem(SECOND), TeachItem(OTHER)])
+            calls = encoder.calls
+            out = await spore.ask(QUESTION)
+            assert encoder.calls == calls + 1
+            again = await spore.ask("  how do I install  DEBIAN ")
+            assert [(s["id"], s["score"]) for s in again["sources"]] == \
+                [(s["id"], s["score"]) for s in out["sources"]]
+    run(scenario)
+
+
 # --- the agents' say -------------------------------------------------------------------
 
 def test_agents_without_an_earned_say_rank_in_the_shadow_and_are_judged(tmp_path: Path
@@ -273,4 +291,27 @@ def test_agents_without_an_earned_say_rank_in_the_shadow_and_are_judged(tmp_path
             record = (await with_agents.spore.status())["agents"]["record"]
             assert record["novel"]["of"] == 2 and record["familiar"]["of"] == 0
             assert record["novel"]["cosine_right"] == 2
+    run(scenario)
+
+
+def test_the_agents_work_on_their_own_thread(tmp_path: Path) -> None:
+    """The agents' scoring runs on the agents' thread, never on the compute
+    thread where the next ask's encoder and index wait: their shadow ranking
+    of one answer kept the next ask waiting behind it."""
+    async def scenario() -> None:
+        async with Harness(tmp_path) as h:
+            node = await h.start(agents=True)
+            await node.spore.teach([TeachItem(FIRST), TeachItem(SECOND), TeachItem(OTHER)])
+            colony = node.parts.agents.colony  # type: ignore[union-attr]
+            threads: list[str] = []
+            score = colony.score
+
+            def watched(*args: Any) -> Any:
+                threads.append(threading.current_thread().name)
+                return score(*args)
+
+            colony.score = watched  # type: ignore[method-assign]
+            out = await node.spore.ask(QUESTION)
+            await node.spore.rate(out["answer_id"], True)  # awaits the shadow ranking
+            assert threads and all(t.startswith("spore-agents") for t in threads), threads
     run(scenario)

@@ -39,7 +39,7 @@ from p2pnode import ranking
 from p2pnode.regions import question_text
 
 MAX_FALSE = 0.02  # false abstentions allowed, of half A's right answers
-SWEEP = (0.15, 0.20, 0.25, 0.27, 0.30, 0.35, 0.40, 0.43, 0.45, 0.50)
+SWEEP = (0.15, 0.20, 0.25, 0.27, 0.28, 0.30, 0.35, 0.40, 0.43, 0.45, 0.50)
 
 OFF_TOPIC = (
     "What is the airspeed velocity of an unladen swallow?",

@@ -20,8 +20,8 @@
   fresh keys are free), and a peer's scoring or genome check waits for the
   agents' thread behind a few others at most (`COMPUTE_QUEUED`, else
   ``busy_compute``: the agents' say in an ask here never queues behind a
-  flood, and the ask's encoder and index have a thread of their own); every route
-  decodes its one wire shape with exact types and sizes (agents.guard), and
+  flood, and the ask's encoder and index have a thread of their own); every
+  route decodes its one wire shape with exact types and sizes (agents.guard), and
   refuses anything else with a typed reason counted as
   ``<route>_refused_<reason>``. A guest's standing is what this spore
   measured (p2pnode.colony), never what its lineage claims.
@@ -82,8 +82,8 @@ ANSWERS_KEPT = 4096  # answers whose participants we remember for a rating
 SCORE_RATE = (20.0, 40.0)  # per peer: score requests a second, and at once
 ADOPT_RATE = (0.1, 4.0)  # per peer: one adoption every 10 s, 4 at once
 # Peers' jobs waiting for (or on) the agents' thread at once, by route (a
-# scoring takes ~0.5 ms, a genome check 2-5 ms): the agents' say waits behind 40 ms of
-# them at most. Honest placements come in bursts (learning.py: 23 of them
+# scoring takes ~0.5 ms, a genome check 2-5 ms): the agents' say in an ask
+# waits behind 40 ms of them at most. Honest placements come in bursts (learning.py: 23 of them
 # refused with room for one).
 COMPUTE_QUEUED = {"score": 8, "adopt": 8}
 RATE_PEERS = 1024  # peers whose buckets are kept (the least recently heard go first)

@@ -84,6 +84,7 @@ class Query:
     text: str
     vector: np.ndarray = field(repr=False)
 
+
 def embed(encoder: Encoder, text: str) -> Query:
     """Stage 1 (compute thread): one encoder call, on the question's words.
     Embedding the text as asked as well (for the ranking) cost a second

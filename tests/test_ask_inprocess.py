@@ -268,6 +268,21 @@ def test_an_ask_embeds_its_question_once_by_its_words(tmp_path: Path) -> None:
     run(scenario)
 
 
+def test_a_question_of_marks_alone_is_asked_as_given(tmp_path: Path) -> None:
+    """Words left empty by the marks stripped ("?!", "...") still embed: the
+    text as given, one call, an answer or an "I don't know", never an error."""
+    async def scenario() -> None:
+        encoder = FakeEncoder()
+        async with alone(tmp_path / "s", encoder) as spore:
+            await spore.teach([TeachItem(FIRST), TeachItem(OTHER)])
+            for marks in ("?!", "...", "¿?", "«»"):
+                calls = encoder.calls
+                out = await spore.ask(marks)
+                assert encoder.calls == calls + 1
+                assert out["answer_id"] is not None and len(out["sources"]) == 2
+    run(scenario)
+
+
 # --- the agents' say -------------------------------------------------------------------
 
 def test_agents_without_an_earned_say_rank_in_the_shadow_and_are_judged(tmp_path: Path

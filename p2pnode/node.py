@@ -287,15 +287,19 @@ class Spore:
         rejected = [m for m, f in said.fitness.items() if consensus.rejected(f)]
         # After a down vote, reach as much deeper as there are rejected.
         widen = min(len(rejected), asking.CANDIDATES)
-        near, found, _ = await asyncio.gather(
-            self._nearest(query, near, asking.CANDIDATES + widen), self._lookup(query),
-            self._see(query, rejected))
+        if rejected:  # reach deeper here while the swarm is asked, and see what was rejected
+            near, found, _ = await asyncio.gather(
+                self._nearest(query, near, asking.CANDIDATES + widen), self._lookup(query),
+                self._see(query, rejected))
+        else:
+            found = await self._lookup(query)
         gone = self._rejected_vectors(rejected, near)
         local = self._local(query, said, near, gone, top + widen)
         remote = await self._fetch(query, found, said, top + widen, held=local, gone=gone)
-        cands = local + self._learnt(query, said, [asking.from_swarm(f) for f in remote], gone)
-        self._seen.add(near)
-        self._seen.add(cands)
+        fetched = self._learnt(query, said, [asking.from_swarm(f) for f in remote], gone)
+        cands = local + fetched
+        self._seen.add(near)  # the local candidates are among them
+        self._seen.add(fetched)
         say = await self.judge.consult(self.agents, query.vector, cands, bool(said.fitness))
         ranked = ranking.rank(cands, self._opinions(said, cands), say.consensus, say.weight)
         if known_first:

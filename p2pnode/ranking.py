@@ -78,15 +78,19 @@ class Scored:
     agents: float | None = None  # the agents' consensus on it, when they had a say
 
 
+def _combined(cands: Sequence[Candidate], said: Opinions) -> consensus.Ranking:
+    ids = [c.memory_id for c in cands]
+    return consensus.combine(
+        np.asarray([c.cosine for c in cands], np.float32),
+        np.asarray([said.overall.get(m, 0.0) for m in ids], np.float32),
+        np.asarray([said.region.get(m, 0.0) for m in ids], np.float32))
+
+
 def scores(cands: Sequence[Candidate], said: Opinions) -> np.ndarray:
     """consensus.combine's score of each candidate, in their order (float32)."""
     if not cands:
         return np.zeros(0, np.float32)
-    ids = [c.memory_id for c in cands]
-    ranking = consensus.combine(
-        np.asarray([c.cosine for c in cands], np.float32),
-        np.asarray([said.overall.get(m, 0.0) for m in ids], np.float32),
-        np.asarray([said.region.get(m, 0.0) for m in ids], np.float32))
+    ranking = _combined(cands, said)
     out = np.empty(len(cands), np.float32)
     out[ranking.order] = ranking.scores
     return out
@@ -118,9 +122,11 @@ def learnt_cosines(q: np.ndarray, cands: Sequence[Candidate], said: Opinions, *,
 
 
 def shortlist(cands: Sequence[Candidate], said: Opinions, keep: int) -> list[Candidate]:
-    """The best `keep` of some candidates, best first (rejected last)."""
-    ranked = rank(cands, said)
-    return [s.candidate for s in ranked[:keep]]
+    """The best `keep` of some candidates, best first (rejected last): the
+    order `rank` gives them without the agents, which is combine's."""
+    if not cands:
+        return []
+    return [cands[int(i)] for i in _combined(cands, said).order[:keep]]
 
 
 def rank(cands: Sequence[Candidate], said: Opinions, agents: np.ndarray | None = None,

@@ -68,6 +68,20 @@ def test_a_down_vote_on_this_question_puts_the_best_cosine_last() -> None:
     assert shortlist([best, other, third], view, 2) == [other, third]
 
 
+def test_the_shortlist_is_the_rankings_head_ties_and_rejections_included() -> None:
+    """`shortlist` reads combine's order directly; it must be `rank`'s
+    without the agents: rejected last, by score, ties in the candidates' order."""
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(0, 12))
+        cands = [cand(i, float(rng.choice([0.1, 0.5, 0.5, 0.9]))) for i in range(n)]
+        votes = {c.memory_id: float(rng.choice([-1.0, -0.2, -0.1, 0.0, 0.3]))
+                 for c in cands if rng.random() < 0.5}
+        view = Opinions(votes, {c.memory_id: float(rng.random()) for c in cands})
+        keep = int(rng.integers(1, 14))
+        assert shortlist(cands, view, keep) == [s.candidate for s in rank(cands, view)][:keep]
+
+
 def test_the_agents_replace_their_earned_share_of_the_cosine() -> None:
     a, b = cand(1, 0.8), cand(2, 0.7)
     say = np.array([0.2, 0.9], np.float32)

@@ -289,7 +289,7 @@ class Spore:
         widen = min(len(rejected), asking.CANDIDATES)
         if rejected:  # reach deeper here while the swarm is asked, and see what was rejected
             near, found, _ = await asyncio.gather(
-                self._nearest(query, near, asking.CANDIDATES + widen), self._lookup(query),
+                self._deeper(query, asking.CANDIDATES + widen), self._lookup(query),
                 self._see(query, rejected))
         else:
             found = await self._lookup(query)
@@ -447,12 +447,9 @@ class Spore:
                 "held_out_right": {"cosine": learnt.validation.get((0.0, 0.0), 0),
                                    "learnt": learnt.validation.get((learnt.lam, learnt.mu), 0)}}
 
-    async def _nearest(self, query: asking.Query, near: list[Candidate], limit: int
-                       ) -> list[Candidate]:
-        """`near` (asking.CANDIDATES of them), or, reaching deeper after down
-        votes, the nearest `limit` searched again."""
-        if limit <= asking.CANDIDATES:
-            return near
+    async def _deeper(self, query: asking.Query, limit: int) -> list[Candidate]:
+        """The nearest `limit` memories, searched again: after down votes the
+        ask reaches as many deeper as there are rejected."""
         return await self.on_compute(asking.nearest, self.index, self._reader, query.vector,
                                      limit)
 

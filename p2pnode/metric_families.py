@@ -178,18 +178,12 @@ def _gossip(gossip: Status) -> Iterator[Metric]:
     yield rounds
     yield _labelled("gossip_refused_by_peers_total", "Gossip rounds a peer refused, by its "
                     "reason", "reason", by_peers)
-    items = CounterMetricFamily(f"{PREFIX}_gossip_items_exchanged_total",
-                                "Gossip items sent to and taken from peers",
-                                labels=["direction"])
-    items.add_metric(["pushed"], counts.get("items_pushed", 0.0))
-    items.add_metric(["pulled"], counts.get("items_pulled", 0.0))
-    yield items
-    sent = CounterMetricFamily(f"{PREFIX}_gossip_bytes_total",
-                               "Bytes of peer HTTP (gossip, agents) sent and received",
-                               labels=["direction"])
-    sent.add_metric(["sent"], counts.get("bytes_sent", 0.0))
-    sent.add_metric(["received"], counts.get("bytes_received", 0.0))
-    yield sent
+    yield _labelled("gossip_items_exchanged_total", "Gossip items sent to and taken from "
+                    "peers", "direction", {d: counts.get(f"items_{d}", 0.0)
+                                           for d in ("pushed", "pulled")})
+    yield _labelled("gossip_bytes_total", "Bytes of peer HTTP (gossip, agents) sent and "
+                    "received", "direction", {d: counts.get(f"bytes_{d}", 0.0)
+                                              for d in ("sent", "received")})
     yield _labelled("gossip_served_total", "Peer requests served, by route", "route",
                     _with_prefix(counts, "served_"))
     yield _gauge("gossip_store_items", "Items in the gossip store (DNA, passes, peers, "
